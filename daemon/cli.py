@@ -1,0 +1,56 @@
+"""The `traind` command line: the one edge where failures become messages and exit codes.
+
+Each command group lives in its own module exposing `register(subparsers)`; the handler it sets
+(`func`) returns an exit code. TraindError/UsageError raised below become one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from daemon import __version__
+from daemon.errors import TraindError
+
+# Modules that add commands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "daemon.cli_run",      # run, status
+    "daemon.cli_serve",    # serve, submit, ls, cancel, logs, systemd
+    "daemon.cli_ckpt",     # ckpt ls|verify|inspect
+    "daemon.cli_slurm",    # slurm submit
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="traind", description="Fault-tolerant training daemon for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"traind {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TraindError as err:
+        print(f"traind: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""Exit codes shared by every traind command and by jobs run under traind."""
+OK = 0
+FAILED = 1          # the work failed, or something checked is invalid
+USAGE = 2           # bad command line or bad input file (one-line error, no traceback)
+PREEMPTED = 75      # stopped after an emergency checkpoint; resumable (EX_TEMPFAIL)

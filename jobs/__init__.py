@@ -1,0 +1,1 @@
+"""traind job side: what runs inside the training process (imports torch)."""
