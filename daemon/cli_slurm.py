@@ -1,5 +1,111 @@
-"""Placeholder: commands of this group are being written (see docs/contracts.md)."""
+"""`traind slurm submit SPEC [--time T] [--partition P] [--lead S] [--print] [other sbatch options]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from daemon import slurm_batch
+from daemon.errors import TraindError, UsageError
+from daemon.slurm import CommandRunner
+
+EPILOG = """\
+Any other option (e.g. --array 0-3, --mem 4G, --qos high, --exclusive) is passed to sbatch.
+The script runs `traind run SPEC` with --signal=B:USR1@LEAD, --requeue and --open-mode=append;
+on the warning the supervisor writes an emergency checkpoint, requeues the job and exits 75.
+"""
 
 
-def register(sub):
-    pass
+def _add_own_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time", "-t", help="sbatch --time (time limit, e.g. 2:00:00)")
+    p.add_argument("--partition", "-p", help="sbatch --partition")
+    p.add_argument("--lead", type=float, metavar="SECONDS",
+                   help="USR1 this long before the time limit (default: slurm.lead_seconds, else "
+                        "measured emergency-checkpoint time x1.5 + 30 s, at least 60)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="spec override, passed on to `traind run` (repeatable)")
+    p.add_argument("--print", action="store_true", dest="print_only", help="print the script, submit nothing")
+    p.add_argument("--allow-shared-run-dir", action="store_true",
+                   help="submit even if a queued traind job already uses this run dir")
+
+
+def register(sub) -> None:
+    slurm = sub.add_parser("slurm", help="run jobs under SLURM (sbatch with requeue on time limit/preemption)")
+    group = slurm.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", parser_class=type(slurm))
+    p = group.add_parser("submit", help="submit SPEC as a requeueable SLURM batch job",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_own_options(p)
+    p.add_argument("spec", metavar="SPEC", help="job spec (YAML)")
+    # Everything after SPEC: our own options are picked out again in submit(), the rest is sbatch's.
+    p.add_argument("sbatch_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=submit)
+    slurm.set_defaults(func=lambda args: (slurm.print_help(sys.stderr), 2)[1])
+
+
+def split_options(args: argparse.Namespace) -> list[str]:
+    """Take our options out of what followed SPEC (into args); return the rest, for sbatch, in order."""
+    own = _OwnOptions(add_help=False, allow_abbrev=False)
+    _add_own_options(own)
+    _, rest = own.parse_known_args(list(args.sbatch_args or []), namespace=args)
+    return rest
+
+
+class _OwnOptions(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(f"slurm submit: {message}")
+
+
+def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int:
+    from daemon.spec import load_spec
+    runner = runner or CommandRunner()
+    extra = split_options(args)
+    spec = load_spec(args.spec, list(args.overrides))
+    options = []
+    if args.time:
+        options.append(("--time", args.time))
+    if args.partition:
+        options.append(("--partition", args.partition))
+    options += slurm_batch.group_options(extra)
+
+    measurement = slurm_batch.measure_stop(spec.run_dir)
+    lead = args.lead if args.lead is not None else spec.slurm.lead_seconds
+    if lead is not None and lead <= 0:
+        raise UsageError(f"--lead: expected a number of seconds > 0, got {lead:g}")
+    lead = int(round(lead)) if lead is not None else slurm_batch.lead_for(measurement)
+    warning = slurm_batch.lead_warning(lead, measurement)
+    if warning:
+        print(f"traind: {warning}", file=sys.stderr)
+
+    job = slurm_batch.BatchJob(spec_path=Path(args.spec).resolve(), name=spec.name, run_dir=spec.run_dir,
+                               lead_seconds=lead, sbatch_options=tuple(options),
+                               overrides=tuple(args.overrides))
+    script = slurm_batch.render_script(job)
+    if args.print_only:
+        sys.stdout.write(script)
+        return 0
+
+    if not args.allow_shared_run_dir:
+        _refuse_shared_run_dir(spec.run_dir, runner)
+    try:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)   # sbatch opens the log there, it won't mkdir
+    except OSError as err:
+        raise TraindError(f"{spec.source}: run_dir: cannot create {spec.run_dir}: {err.strerror}") from None
+    res = runner.run(["sbatch", "--parsable"], stdin=script, timeout=60)
+    if not res.ok:
+        raise TraindError(f"sbatch failed: {res.why()}")
+    job_id = res.stdout.strip().split(";")[0]
+    print(f"traind: submitted SLURM job {job_id} ({spec.name}, LEAD {lead} s, "
+          f"log {spec.run_dir}/slurm-{job_id}.out)", file=sys.stderr)
+    print(job_id)
+    return 0
+
+
+def _refuse_shared_run_dir(run_dir: Path, runner: CommandRunner) -> None:
+    """Two jobs never share a run dir by accident: each submit tags its job with its run dir."""
+    res = runner.run(["squeue", "-h", "-o", "%i|%k"], timeout=30)
+    if not res.ok:
+        return  # no squeue answer: the run's own lock still keeps two supervisors apart
+    holder = slurm_batch.parse_run_dir_comments(res.stdout).get(str(run_dir))
+    if holder:
+        raise UsageError(f"run_dir {run_dir}: already used by queued SLURM job {holder}; cancel it, "
+                         f"use --set run_dir=..., or pass --allow-shared-run-dir")

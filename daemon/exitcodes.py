@@ -3,3 +3,4 @@ OK = 0
 FAILED = 1          # the work failed, or something checked is invalid
 USAGE = 2           # bad command line or bad input file (one-line error, no traceback)
 PREEMPTED = 75      # stopped after an emergency checkpoint; resumable (EX_TEMPFAIL)
+NOT_REQUEUED = 76   # emergency checkpoint done, but the SLURM requeue was wanted and failed (resubmit)

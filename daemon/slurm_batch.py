@@ -1,0 +1,208 @@
+"""The sbatch script `traind slurm submit` writes, and how long a warning (LEAD) it asks for.
+
+The script `exec`s `traind run SPEC` so the supervisor is the batch shell: `--signal=B:USR1@LEAD`
+reaches it (SLURM sends B: signals to the batch shell only). `--requeue` lets the job requeue itself
+after its emergency checkpoint, `--open-mode=append` keeps every run's output in one log.
+
+LEAD must cover the emergency stop: finish the step, write the state durably, requeue. We take it
+from what this run dir measured before (the supervisor's events, the checkpoint manifests) plus a
+margin, and warn at submit when the user's LEAD is shorter than that.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from daemon import checkpoints
+from daemon.errors import UsageError
+
+DEFAULT_LEAD_SECONDS = 120        # nothing measured yet: enough for a few GiB on a local disk
+MIN_LEAD_SECONDS = 60             # SLURM's signal tick is 30 s; less than this is a gamble
+LEAD_FACTOR = 1.5                 # measured stop time x this ...
+LEAD_MARGIN_SECONDS = 30.0        # ... + this (the step in flight, the requeue, process exit)
+ASSUMED_WRITE_BYTES_PER_SECOND = 100e6   # state size known but no timing: a slow shared filesystem
+
+SHORT_OPTIONS = {"-J": "--job-name", "-o": "--output", "-e": "--error", "-a": "--array",
+                 "-t": "--time", "-p": "--partition", "-D": "--chdir"}
+RUN_DIR_COMMENT = "traind-run-dir:"
+
+
+# --- LEAD -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StopMeasurement:
+    seconds: float | None        # longest emergency/checkpoint time recorded for this run dir
+    source: str | None           # where it was found (for messages)
+    state_bytes: int | None      # size of the newest committed checkpoint
+
+    def needed_seconds(self) -> float | None:
+        """The stop time to plan for: measured, else estimated from the state size, else unknown."""
+        if self.seconds is not None:
+            return self.seconds
+        if self.state_bytes:
+            return self.state_bytes / ASSUMED_WRITE_BYTES_PER_SECOND
+        return None
+
+    def describe(self) -> str:
+        parts = []
+        if self.seconds is not None:
+            parts.append(f"measured {self.seconds:.1f} s ({self.source})")
+        if self.state_bytes:
+            parts.append(f"state {self.state_bytes / 2**20:.0f} MiB")
+        return ", ".join(parts) or "nothing measured yet"
+
+
+_SECONDS_KEYS = ("checkpoint_seconds", "emergency_seconds", "stop_seconds", "save_seconds",
+                 "write_seconds", "seconds")
+
+
+def _seconds_in(record: dict) -> float | None:
+    """A checkpoint duration in an events.jsonl line or a manifest's `extra`, if it has one."""
+    text = " ".join(str(record.get(k, "")) for k in ("type", "event", "kind", "reason", "to", "what"))
+    for key in _SECONDS_KEYS:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            if key != "seconds" or "checkpoint" in text or "emergency" in text:
+                return float(value)
+    return None
+
+
+def measure_stop(run_dir: Path) -> StopMeasurement:
+    best, source = None, None
+    events = run_dir / "events.jsonl"
+    try:
+        lines = events.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        found = _seconds_in(record) if isinstance(record, dict) else None
+        if found is not None and (best is None or found > best):
+            best, source = found, str(events)
+    infos = checkpoints.list_checkpoints(run_dir, deep=False)
+    for info in infos[:5]:
+        manifest, _ = checkpoints.read_manifest(info.path)
+        extra = (manifest or {}).get("extra")
+        found = _seconds_in({**extra, "what": "checkpoint"}) if isinstance(extra, dict) else None
+        if found is not None and (best is None or found > best):
+            best, source = found, str(info.path / checkpoints.MANIFEST_NAME)
+    size = next((i.size for i in infos if i.valid), None)
+    return StopMeasurement(best, source, size)
+
+
+def lead_for(measurement: StopMeasurement) -> int:
+    needed = measurement.needed_seconds()
+    if needed is None:
+        return DEFAULT_LEAD_SECONDS
+    return max(MIN_LEAD_SECONDS, math.ceil(needed * LEAD_FACTOR + LEAD_MARGIN_SECONDS))
+
+
+def lead_warning(lead: float, measurement: StopMeasurement) -> str | None:
+    """A one-line warning when LEAD is too short for the measured (or estimated) stop, else None."""
+    needed = measurement.needed_seconds()
+    if needed is None:
+        return None
+    want = lead_for(measurement)
+    if lead >= needed * 1.1 + 10:
+        return None
+    return (f"warning: LEAD {lead:g} s is too short for the emergency checkpoint ({measurement.describe()}); "
+            f"the job may be killed before it commits. Use --lead {want} (or slurm.lead_seconds: {want})")
+
+
+# --- sbatch options ---------------------------------------------------------------------------------
+
+def group_options(tokens: Sequence[str]) -> list[tuple[str, ...]]:
+    """['--time', '2', '-p', 'high', '--exclusive'] -> [('--time', '2'), ('-p', 'high'), ('--exclusive',)]."""
+    groups: list[list[str]] = []
+    for token in tokens:
+        if token.startswith("-") or not groups:
+            if not token.startswith("-"):
+                raise UsageError(f"slurm submit: {token!r}: expected an sbatch option (starting with -)")
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return [tuple(g) for g in groups]
+
+
+def option_name(group: tuple[str, ...]) -> str:
+    """('--time=2',) -> '--time'; ('-t', '2') -> '--time'; ('-t2',) -> '--time'."""
+    head = group[0].split("=", 1)[0]
+    if not head.startswith("--") and len(head) > 2:
+        head = head[:2]
+    return SHORT_OPTIONS.get(head, head)
+
+
+def _directive(group: tuple[str, ...]) -> str:
+    if len(group) == 1:
+        return group[0]
+    return group[0] + ("=" if group[0].startswith("--") else " ") + " ".join(group[1:])
+
+
+# --- the script ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchJob:
+    spec_path: Path                   # absolute
+    name: str
+    run_dir: Path                     # absolute
+    lead_seconds: int
+    sbatch_options: tuple[tuple[str, ...], ...] = ()
+    overrides: tuple[str, ...] = ()   # `--set` values for traind run
+    python: str = sys.executable
+
+    def names(self) -> set[str]:
+        return {option_name(g) for g in self.sbatch_options}
+
+    @property
+    def is_array(self) -> bool:
+        return "--array" in self.names()
+
+
+def render_script(job: BatchJob) -> str:
+    given = job.names()
+    if "--signal" in given:
+        raise UsageError("slurm submit: --signal: traind sets --signal=B:USR1@LEAD itself; use --lead SECONDS")
+    log_name = "slurm-%A_%a.out" if job.is_array else "slurm-%j.out"
+    ours = [("--job-name", job.name), ("--requeue", None), ("--signal", f"B:USR1@{job.lead_seconds}"),
+            ("--open-mode", "append"), ("--output", str(job.run_dir / log_name)),
+            ("--comment", RUN_DIR_COMMENT + str(job.run_dir))]
+    lines = ["#!/bin/bash",
+             f"# Generated by `traind slurm submit` for {job.spec_path}.",
+             "# The supervisor replaces this shell (exec) so that --signal=B:USR1 reaches it."]
+    for opt, value in ours:
+        if opt not in given:
+            lines.append(f"#SBATCH {opt}" + (f"={_quote(value)}" if value is not None else ""))
+    lines += [f"#SBATCH {_directive(g)}" for g in job.sbatch_options]
+    argv = [job.python, "-m", "daemon", "run", str(job.spec_path)]
+    for item in job.overrides:
+        argv += ["--set", item]
+    command = " ".join(shlex.quote(a) for a in argv)
+    if job.is_array:  # each task its own run dir: array tasks must never share one
+        command += " --set " + shlex.quote(f"run_dir={job.run_dir}/task-") + '"${SLURM_ARRAY_TASK_ID}"'
+    lines += ["",
+              'echo "[traind slurm] $(date -u +%Y-%m-%dT%H:%M:%SZ) job ${SLURM_JOB_ID} on $(hostname):'
+              ' SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"',
+              f"exec {command}", ""]
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def parse_run_dir_comments(squeue_output: str) -> dict[str, str]:
+    """`squeue -h -o '%i|%k'` -> {run dir: job id} for traind jobs still queued or running."""
+    found = {}
+    for line in squeue_output.splitlines():
+        job_id, _, comment = line.partition("|")
+        if comment.startswith(RUN_DIR_COMMENT):
+            found[comment[len(RUN_DIR_COMMENT):].strip()] = job_id.strip()
+    return found
