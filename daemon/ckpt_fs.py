@@ -1,0 +1,137 @@
+"""Small filesystem primitives the checkpoint store's crash safety rests on (torch-free).
+
+Durability on Linux needs an fsync of the file AND of the directory holding its name; a rename is
+atomic but only durable once the parent directory is fsynced.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from daemon.errors import TraindError
+
+
+def write_all(fd: int, view: memoryview) -> None:
+    """os.write until every byte is written (a write may be short; ENOSPC/EIO raise OSError)."""
+    while len(view):
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_file(fd: int) -> None:
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that tolerates entries vanishing under it (another cleaner got there first)."""
+    def onerror(func, p, exc_info):
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+    if os.path.islink(path):
+        os.unlink(path)
+        return
+    shutil.rmtree(path, onerror=onerror)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc = None
+
+
+def _renameat2():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    return getattr(_libc, "renameat2", None) if _libc else None
+
+
+def swap_into_place(src: Path, dst: Path, trash: Path) -> None:
+    """Make src appear at dst although dst exists; the old dst ends at trash.
+
+    With renameat2(RENAME_EXCHANGE) dst is complete at every instant. Without it (old kernel or
+    filesystem) there is a short window where dst is absent: discovery then falls back to an older
+    checkpoint, which is still correct, never partial."""
+    fn = _renameat2()
+    if fn is not None:
+        rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE)
+        if rc == 0:
+            os.rename(src, trash)      # src now names the old checkpoint
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    os.rename(dst, trash)
+    os.rename(src, dst)
+
+
+class ExclusiveFileLock:
+    """flock(LOCK_EX|LOCK_NB) on a file that records the holder's pid.
+
+    flock belongs to the open file description, so the lock dies with the holder's process (no
+    stale lock after a crash) and two locks in one process conflict too."""
+
+    def __init__(self, path: Path, what: str):
+        self.path = Path(path)
+        self.what = what
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def acquire(self):
+        if self._fd >= 0:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise TraindError(f"{self.what} is locked by {who} (another writer); lock file {self.path}") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)      # closing drops the flock
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None

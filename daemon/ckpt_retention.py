@@ -1,0 +1,134 @@
+"""Retention and cleanup for the checkpoint store (torch-free; the writer holding the lock runs it).
+
+Pruning is crash-safe: a checkpoint is first renamed to a .trash- name (one atomic step that
+discovery never trusts), the rename is made durable, and only then are its files deleted. A kill
+mid-prune therefore leaves whole checkpoints or trash, never a half-deleted step-N that verifies.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import re
+import time
+from pathlib import Path
+from typing import Iterable
+
+from daemon import checkpoints as ck
+from daemon.ckpt_fs import fsync_dir, remove_tree
+
+log = logging.getLogger("traind.checkpoints")
+
+# Temp dirs written from another host cannot be checked for a live owner; leave them this long.
+FOREIGN_TMP_MAX_AGE_S = 24 * 3600
+
+
+def _this_host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tmp_owner(name: str) -> tuple[str, int] | None:
+    """'.tmp-step-000000012-host-123-4' -> ('host', 123); None when the name is not ours."""
+    parts = name.split("-")
+    if len(parts) != 6 or not parts[4].isdigit():
+        return None
+    return parts[3], int(parts[4])
+
+
+def clean_stale(ckpt_dir) -> list[Path]:
+    """Remove temp dirs of dead writers and leftover trash. Never a live writer's temp dir."""
+    ckpt_dir = ck.checkpoints_dir(ckpt_dir)
+    removed = []
+    try:
+        entries = list(os.scandir(ckpt_dir))
+    except FileNotFoundError:
+        return removed
+    host = _this_host()
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(ck.TRASH_PREFIX):
+            stale = True
+        elif entry.name.startswith(ck.TMP_PREFIX):
+            owner = _tmp_owner(entry.name)
+            if owner is None or owner[0] != host:
+                stale = _age(path) > FOREIGN_TMP_MAX_AGE_S
+            else:
+                stale = owner[1] != os.getpid() and not _pid_alive(owner[1])
+        else:
+            continue
+        if stale:
+            log.info("removing stale %s", path)
+            remove_tree(path)
+            removed.append(path)
+    return removed
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def choose_keep(infos: list, keep_last: int, keep_best: dict | None, protect: Iterable) -> set[Path]:
+    """Which checkpoints survive (a pure policy over newest-first infos)."""
+    keep: set[Path] = {Path(p).resolve() for p in protect}
+    if infos:
+        keep.add(infos[0].path.resolve())          # never the newest, valid or not
+    valid = [i for i in infos if i.valid]
+    if not valid:
+        return {i.path.resolve() for i in infos}   # nothing good to fall back on: delete nothing
+    newest_valid = valid[0]
+    for info in infos:                             # keep everything newer than the newest good one
+        if info is newest_valid:
+            break
+        keep.add(info.path.resolve())
+    keep.update(i.path.resolve() for i in valid[:max(1, int(keep_last))])
+    if keep_best:
+        metric, k = keep_best["metric"], int(keep_best.get("k", 1))
+        sign = -1.0 if keep_best.get("mode", "min") == "max" else 1.0
+        scored = [(sign * float(i.metrics[metric]), -i.step, i) for i in valid
+                  if _finite(i.metrics.get(metric))]
+        scored.sort(key=lambda t: (t[0], t[1]))
+        keep.update(t[2].path.resolve() for t in scored[:max(0, k)])
+    return keep
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def prune(ckpt_dir, keep_last: int, keep_best: dict | None = None, protect=()) -> list[Path]:
+    """Delete checkpoints beyond the last `keep_last` + the best k; returns what was removed.
+
+    Only step-N dirs directly inside ckpt_dir are candidates (never a path outside it, never a
+    symlink's target); the newest checkpoint and the protected ones are always kept."""
+    ckpt_dir = ck.checkpoints_dir(ckpt_dir)
+    infos = ck.list_checkpoints(ckpt_dir, deep=False)
+    keep = choose_keep(infos, keep_last, keep_best, protect)
+    doomed = [i.path for i in infos if i.path.resolve() not in keep]
+    if not doomed:
+        return []
+    trashed = []
+    for path in doomed:
+        trash = ckpt_dir / f"{ck.TRASH_PREFIX}{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(path, trash)
+        ck._reach("prune:renamed")
+        trashed.append(trash)
+    fsync_dir(ckpt_dir)
+    ck._reach("prune:durable")
+    for trash in trashed:
+        remove_tree(trash)
+        ck._reach("prune:removed")
+    return doomed

@@ -1,0 +1,156 @@
+"""The torch side: CheckpointStore save/load, non-blocking snapshots, failures, safe loading."""
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from daemon import checkpoints as ck
+from daemon.errors import TraindError
+from jobs.store import CheckpointStore, load_checkpoint
+
+torch.set_num_threads(1)
+
+
+def make_state(step=0, width=64):
+    torch.manual_seed(step)
+    model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.BatchNorm1d(width))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(8, width)).sum().backward()
+    opt.step()
+    return model, opt, {
+        "epoch": 1, "global_step": step, "state_dict": model.state_dict(),
+        "optimizer_states": [opt.state_dict()], "lr_schedulers": [], "callbacks": {},
+        "hyper_parameters": {"lr": 1e-3, "width": width}, "rng_states": {"torch": torch.get_rng_state()},
+        "traind_version": "0.1.0",
+    }
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_save_load_roundtrip_bit_exact(tmp_path, blocking):
+    model, opt, state = make_state(3)
+    commits = []
+    with CheckpointStore(tmp_path, on_commit=commits.append) as store:
+        ret = store.save(state, step=3, epoch=1, metrics={"loss": torch.tensor(0.5)}, blocking=blocking)
+        info = store.flush()
+        assert (ret is not None) == blocking and info.valid and info.step == 3
+        assert commits == [info] and info.metrics == {"loss": 0.5}
+        loaded = store.load()
+    assert_same(state, loaded)
+    assert loaded["state_dict"]._metadata == state["state_dict"]._metadata
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64))
+    fresh.load_state_dict(loaded["state_dict"])
+    opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    opt2.load_state_dict(loaded["optimizer_states"][0])
+
+
+def test_nonblocking_snapshot_is_isolated_and_buffers_reused(tmp_path):
+    model, opt, state = make_state(1)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with CheckpointStore(tmp_path, keep_last=5) as store:
+        store.save(state, step=1, epoch=0, blocking=False)
+        ptrs = {k: v.data_ptr() for k, v in store._snap._buffers.items()}
+        with torch.no_grad():                      # training goes on while the save runs
+            for p in model.parameters():
+                p.add_(1.0)
+        first = store.flush()
+        store.save({"epoch": 1, "global_step": 2, "state_dict": model.state_dict(),
+                    "optimizer_states": [opt.state_dict()], "lr_schedulers": [], "callbacks": {},
+                    "hyper_parameters": {"lr": 1e-3, "width": 64}, "rng_states": state["rng_states"],
+                    "traind_version": "0.1.0"}, step=2, epoch=1, blocking=False)
+        second = store.flush()
+        reused = {k: v.data_ptr() for k, v in store._snap._buffers.items()}
+        assert reused == ptrs and len(ptrs) > 5
+        old = load_checkpoint(first.path)["state_dict"]
+        new = load_checkpoint(second.path)["state_dict"]
+    for k, v in expected.items():
+        assert torch.equal(old[k], v)
+    assert torch.equal(new["0.weight"], expected["0.weight"] + 1.0)
+
+
+def test_background_failure_raised_at_next_save_flush_and_close(tmp_path, monkeypatch):
+    _, _, state = make_state(1, width=8)
+    store = CheckpointStore(tmp_path)
+    real_commit = ck.PendingCheckpoint.commit
+
+    def broken(self, *a, **kw):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(ck.PendingCheckpoint, "commit", broken)
+    store.save(state, step=1, epoch=0, blocking=False)
+    with pytest.raises(TraindError, match="Input/output error.*nothing committed"):
+        store.flush()
+    store.save(state, step=2, epoch=0, blocking=False)
+    with pytest.raises(TraindError, match="step 2 failed"):
+        store.save(state, step=3, epoch=0, blocking=False)    # raised at the next save
+    monkeypatch.setattr(ck.PendingCheckpoint, "commit", real_commit)
+    store.save(state, step=4, epoch=0, blocking=False)
+    assert store.flush().step == 4
+    monkeypatch.setattr(ck.PendingCheckpoint, "commit", broken)
+    store.save(state, step=5, epoch=0, blocking=False)
+    with pytest.raises(TraindError, match="step 5 failed"):
+        store.close()                                          # raised at close
+    assert not store._lock.held
+    names = sorted(p.name for p in store.ckpt_dir.iterdir())
+    assert names == [".lock", "step-000000004"]                # failed saves left no temp dirs
+
+
+def test_retention_and_protect_through_the_store(tmp_path):
+    _, _, state = make_state(1, width=8)
+    with CheckpointStore(tmp_path, keep_last=2, keep_best={"metric": "loss", "mode": "min", "k": 1}) as store:
+        store.save(state, step=1, epoch=0, metrics={"loss": 5.0})
+        store.protect(store.ckpt_dir / "step-000000001")
+        for step, loss in [(2, 1.0), (3, 3.0), (4, 4.0), (5, 2.0)]:
+            store.save(state, step=step, epoch=0, metrics={"loss": loss}, blocking=step % 2 == 0)
+        store.flush()
+    assert sorted(p.name for p in store.ckpt_dir.iterdir() if p.name[0] != ".") == [
+        "step-000000001", "step-000000002", "step-000000004", "step-000000005"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    """A checkpoint whose state.pt would run a shell command when unpickled unsafely."""
+    marker = tmp_path / "pwned"
+    _Evil.marker = marker
+    pending = ck.begin(tmp_path / "checkpoints", 1, 0)
+    with open(pending.file_path("state.pt"), "wb") as f:
+        torch.save({"epoch": 0, "payload": _Evil()}, f)      # pickles os.system(...) as a reduce
+    info = pending.commit(1, 0, "periodic", {})
+    assert info.valid                                        # checksums are fine: it is the content
+    with zipfile.ZipFile(info.path / "state.pt") as z:
+        assert any(b"system" in z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(info.path)
+    with CheckpointStore(tmp_path) as store, pytest.raises(pickle.UnpicklingError):
+        store.load()
+    assert not marker.exists()
+
+
+def test_load_refuses_a_corrupt_checkpoint(tmp_path):
+    _, _, state = make_state(1, width=8)
+    with CheckpointStore(tmp_path) as store:
+        info = store.save(state, step=1, epoch=0)
+    data = bytearray((info.path / "state.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (info.path / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(TraindError, match="checksum mismatch"):
+        load_checkpoint(info.path)
