@@ -1,0 +1,442 @@
+"""`traind serve`: watch a spool directory, run each accepted job spec as a `traind run SPEC`
+child process in one of N slots, keep the queue durable on disk, and speak sd_notify.
+
+Why one `traind run` process per job (and not supervisors inside the daemon): the supervisor
+(part 3) is reused whole, with its restart budget, hang detection and emergency path; a job that
+crashes or leaks cannot take the daemon down; and the run dir's `supervisor.lock` (held by that
+process and inherited by its child) tells a restarted daemon whether an old copy is still alive,
+so a job never runs twice at once.
+
+One loop, fixed order per tick (`_tick`): signals -> posted actions (spool events, scheduled work)
+-> cancel requests -> reap exited children -> stop deadlines -> fill free slots -> status/watchdog.
+Other threads (watchdog's observer, APScheduler) only post actions and wake the loop.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from daemon import exitcodes, spool
+from daemon.errors import TraindError, UsageError
+from daemon.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, atomic_write, transition
+from daemon.sdnotify import Notifier
+
+log = logging.getLogger("traind.serve")
+
+TICK_SECONDS = 0.5
+SPOOL_SETTLE_SECONDS = 2.0     # a rescan leaves a freshly written (maybe half-copied) file alone
+RUNNER_LOCK = "supervisor.lock"
+
+
+def default_state_dir(environ=os.environ) -> Path:
+    """$TRAIND_STATE_DIR, else systemd's $STATE_DIRECTORY, else /var/lib/traind (root) or
+    $XDG_STATE_HOME/traind. The CLI clients use the same rule to find the daemon."""
+    if environ.get("TRAIND_STATE_DIR"):
+        return Path(environ["TRAIND_STATE_DIR"])
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/traind")
+    return Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "traind"
+
+
+def lookup_run_dir(name: str, state_dir: Path | None = None) -> Path | None:
+    """RUN_DIR of the job NAME known to the daemon (for `traind status NAME`), or None."""
+    if not spool.valid_name(name):
+        return None
+    rec_dir = JobTable(state_dir or default_state_dir()).job_dir(name)
+    return rec_dir / "run" if (rec_dir / "job.json").is_file() else None
+
+
+@dataclass
+class ServeConfig:
+    state_dir: Path
+    slots: int = 1
+    gpus: list[str] | None = None          # CUDA_VISIBLE_DEVICES per slot; default: the slot index
+    group: int | None = None               # gid whose members may also submit
+    runner: list[str] = field(default_factory=lambda: [sys.executable, "-m", "daemon", "run"])
+    stop_timeout: float = 300.0            # emergency checkpoints get this long on SIGTERM
+    cancel_timeout: float = 120.0
+    keep_refused_days: float = 7.0
+    test_hooks: bool = False               # STATE/test-hang makes the loop hang (watchdog tests)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.state_dir / "control"
+
+
+class ServeOS:
+    """Every OS effect of the daemon: spawn, signal, poll, clock, lock probes. Tests may replace it."""
+
+    def spawn(self, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+        with open(log_path, "ab", buffering=0) as out:
+            # Own session: a stop can signal the whole group; deathsig: it dies with the daemon.
+            return subprocess.Popen([sys.executable, "-m", "daemon.deathsig", str(os.getpid()), "--", *argv],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def signal(self, proc: subprocess.Popen, sig: int, group: bool = False) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def poll(self, proc: subprocess.Popen) -> int | None:
+        rc = proc.poll()
+        return None if rc is None else (128 - rc if rc < 0 else rc)  # killed by N -> 128+N
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def lock_holder(self, lock_path: Path) -> int | None:
+        """Pid recorded in a held flock file, 0 if held but unreadable, None if free or absent."""
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            data = os.read(fd, 64).decode(errors="replace").strip()
+            return int(data) if data.isdigit() else 0
+        finally:
+            os.close(fd)  # closing drops our probe lock
+        return None
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen
+    slot: int
+    stop_deadline: float | None = None   # monotonic; SIGKILL of the group after it
+
+
+class Daemon:
+    def __init__(self, cfg: ServeConfig, osx: ServeOS | None = None, notifier: Notifier | None = None):
+        self.cfg, self.os, self.notify = cfg, osx or ServeOS(), notifier or Notifier()
+        self.table = JobTable(cfg.state_dir)
+        self.records: dict[str, JobRecord] = {}
+        self.running: dict[str, Running] = {}
+        self.actions: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self._signals: list[int] = []
+        self._last_status = ""
+        self._last_ping = 0.0
+        self._lock_fd: int | None = None
+        self._waiting_logged: set[str] = set()
+
+    # ---------------------------------------------------------------- start-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        grouped = cfg.group is not None
+        spool.make_private_dir(cfg.state_dir, 0o710 if grouped else 0o700)
+        spool.make_private_dir(cfg.spool_dir, 0o2730 if grouped else 0o700)
+        spool.make_private_dir(self.table.jobs_dir)
+        spool.make_private_dir(cfg.control_dir)
+        if grouped:
+            os.chown(cfg.spool_dir, -1, cfg.group)
+        self._lock_fd = os.open(cfg.state_dir / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(self._lock_fd, 32, 0).decode().strip()
+            raise TraindError(f"{cfg.state_dir}/serve.lock: another traind serve (pid {pid}) uses this state dir") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._recover()
+
+    def _on_signal(self, signum, frame):  # only records; the loop acts
+        self._signals.append(signum)
+
+    def _recover(self) -> None:
+        """Reload the table after a restart (or a kill -9): running jobs go back to the head of
+        the line and are relaunched once their old process is gone; the rest stay as they were."""
+        self._finish_interrupted_accepts()
+        for rec in self.table.load_all():
+            if rec.state in ACTIVE_STATES:
+                new = transition(rec.state, Event.DAEMON_RESTARTED)
+                log.info("job %s was %s when the daemon stopped: now %s", rec.name, rec.state.value, new.value)
+                rec.state, rec.resume_first, rec.slot = new, new is JobState.QUEUED, None
+                self.table.save(rec)
+            self.records[rec.name] = rec
+
+    def _finish_interrupted_accepts(self) -> None:
+        for d in self.table.jobs_dir.iterdir():
+            if (d / "submitted.yaml").is_file() and not (d / "job.json").exists():
+                verdict = spool.check_and_read(d / "submitted.yaml", group=self.cfg.group)
+                if isinstance(verdict, spool.Accepted):
+                    self._commit_accept(d.name, verdict)
+
+    # ---------------------------------------------------------------- the loop
+    def serve_forever(self, observer_factory=None, scheduler_factory=None) -> int:
+        from daemon.serve_threads import start_observer, start_scheduler
+        observer = (observer_factory or start_observer)(self.cfg.spool_dir, self.post)
+        scheduler = (scheduler_factory or start_scheduler)(self.post)
+        try:
+            self._rescan(settle=0)
+            self._fill_slots()          # running jobs resumed (or waiting on their old process)
+            self._write_serve_state()
+            self.notify.ready(self._summary())
+            log.info("serving %s with %d slot(s)", self.cfg.state_dir, self.cfg.slots)
+            while True:
+                if self._tick():
+                    return exitcodes.OK
+                self._wait(TICK_SECONDS)
+        finally:
+            scheduler.shutdown(wait=False)
+            observer.stop()
+
+    def post(self, action: tuple) -> None:
+        """Thread-safe: queue an action for the loop and wake it."""
+        self.actions.put(action)
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass
+
+    def _wait(self, timeout: float) -> None:
+        if select.select([self._wake_r], [], [], timeout)[0]:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+
+    def _tick(self) -> bool:
+        """One pass in fixed order. True when the daemon should exit."""
+        self._handle_signals()
+        self._handle_actions()
+        self._handle_cancel_requests()
+        self._reap()
+        self._enforce_deadlines()
+        if not self.stopping:
+            self._fill_slots()
+        self._report()
+        self._test_hang_hook()
+        return self.stopping and not self.running
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if not self.stopping:
+                log.info("%s: asking %d running job(s) for an emergency checkpoint", signal.Signals(sig).name, len(self.running))
+                self.stopping = True
+                self.stop_deadline = self.os.monotonic() + self.cfg.stop_timeout
+                for name, run in self.running.items():
+                    self.os.signal(run.proc, signal.SIGTERM)
+                    run.stop_deadline = self.stop_deadline
+
+    def _handle_actions(self) -> None:
+        while True:
+            try:
+                kind, *args = self.actions.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "spool":
+                self._consider(Path(args[0]), settle=0)
+            elif kind == "rescan":
+                self._rescan(settle=SPOOL_SETTLE_SECONDS)
+            elif kind == "heartbeat":
+                self._write_serve_state()
+            elif kind == "sweep":
+                self._sweep()
+
+    # ---------------------------------------------------------------- spool intake
+    def _rescan(self, settle: float) -> None:
+        for path in sorted(self.cfg.spool_dir.iterdir()):
+            self._consider(path, settle)
+
+    def _consider(self, path: Path, settle: float) -> None:
+        if path.parent != self.cfg.spool_dir or not spool.is_candidate(path):
+            return
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        if settle and time.time() - st.st_mtime < settle:
+            return  # maybe still being copied in; the next rescan (or its close event) takes it
+        verdict = spool.check_and_read(path, group=self.cfg.group)
+        if isinstance(verdict, spool.Accepted) and verdict.name in self.records:
+            verdict = spool.Refused(path, f"a job named {verdict.name!r} already exists (see `traind ls`)")
+        if isinstance(verdict, spool.Refused):
+            kept = spool.move_aside(path, self.cfg.spool_dir)
+            log.warning("refused spool file %s: %s (kept as %s)", path, verdict.reason, kept)
+            return
+        job_dir = self.table.job_dir(verdict.name)
+        job_dir.mkdir(mode=0o700, exist_ok=True)
+        os.rename(path, job_dir / "submitted.yaml")   # from here on the file is the daemon's
+        self._commit_accept(verdict.name, verdict)
+
+    def _commit_accept(self, name: str, verdict: spool.Accepted) -> None:
+        job_dir = self.table.job_dir(name)
+        spec = dict(verdict.spec)
+        spec["name"] = name
+        workdir = Path(str(spec.get("workdir", ".")))  # a hand-dropped relative workdir meant the spool
+        spec["workdir"] = str(workdir if workdir.is_absolute() else (self.cfg.spool_dir / workdir).resolve())
+        spec["run_dir"] = str(job_dir / "run")          # the daemon owns where a job writes
+        atomic_write(job_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False).encode())
+        rec = JobRecord(name=name, seq=self.table.next_seq(), owner_uid=verdict.owner_uid)
+        self.table.save(rec)                           # commit point of the acceptance
+        self.records[name] = rec
+        log.info("accepted job %s (queue position %d)", name, rec.seq)
+
+    # ---------------------------------------------------------------- cancel, reap, deadlines
+    def _handle_cancel_requests(self) -> None:
+        for req in sorted(self.cfg.control_dir.glob("cancel-*")):
+            name = req.name[len("cancel-"):]
+            rec = self.records.get(name)
+            req.unlink(missing_ok=True)
+            if rec is None:
+                log.warning("cancel request for unknown job %r ignored", name)
+                continue
+            new = transition(rec.state, Event.CANCEL)
+            if new is JobState.CANCELLING and name in self.running:
+                run = self.running[name]
+                self.os.signal(run.proc, signal.SIGTERM)     # emergency checkpoint, then stop
+                run.stop_deadline = self.os.monotonic() + self.cfg.cancel_timeout
+            if new is not rec.state:
+                log.info("job %s: %s -> %s (cancel)", name, rec.state.value, new.value)
+                self._set(rec, new, reason="cancelled by request")
+
+    def _reap(self) -> None:
+        for name, run in list(self.running.items()):
+            rc = self.os.poll(run.proc)
+            if rc is None:
+                continue
+            del self.running[name]
+            rec = self.records[name]
+            new = transition(rec.state, Event.EXITED, rc)
+            log.info("job %s: traind run exited %d: %s -> %s", name, rc, rec.state.value, new.value)
+            rec.exit_code, rec.pid, rec.slot = rc, None, None
+            rec.resume_first = new is JobState.QUEUED
+            self._set(rec, new, reason=f"exit {rc}", finished=new is not JobState.QUEUED)
+
+    def _enforce_deadlines(self) -> None:
+        now = self.os.monotonic()
+        for name, run in self.running.items():
+            if run.stop_deadline is not None and now > run.stop_deadline:
+                log.warning("job %s: no exit within its stop deadline: SIGKILL to its process group", name)
+                self.os.signal(run.proc, signal.SIGKILL, group=True)
+                run.stop_deadline = None
+
+    # ---------------------------------------------------------------- scheduling
+    def _fill_slots(self) -> None:
+        free = [s for s in range(self.cfg.slots) if s not in {r.slot for r in self.running.values()}]
+        if not free:
+            return
+        waiting = sorted((r for r in self.records.values() if r.state is JobState.QUEUED),
+                         key=lambda r: (not r.resume_first, r.seq))
+        for rec in waiting:
+            if not free:
+                return
+            holder = self.os.lock_holder(self.table.job_dir(rec.name) / "run" / RUNNER_LOCK)
+            if holder is not None:  # an old `traind run` of this job still finishes its checkpoint
+                if rec.name not in self._waiting_logged:
+                    log.info("job %s: waiting for its previous process (pid %s) to exit", rec.name, holder)
+                    self._waiting_logged.add(rec.name)
+                continue
+            self._waiting_logged.discard(rec.name)
+            self._launch(rec, free.pop(0))
+
+    def _launch(self, rec: JobRecord, slot: int) -> None:
+        job_dir = self.table.job_dir(rec.name)
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = self.cfg.gpus[slot] if self.cfg.gpus else str(slot)
+        env["TRAIND_SERVE_SLOT"] = str(slot)
+        env.pop("NOTIFY_SOCKET", None)  # jobs must not talk to systemd in the daemon's name
+        env.pop("WATCHDOG_USEC", None)
+        proc = self.os.spawn([*self.cfg.runner, str(job_dir / "spec.yaml")], env, job_dir / "runner.log")
+        self.running[rec.name] = Running(proc, slot)
+        rec.slot, rec.pid, rec.launches, rec.started = slot, proc.pid, rec.launches + 1, time.time()
+        log.info("job %s: launched in slot %d (pid %d, launch %d)", rec.name, slot, proc.pid, rec.launches)
+        self._set(rec, transition(rec.state, Event.LAUNCHED))
+
+    def _set(self, rec: JobRecord, state: JobState, reason: str = "", finished: bool = False) -> None:
+        rec.state = state
+        rec.reason = reason or rec.reason
+        if finished:
+            rec.finished = time.time()
+        self.table.save(rec)
+
+    # ---------------------------------------------------------------- reporting and periodic work
+    def _summary(self) -> str:
+        counts: dict[str, int] = {}
+        for rec in self.records.values():
+            counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
+        parts = [f"{counts.get(s.value, 0)} {s.value}" for s in JobState if counts.get(s.value)]
+        head = "stopping: emergency checkpoints" if self.stopping else f"{self.cfg.slots} slot(s)"
+        return f"{head}; " + (", ".join(parts) or "no jobs")
+
+    def _report(self) -> None:
+        status = self._summary()
+        if self.stopping:
+            left = max(0.0, (self.stop_deadline or 0) - self.os.monotonic())
+            self.notify.stopping(f"{status}; {len(self.running)} still checkpointing", left + 10)
+        elif status != self._last_status:
+            self.notify.status(status)
+        if status != self._last_status:
+            self._last_status = status
+            self._write_serve_state()
+        interval = self.notify.watchdog_interval()
+        if interval and self.os.monotonic() - self._last_ping >= min(interval, TICK_SECONDS):
+            self.notify.watchdog()
+            self._last_ping = self.os.monotonic()
+
+    def _write_serve_state(self) -> None:
+        atomic_write(self.cfg.state_dir / "serve.json", json.dumps({
+            "pid": os.getpid(), "heartbeat": time.time(), "slots": self.cfg.slots,
+            "stopping": self.stopping, "status": self._summary()}).encode())
+
+    def _sweep(self) -> None:
+        """Retention: refused files older than keep_refused_days, abandoned submit temp files."""
+        now = time.time()
+        refused = self.cfg.spool_dir / spool.REFUSED_SUBDIR
+        old = [p for p in refused.iterdir() if now - p.lstat().st_mtime > self.cfg.keep_refused_days * 86400] \
+            if refused.is_dir() else []
+        old += [p for p in self.cfg.spool_dir.glob(".tmp-*") if now - p.lstat().st_mtime > 3600]
+        for p in old:
+            p.unlink(missing_ok=True)
+            log.info("retention sweep removed %s", p)
+
+    def _test_hang_hook(self) -> None:
+        # Test-only: a hung main loop, to prove systemd's watchdog restarts the daemon.
+        hang = self.cfg.state_dir / "test-hang"
+        if self.cfg.test_hooks and hang.exists():
+            hang.unlink()
+            log.warning("test hook: main loop hangs now (no more WATCHDOG=1)")
+            while True:
+                time.sleep(3600)
+
+
+def request_cancel(state_dir: Path, name: str) -> JobRecord:
+    """Client side of `traind cancel`: drop a request file the daemon's loop picks up."""
+    rec = JobTable(state_dir).load(name) if spool.valid_name(name) else None
+    if rec is None:
+        raise UsageError(f"{state_dir}/jobs: no job named {name!r}")
+    atomic_write(state_dir / "control" / f"cancel-{name}", b"")
+    return rec
+
+
+def parse_runner(text: str | None) -> list[str]:
+    return shlex.split(text) if text else [sys.executable, "-m", "daemon", "run"]
