@@ -1,5 +1,116 @@
-"""Placeholder: commands of this group are being written (see docs/contracts.md)."""
+"""`traind run SPEC [--set key.sub=value]...` and `traind status RUN_DIR [--json]`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from daemon.errors import UsageError
+from daemon.runfiles import lock_is_held, read_status
+from daemon.spec import JobSpec, load_spec
 
 
-def register(sub):
-    pass
+def register(sub) -> None:
+    run = sub.add_parser("run", help="supervise one job in the foreground",
+                         description="Supervise the job of SPEC until it succeeds (exit 0), fails for good "
+                                     "(exit 1) or is stopped after an emergency checkpoint (exit 75).")
+    run.add_argument("spec", metavar="SPEC.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
+                     help="override a spec field (value parsed as YAML), e.g. --set restart.max_restarts=3")
+    run.set_defaults(func=cmd_run)
+    st = sub.add_parser("status", help="state of a supervised run",
+                        description="State, attempt, restarts, pid, last heartbeat, last valid checkpoint, "
+                                    "last failure of the run in RUN_DIR.")
+    st.add_argument("run_dir", metavar="RUN_DIR")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_status)
+
+
+def check_runnable(spec: JobSpec) -> None:
+    """Mistakes that would make every attempt fail the same way: say so once, exit 2."""
+    if not spec.workdir.is_dir():
+        raise UsageError(f"{spec.source}: workdir: directory {spec.workdir} does not exist")
+    exe = spec.command[0]
+    if "/" in exe:
+        path = spec.workdir / exe
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise UsageError(f"{spec.source}: command[0]: {exe!r} is not an executable file (looked in {spec.workdir})")
+    else:
+        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+        if shutil.which(exe, path=search) is None:
+            raise UsageError(f"{spec.source}: command[0]: {exe!r} not found on PATH")
+
+
+def cmd_run(args) -> int:
+    from daemon.supervisor import Supervisor   # after the spec is known to be good
+    spec = load_spec(args.spec, args.overrides)
+    check_runnable(spec)
+    result = Supervisor(spec).run()
+    return result.exit_code
+
+
+def cmd_status(args) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run dir")
+    status = read_status(run_dir)
+    if status is None:
+        raise UsageError(f"{run_dir}: not a traind run dir (no status.json)")
+    status["supervisor_alive"] = lock_is_held(run_dir)
+    status["valid_checkpoint"] = _latest_checkpoint(run_dir)
+    if args.json:
+        print(json.dumps(status, indent=1, default=str))
+        return 0
+    print(format_status(status, now=time.time()))
+    return 0
+
+
+def _latest_checkpoint(run_dir: Path) -> dict | None:
+    from daemon import checkpoints
+    info, skipped = checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
+    out = None if info is None else {"step": info.step, "path": str(info.path), "created": info.created}
+    if out is not None and skipped:
+        out["skipped_newer"] = [f"{Path(s.path).name}: {s.error}" for s in skipped]
+    return out
+
+
+def format_status(s: dict, *, now: float) -> str:
+    state = s.get("state")
+    live = s.get("supervisor_alive")
+    if state in ("starting", "running", "stopping", "backing_off") and not live:
+        state = f"{state} (stale: no supervisor holds the run)"
+    lines = [f"name:        {s.get('name')}", f"state:       {state}",
+             f"attempt:     {s.get('attempt')}  (restarts {s.get('restarts')}, "
+             f"failures in window {s.get('failures_in_window')})"]
+    if s.get("pid"):
+        lines.append(f"pid:         {s['pid']}  (supervisor {s.get('supervisor_pid')})")
+    hb = s.get("last_heartbeat")
+    if hb:
+        rate = hb.get("steps_per_second")
+        lines.append(f"heartbeat:   step {hb.get('step')}, {_age(now, hb.get('time'))} ago"
+                     + (f", {rate:g} steps/s" if rate else ""))
+    ck = s.get("valid_checkpoint")
+    lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {_age(now, ck.get('created'))} ago"))
+    for skipped in (ck or {}).get("skipped_newer", []):
+        lines.append(f"  skipped:   {skipped}")
+    fail = s.get("last_failure")
+    if fail:
+        lines.append(f"last failure: attempt {fail.get('attempt')} {fail.get('exit')}"
+                     + (f" ({fail['reason']})" if fail.get("reason") else "") + f", {_age(now, fail.get('time'))} ago")
+    if s.get("message"):
+        lines.append(f"result:      {s['message']} (exit {s.get('exit_code')})")
+    return "\n".join(lines)
+
+
+def _age(now: float, then) -> str:
+    if not isinstance(then, (int, float)):
+        return "?"
+    sec = max(0.0, now - then)
+    return f"{sec:.1f}s" if sec < 120 else f"{sec / 60:.1f}min" if sec < 7200 else f"{sec / 3600:.1f}h"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: traind run|status")

@@ -1,0 +1,261 @@
+"""The one object through which the supervisor touches the OS: spawn, signal, wait, clocks, randomness.
+
+Tests replace it with a scripted fake (tests/supervisor/fakeos.py) that has the same methods.
+`wait()` is the only place the supervisor blocks: one selector over the signal self-pipe, a wake
+pipe for `request_stop` from other threads, the child's pidfd and (when asked) the control channel.
+Nothing here polls: without events it sleeps until the timeout the caller computed.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.channel import SupervisorChannel
+from daemon.protocol import ENV_CONTROL_FD
+
+
+# --- values ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None          # None when killed by a signal
+    signal: int | None = None
+
+    @classmethod
+    def from_returncode(cls, rc: int) -> "ExitStatus":
+        return cls(None, -rc) if rc < 0 else cls(rc, None)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal_name(self.signal)}"
+        return f"exit code {self.code}"
+
+
+@dataclass(frozen=True)
+class SpawnFailure:
+    message: str
+
+
+# Events returned by wait(), in the order they happened where that matters.
+@dataclass(frozen=True)
+class SignalArrived:
+    signo: int
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildMessage:
+    msg: dict
+
+
+@dataclass(frozen=True)
+class BadMessage:
+    error: str
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    pid: int
+    status: ExitStatus
+
+
+def signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+# --- the real OS -------------------------------------------------------------------------------
+
+class _Child:
+    def __init__(self, popen: subprocess.Popen, channel: SupervisorChannel, log_path: Path):
+        self.popen = popen
+        self.pid = popen.pid
+        self.pidfd = os.pidfd_open(popen.pid)
+        self.channel = channel
+        self.log_path = log_path
+        self.log_offset = 0
+
+
+class RealOS:
+    def __init__(self, echo_to=None) -> None:
+        self._echo_to = echo_to if echo_to is not None else sys.stderr
+        self._sel = selectors.DefaultSelector()
+        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._sig_r, selectors.EVENT_READ, "signal")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._requests: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._old_handlers: dict[int, object] = {}
+        self._old_wakeup_fd: int | None = None
+        self.wakeups = 0   # times wait() returned: the benchmark reads it
+
+    # clocks and chance
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def random(self) -> float:
+        return random.random()
+
+    # signals: the handler records nothing itself; the C-level wakeup fd writes the signal number
+    # into the self-pipe, which the loop reads. No I/O, no decisions in the handler.
+    def install_signal_handlers(self, signos) -> None:
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        for signo in signos:
+            self._old_handlers[signo] = signal.signal(signo, _recorded_by_wakeup_fd)
+
+    def restore_signal_handlers(self) -> None:
+        for signo, handler in self._old_handlers.items():
+            signal.signal(signo, handler)
+        self._old_handlers.clear()
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
+
+    def request_stop(self, reason: str) -> None:
+        """Thread-safe: queue the request and wake the loop."""
+        with self._lock:
+            self._requests.append(reason)
+        try:
+            os.write(self._wake_w, b"r")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already; the loop will see the queue
+
+    # the child
+    def spawn(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=()) -> int | SpawnFailure:
+        channel = SupervisorChannel()
+        env = {**env, ENV_CONTROL_FD: str(channel.child_fd())}
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            popen = subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                     stderr=subprocess.STDOUT, pass_fds=(channel.child_fd(), *keep_fds),
+                                     start_new_session=True)
+        except OSError as err:
+            channel.close()
+            return SpawnFailure(f"cannot start {argv[0]!r}: {err.strerror or err}")
+        finally:
+            os.close(log_fd)
+        channel.forget_child_end()
+        self._child = _Child(popen, channel, log_path)
+        self._sel.register(self._child.pidfd, selectors.EVENT_READ, "exit")
+        return popen.pid
+
+    def send(self, msg_type: str, **fields) -> bool:
+        return self._child is not None and self._child.channel.send(msg_type, **fields)
+
+    def signal_group(self, signo: int) -> bool:
+        """Signal the child's whole process group (it is a session leader: pgid == pid)."""
+        if self._child is None:
+            return False
+        try:
+            os.killpg(self._child.pid, signo)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def wait(self, timeout: float | None, *, listen_channel: bool) -> list:
+        """Block until something happens or `timeout` passes. Whatever the reason for waking, the
+        channel is drained (so a loop that listens to it only once a second loses nothing)."""
+        child = self._child
+        watching = listen_channel and child is not None and not child.channel.closed
+        if watching:
+            self._sel.register(child.channel.fileno(), selectors.EVENT_READ, "channel")
+        try:
+            ready = self._sel.select(None if timeout is None else max(0.0, timeout))
+        finally:
+            if watching:
+                self._sel.unregister(child.channel.fileno())
+        self.wakeups += 1
+        kinds = {key.data for key, _ in ready}
+        events: list = []
+        if "signal" in kinds:
+            events += [SignalArrived(b) for b in _read_all(self._sig_r)]
+        if "wake" in kinds:
+            _read_all(self._wake_r)
+            with self._lock:
+                while self._requests:
+                    events.append(StopRequested(self._requests.popleft()))
+        if child is not None:
+            events += self._drain(child)
+            self.echo_output()
+            if "exit" in kinds:
+                events.append(self._reap(child))
+        return events
+
+    def _drain(self, child: _Child) -> list:
+        got = child.channel.drain()
+        return [ChildMessage(m) for m in got.messages] + [BadMessage(e) for e in got.errors]
+
+    def _reap(self, child: _Child) -> ChildExited:
+        rc = child.popen.wait()
+        self._sel.unregister(child.pidfd)
+        os.close(child.pidfd)
+        child.channel.close()
+        try:  # leftovers of its group (e.g. data loader workers) must not outlive the attempt
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.echo_output()
+        self._child = None
+        return ChildExited(child.pid, ExitStatus.from_returncode(rc))
+
+    def echo_output(self) -> None:
+        """Copy what the child appended to its attempt log since last time to our stderr. The child
+        writes the log file itself, so its output survives us and never hits a broken pipe."""
+        child = self._child
+        if child is None or self._echo_to is False:
+            return
+        try:
+            with open(child.log_path, "rb") as f:
+                f.seek(child.log_offset)
+                data = f.read(1 << 20)
+        except OSError:
+            return
+        if data:
+            child.log_offset += len(data)
+            try:
+                self._echo_to.buffer.write(data)
+                self._echo_to.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        self.restore_signal_handlers()
+        self._sel.close()
+        for fd in (self._sig_r, self._sig_w, self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+def _recorded_by_wakeup_fd(signo, frame) -> None:
+    """The wakeup fd already carries the signal number to the loop; nothing else to do here."""
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return out
+        if not data:
+            return out
+        out += data

@@ -1,0 +1,336 @@
+"""The job spec (YAML): loaded with yaml.safe_load and validated right here, where it is loaded.
+
+Every mistake becomes one UsageError naming the file, the field and what was expected; unknown
+keys are rejected with the list of valid ones. `--set key.sub=value` overrides are applied to the
+raw mapping first (the value parsed as YAML), so they are validated by exactly the same code.
+"""
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.errors import UsageError
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
+SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_seconds: float = 1.0
+    max_seconds: float = 60.0
+    factor: float = 2.0
+    jitter: float = 0.1      # +- this fraction of the delay, so a fleet does not restart in lockstep
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 10
+    window_seconds: float = 3600.0
+    no_retry_exit_codes: tuple[int, ...] = (2,)
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True)
+class KeepBest:
+    metric: str
+    mode: str
+    k: int
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    every_steps: int | None = None
+    every_seconds: float | None = None
+    keep_last: int = 3
+    keep_best: KeepBest | None = None
+
+
+@dataclass(frozen=True)
+class Spot:
+    provider: str = "none"
+    poll_seconds: float = 5.0
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Preemption:
+    signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    grace_seconds: float = 90.0
+    requeue: str | bool = "auto"
+    spot: Spot = field(default_factory=Spot)
+
+
+@dataclass(frozen=True)
+class Health:
+    hang_timeout_seconds: float | None = 300.0
+
+
+@dataclass(frozen=True)
+class Slurm:
+    requeue_command: tuple[str, ...] = ("scontrol", "requeue", "{job_id}")
+    lead_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    command: tuple[str, ...]
+    workdir: Path
+    run_dir: Path
+    source: Path                      # the spec file (for messages)
+    env: dict[str, str] = field(default_factory=dict)
+    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    preemption: Preemption = field(default_factory=Preemption)
+    health: Health = field(default_factory=Health)
+    slurm: Slurm = field(default_factory=Slurm)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def checkpoint_json(self) -> dict:
+        kb = self.checkpoint.keep_best
+        return {"every_steps": self.checkpoint.every_steps, "every_seconds": self.checkpoint.every_seconds,
+                "keep_last": self.checkpoint.keep_last,
+                "keep_best": None if kb is None else {"metric": kb.metric, "mode": kb.mode, "k": kb.k}}
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read, override and validate a spec file. Raises UsageError (one line) on any mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the spec: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a mapping of fields at the top level, got {_kind(raw)}")
+    for item in overrides:
+        apply_override(raw, item, path)
+    return validate(raw, path)
+
+
+def apply_override(raw: dict, item: str, path: Path) -> None:
+    """`a.b=value`: value parsed as YAML (so numbers, lists and null work) and set in the raw mapping."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set {item!r}: expected KEY.SUB=VALUE (e.g. restart.max_restarts=3)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            dotted = ".".join(parts[: depth + 1])
+            raise UsageError(f"{path}: {dotted} (from --set {key}): is {_kind(child)}, cannot set a sub-field")
+        node = child
+    node[parts[-1]] = value
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+class _Checker:
+    """Validates one mapping; every error names the file and the dotted field."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def fail(self, where: str, expected: str, value: Any = ...) -> UsageError:
+        got = "" if value is ... else f", got {_show(value)}"
+        return UsageError(f"{self.source}: {where}: expected {expected}{got}")
+
+    def section(self, value: Any, where: str, valid: tuple[str, ...]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, "a mapping", value)
+        for key in value:
+            if key not in valid:
+                label = f"{where}.{key}" if where else str(key)
+                raise UsageError(f"{self.source}: {label}: unknown field; valid fields here: {', '.join(valid)}")
+        return value
+
+    def number(self, value: Any, where: str, *, minimum: float = 0.0, strict: bool = False,
+               nullable: bool = False, integer: bool = False) -> Any:
+        if value is None and nullable:
+            return None
+        kind = "an integer" if integer else "a number"
+        bound = f" > {minimum:g}" if strict else f" >= {minimum:g}"
+        expected = kind + bound + (" or null" if nullable else "")
+        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            raise self.fail(where, expected, value)
+        if value < minimum or (strict and value == minimum) or value != value:
+            raise self.fail(where, expected, value)
+        return value if integer else float(value)
+
+    def choice(self, value: Any, where: str, choices: tuple) -> Any:
+        if not any(type(value) is type(c) and value == c for c in choices):  # 1 is not True here
+            raise self.fail(where, "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
+                                                         for c in choices), value)
+        return value
+
+    def string(self, value: Any, where: str, *, nullable: bool = False) -> str | None:
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, "a non-empty string" + (" or null" if nullable else ""), value)
+        return value
+
+    def argv(self, value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(where, "a non-empty list of strings, e.g. [python, train.py]", value)
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item == "":
+                raise self.fail(f"{where}[{i}]", "a non-empty string", item)
+            out.append(str(item))
+        return tuple(out)
+
+
+TOP_FIELDS = ("name", "command", "workdir", "run_dir", "env", "checkpoint", "restart", "preemption",
+              "health", "slurm")
+
+
+def validate(raw: dict, source: Path) -> JobSpec:
+    c = _Checker(source)
+    c.section(raw, "", TOP_FIELDS)
+    if "name" not in raw:
+        raise c.fail("name", "a job name matching [A-Za-z0-9][A-Za-z0-9._-]{0,63} (the field is missing)")
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise c.fail("name", "a job name matching [A-Za-z0-9][A-Za-z0-9._-]{0,63}", name)
+    if "command" not in raw:
+        raise c.fail("command", "a non-empty list of strings, e.g. [python, train.py] (the field is missing)")
+    command = c.argv(raw["command"], "command")
+    spec_dir = source.resolve().parent
+    workdir = spec_dir / c.string(raw.get("workdir", "."), "workdir")
+    run_dir = workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir")
+    return JobSpec(
+        name=name, command=command, workdir=workdir.resolve(), run_dir=run_dir.resolve(), source=source,
+        env=_env(c, raw.get("env")), checkpoint=_checkpoint(c, raw.get("checkpoint")),
+        restart=_restart(c, raw.get("restart")), preemption=_preemption(c, raw.get("preemption")),
+        health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), raw=raw)
+
+
+def _env(c: _Checker, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise c.fail("env", "a mapping of NAME: value", value)
+    env = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
+            raise c.fail(f"env.{key}", "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            raise c.fail(f"env.{key}", "a string (quote it: \"1\")", val)
+        env[key] = str(val)
+    return env
+
+
+def _checkpoint(c: _Checker, value: Any) -> CheckpointPolicy:
+    d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best"))
+    keep_best = None
+    if d.get("keep_best") is not None:
+        kb = c.section(d["keep_best"], "checkpoint.keep_best", ("metric", "mode", "k"))
+        keep_best = KeepBest(metric=c.string(kb.get("metric"), "checkpoint.keep_best.metric"),
+                             mode=c.choice(kb.get("mode", "min"), "checkpoint.keep_best.mode", ("min", "max")),
+                             k=c.number(kb.get("k", 1), "checkpoint.keep_best.k", minimum=1, integer=True))
+    return CheckpointPolicy(
+        every_steps=c.number(d.get("every_steps"), "checkpoint.every_steps", minimum=1, integer=True, nullable=True),
+        every_seconds=c.number(d.get("every_seconds"), "checkpoint.every_seconds", minimum=0, strict=True,
+                               nullable=True),
+        keep_last=c.number(d.get("keep_last", 3), "checkpoint.keep_last", minimum=1, integer=True),
+        keep_best=keep_best)
+
+
+def _restart(c: _Checker, value: Any) -> RestartPolicy:
+    d = c.section(value, "restart", ("max_restarts", "window_seconds", "no_retry_exit_codes", "backoff"))
+    b = c.section(d.get("backoff"), "restart.backoff", ("initial_seconds", "max_seconds", "factor", "jitter"))
+    codes = d.get("no_retry_exit_codes", [2])
+    if not isinstance(codes, list):
+        raise c.fail("restart.no_retry_exit_codes", "a list of exit codes 1..255, e.g. [2]", codes)
+    for i, code in enumerate(codes):
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255 or code == 75:
+            raise c.fail(f"restart.no_retry_exit_codes[{i}]", "an exit code 1..255 other than 0 and 75", code)
+    backoff = Backoff(
+        initial_seconds=c.number(b.get("initial_seconds", 1.0), "restart.backoff.initial_seconds"),
+        max_seconds=c.number(b.get("max_seconds", 60.0), "restart.backoff.max_seconds"),
+        factor=c.number(b.get("factor", 2.0), "restart.backoff.factor", minimum=1.0),
+        jitter=c.number(b.get("jitter", 0.1), "restart.backoff.jitter"))
+    if backoff.jitter > 1:
+        raise c.fail("restart.backoff.jitter", "a fraction between 0 and 1", backoff.jitter)
+    if backoff.max_seconds < backoff.initial_seconds:
+        raise c.fail("restart.backoff.max_seconds", f"at least initial_seconds ({backoff.initial_seconds:g})",
+                     backoff.max_seconds)
+    return RestartPolicy(
+        max_restarts=c.number(d.get("max_restarts", 10), "restart.max_restarts", integer=True),
+        window_seconds=c.number(d.get("window_seconds", 3600.0), "restart.window_seconds", strict=True),
+        no_retry_exit_codes=tuple(codes), backoff=backoff)
+
+
+def _preemption(c: _Checker, value: Any) -> Preemption:
+    d = c.section(value, "preemption", ("signals", "grace_seconds", "requeue", "spot"))
+    sigs = d.get("signals", ["SIGTERM", "SIGUSR1"])
+    if not isinstance(sigs, list):
+        raise c.fail("preemption.signals", "a list of signal names from " + ", ".join(STOP_SIGNALS), sigs)
+    for i, sig in enumerate(sigs):
+        c.choice(sig, f"preemption.signals[{i}]", STOP_SIGNALS)
+    s = c.section(d.get("spot"), "preemption.spot", ("provider", "poll_seconds", "base_url"))
+    spot = Spot(provider=c.choice(s.get("provider", "none"), "preemption.spot.provider", SPOT_PROVIDERS),
+                poll_seconds=c.number(s.get("poll_seconds", 5.0), "preemption.spot.poll_seconds", strict=True),
+                base_url=c.string(s.get("base_url"), "preemption.spot.base_url", nullable=True))
+    return Preemption(signals=tuple(sigs),
+                      grace_seconds=c.number(d.get("grace_seconds", 90.0), "preemption.grace_seconds", strict=True),
+                      requeue=c.choice(d.get("requeue", "auto"), "preemption.requeue", ("auto", True, False)),
+                      spot=spot)
+
+
+def _health(c: _Checker, value: Any) -> Health:
+    d = c.section(value, "health", ("hang_timeout_seconds",))
+    return Health(hang_timeout_seconds=c.number(d.get("hang_timeout_seconds", 300.0),
+                                                "health.hang_timeout_seconds", strict=True, nullable=True))
+
+
+def _slurm(c: _Checker, value: Any) -> Slurm:
+    d = c.section(value, "slurm", ("requeue_command", "lead_seconds"))
+    cmd = c.argv(d.get("requeue_command", ["scontrol", "requeue", "{job_id}"]), "slurm.requeue_command")
+    return Slurm(requeue_command=cmd,
+                 lead_seconds=c.number(d.get("lead_seconds"), "slurm.lead_seconds", strict=True, nullable=True))
+
+
+def signal_numbers(names: tuple[str, ...]) -> set[int]:
+    return {int(getattr(signal, n)) for n in names}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    return text if len(text) <= 60 else text[:57] + "..."
+

@@ -1,0 +1,416 @@
+"""`traind run`: supervise one job until it succeeds, fails for good, or is stopped.
+
+One loop, in a fixed order: (1) act on deadlines that passed (backoff over, grace over, hang,
+periodic checkpoint due), (2) block in `os.wait()` until an event or the next deadline, (3) handle
+each event. Every state change goes through `daemon.states.transition` and `_apply`, which logs it,
+appends it to events.jsonl and rewrites status.json. Every OS effect goes through `self.os`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from daemon import protocol
+from daemon.exitcodes import FAILED, OK, PREEMPTED
+from daemon.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
+                           SpawnFailure, StopRequested, signal_name)
+from daemon.runfiles import RunFiles, RunLock
+from daemon.spec import JobSpec, signal_numbers
+from daemon.states import TERMINAL, Facts, State, Transition, Trigger, transition
+
+CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
+
+
+@dataclass
+class Outcome:
+    """How an emergency stop ended; given to the follow-up (SLURM requeue, ...)."""
+    trigger: str                      # "SIGTERM", "SIGUSR1", "request: <reason>", ...
+    checkpoint_committed: bool        # an emergency checkpoint committed during the stop
+    checkpoint_step: int | None       # the resume point now (latest valid checkpoint)
+    exit: ExitStatus | None           # the child's, None if no child was running
+    attempt: int
+
+
+def default_followup(outcome: Outcome) -> int:
+    return PREEMPTED
+
+
+@dataclass
+class Attempt:
+    number: int
+    pid: int | None = None
+    started: float = 0.0              # monotonic
+    resume_step: int | None = None
+    spoke: bool = False
+    last_message_at: float | None = None
+    first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate
+    last_step: int | None = None
+    exit: ExitStatus | None = None
+    reason: str | None = None
+
+    def summary(self) -> dict:
+        return {"attempt": self.number, "pid": self.pid, "resume_step": self.resume_step,
+                "last_step": self.last_step, "exit": None if self.exit is None else self.exit.describe(),
+                "reason": self.reason}
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    state: State
+    message: str
+    attempts: list[dict] = field(default_factory=list)
+
+
+def find_resume_point(run_dir: Path):
+    """(CheckpointInfo|None, skipped newer ones). Imported late: the store is its own part."""
+    from daemon import checkpoints
+    return checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
+
+
+class Supervisor:
+    def __init__(self, spec: JobSpec, *, os_=None, followup: Callable[[Outcome], int] | None = None,
+                 find_resume=find_resume_point, log: Callable[[str], None] | None = None):
+        self.spec = spec
+        self.os = os_ if os_ is not None else RealOS()
+        self.followup = followup or default_followup
+        self.find_resume = find_resume
+        self._log = log or _stderr_log
+        self.files = RunFiles(spec.run_dir)
+        self.state = State.STARTING
+        self.attempts: list[Attempt] = []
+        self.failure_times: list[float] = []    # monotonic, for max_restarts within window_seconds
+        self.consecutive_failures = 0           # drives the backoff; progress resets it
+        self.stop_trigger: str | None = None    # set by a signal / request_stop (not by a hang)
+        self.stop_deadline: float | None = None
+        self.killed = False
+        self.emergency_committed = False
+        self.backoff_until: float | None = None
+        self.next_checkpoint_at: float | None = None
+        self.last_drain = 0.0
+        self.last_checkpoint: dict | None = None
+        self.last_heartbeat: dict | None = None
+        self.last_failure: dict | None = None
+        self.exit_code: int | None = None
+        self.message = ""
+        self.started_wall = 0.0
+        self.attempt_base = 0
+        self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
+
+    # --- public -----------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Thread-safe: same path as SIGUSR1 (emergency checkpoint, then the follow-up)."""
+        self.os.request_stop(reason)
+
+    def run(self) -> RunResult:
+        self.files.create()
+        lock = RunLock(self.spec.run_dir).acquire()
+        self.lock = lock
+        self.attempt_base = self.files.attempts_so_far()   # numbering goes on across `traind run`s
+        self.os.install_signal_handlers(sorted(self.stop_signals))
+        self.started_wall = self.os.wall()
+        self.say(f"supervising {' '.join(self.spec.command)} (run dir {self.spec.run_dir}, pid {os.getpid()})")
+        try:
+            self._spawn_attempt()
+            while self.state not in TERMINAL:
+                self._act_on_deadlines(self.os.monotonic())
+                if self.state in TERMINAL:
+                    break
+                now = self.os.monotonic()
+                listen = self.state is not State.RUNNING or now - self.last_drain >= CHANNEL_BATCH_SECONDS
+                events = self.os.wait(self._timeout(now), listen_channel=listen)
+                self.last_drain = self.os.monotonic()
+                for event in events:
+                    self._handle(event)
+        finally:
+            self.os.restore_signal_handlers()
+            lock.release()
+        return RunResult(self.exit_code, self.state, self.message, [a.summary() for a in self.attempts])
+
+    # --- the loop's pieces --------------------------------------------------------------------------
+    def _timeout(self, now: float) -> float | None:
+        deadlines = [d for d in (self.backoff_until, self.stop_deadline if not self.killed else None,
+                                 self._hang_deadline(), self.next_checkpoint_at) if d is not None]
+        if self.state is State.RUNNING:
+            deadlines.append(self.last_drain + CHANNEL_BATCH_SECONDS)   # the batched channel read
+        elif self.state in (State.STARTING, State.STOPPING):
+            deadlines.append(now + CHANNEL_BATCH_SECONDS)               # echo the child's log
+        return None if not deadlines else max(0.0, min(deadlines) - now)
+
+    def _hang_deadline(self) -> float | None:
+        timeout = self.spec.health.hang_timeout_seconds
+        a = self.attempts[-1] if self.attempts else None
+        if timeout is None or self.state is not State.RUNNING or a is None or a.last_message_at is None:
+            return None
+        return a.last_message_at + timeout
+
+    def _act_on_deadlines(self, now: float) -> None:
+        if self.state is State.BACKING_OFF and self.backoff_until is not None and now >= self.backoff_until:
+            self.backoff_until = None
+            self._apply(transition(self.state, Trigger.BACKOFF_ELAPSED))
+            self._spawn_attempt()
+        elif self.state is State.STOPPING and not self.killed and now >= self.stop_deadline:
+            self.say(f"grace period of {self.spec.preemption.grace_seconds:g}s over: SIGKILL to the process group")
+            self.killed = True
+            self.os.signal_group(signal.SIGKILL)
+        elif self.state is State.RUNNING:
+            hang = self._hang_deadline()
+            if hang is not None and now >= hang:
+                self.attempts[-1].reason = "hang"
+                self._apply(transition(self.state, Trigger.HANG_DETECTED),
+                            reason=f"no message for {self.spec.health.hang_timeout_seconds:g}s")
+                self._enter_stopping("hang")
+            elif self.next_checkpoint_at is not None and now >= self.next_checkpoint_at:
+                self.os.send(protocol.CHECKPOINT_NOW, reason=protocol.REASON_PERIODIC)
+                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+
+    def _handle(self, event) -> None:
+        if isinstance(event, SignalArrived):
+            if event.signo in self.stop_signals:
+                self._stop(signal_name(event.signo))
+        elif isinstance(event, StopRequested):
+            self._stop(f"request: {event.reason}")
+        elif isinstance(event, ChildMessage):
+            self._on_message(event.msg)
+        elif isinstance(event, BadMessage):
+            self.say(f"ignoring a malformed control message: {event.error}")
+        elif isinstance(event, ChildExited):
+            self._on_exit(event.status)
+
+    def _stop(self, trigger: str) -> None:
+        if self.state is State.STOPPING:
+            left = max(0.0, self.stop_deadline - self.os.monotonic())
+            if self.stop_trigger is None:   # a hang stop becomes a requested stop: no restart after
+                self.stop_trigger = trigger
+            self.say(f"{trigger}: already stopping; waiting for the emergency checkpoint ({left:.0f}s of grace left)")
+            return
+        self.stop_trigger = trigger
+        t = transition(self.state, Trigger.STOP_REQUESTED)
+        if t is None:
+            return
+        self._apply(t, reason=trigger)
+        if t.target is State.STOPPING:
+            self._enter_stopping(trigger)
+        else:  # nothing running (backing off): the latest valid checkpoint is the resume point
+            self.backoff_until = None
+            self._finish_preempted(exit_status=None)
+
+    def _enter_stopping(self, why: str) -> None:
+        a = self.attempts[-1]
+        self.stop_deadline = self.os.monotonic() + self.spec.preemption.grace_seconds
+        self.killed = False
+        self.emergency_committed = False
+        self.next_checkpoint_at = None
+        sent = self.os.send(protocol.CHECKPOINT_AND_STOP, reason=why)
+        if not a.spoke:   # may not speak the channel at all: the classic way too
+            self.os.signal_group(signal.SIGTERM)
+            self.say(f"{why}: asked for an emergency checkpoint on the channel and sent SIGTERM to the group "
+                     f"(child has not spoken yet); grace {self.spec.preemption.grace_seconds:g}s")
+        else:
+            self.say(f"{why}: asked the child for an emergency checkpoint"
+                     f"{'' if sent else ' (channel closed)'}; grace {self.spec.preemption.grace_seconds:g}s")
+
+    def _on_message(self, msg: dict) -> None:
+        a = self.attempts[-1] if self.attempts else None
+        if a is None or a.exit is not None:
+            return
+        now = self.os.monotonic()
+        a.last_message_at = now
+        if not a.spoke:
+            a.spoke = True
+            if self.spec.checkpoint.every_seconds:
+                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+            t = transition(self.state, Trigger.CHILD_SPOKE)
+            if t is not None:
+                self._apply(t)
+        kind = msg.get("type")
+        if kind == protocol.HELLO:
+            self.say(f"child pid {msg.get('pid')} says hello (resumed step {msg.get('resumed_step')})")
+        elif kind == protocol.HEARTBEAT:
+            step = _int(msg.get("step"))
+            a.last_step = step
+            if a.first_beat is None and step is not None:
+                a.first_beat = (now, step)
+            self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
+                                   "time": self.os.wall(), "steps_per_second": _rate(a, now, step)}
+            self._write_status()
+        elif kind == protocol.CHECKPOINT:
+            self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
+                                    "seconds": msg.get("seconds"), "time": self.os.wall()}
+            if self.state is State.STOPPING and msg.get("reason") != protocol.REASON_PERIODIC:
+                self.emergency_committed = True
+            if self.spec.checkpoint.every_seconds and self.state is State.RUNNING:
+                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+            self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
+                     f"{_fmt_seconds(msg.get('seconds'))})")
+            self._write_status()
+        elif kind == protocol.STOPPING:
+            self.say(f"child is stopping: {msg.get('reason')}")
+        elif kind == protocol.ERROR:
+            a.reason = str(msg.get("message"))[:500]
+            self.say(f"child reports an error: {a.reason}")
+
+    def _on_exit(self, status: ExitStatus) -> None:
+        a = self.attempts[-1]
+        a.exit = status
+        now = self.os.monotonic()
+        newest, _ = self._resume_point(quiet=True)
+        newest_step = None if newest is None else newest.step
+        progressed = newest_step is not None and (a.resume_step is None or newest_step > a.resume_step)
+        crash = status.code != 0 and not (status.code == PREEMPTED and self.state is not State.STOPPING) \
+            and not (self.state is State.STOPPING and self.stop_trigger is not None)
+        if crash:
+            self.failure_times = [t for t in self.failure_times if now - t <= self.spec.restart.window_seconds]
+            self.failure_times.append(now)
+            self.last_failure = {"attempt": a.number, "exit": status.describe(), "reason": a.reason,
+                                 "time": self.os.wall()}
+            self.consecutive_failures = 0 if progressed else self.consecutive_failures
+        facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None,
+                      no_retry=status.code in self.spec.restart.no_retry_exit_codes,
+                      budget_left=len(self.failure_times) <= self.spec.restart.max_restarts)
+        t = transition(self.state, Trigger.CHILD_EXITED, facts)
+        self._apply(t, exit_status=status, checkpoint_step=newest_step)
+        if t.target is State.SUCCEEDED:
+            self._finish(OK, f"succeeded after {len(self.attempts)} attempt(s)")
+        elif t.target is State.PREEMPTED:
+            if status.code == PREEMPTED:
+                self.emergency_committed = True
+            self._finish_preempted(exit_status=status, checkpoint_step=newest_step)
+        elif t.target is State.STARTING:
+            self._spawn_attempt()
+        elif t.target is State.BACKING_OFF:
+            self.consecutive_failures += 1
+            delay = self._backoff_delay()
+            self.backoff_until = now + delay
+            self.say(f"attempt {a.number} {status.describe()}{' (progress: backoff reset)' if progressed else ''}; "
+                     f"restart {len(self.failure_times)}/{self.spec.restart.max_restarts} in {delay:.2f}s")
+        elif t.target is State.FAILED:
+            self._finish(FAILED, f"{t.edge}: attempt {a.number} {status.describe()}; "
+                                 + "; ".join(f"#{x.number} {x.exit.describe() if x.exit else '?'}"
+                                             for x in self.attempts))
+
+    def _backoff_delay(self) -> float:
+        b = self.spec.restart.backoff
+        base = min(b.max_seconds, b.initial_seconds * b.factor ** (self.consecutive_failures - 1))
+        return max(0.0, base * (1 + b.jitter * (2 * self.os.random() - 1)))
+
+    def _spawn_attempt(self) -> None:
+        number = self.attempt_base + len(self.attempts) + 1
+        info, _ = self._resume_point(quiet=False)
+        a = Attempt(number=number, started=self.os.monotonic(), resume_step=None if info is None else info.step)
+        self.attempts.append(a)
+        self.stop_deadline, self.killed = None, False
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env,
+               protocol.ENV_RUN_DIR: str(self.spec.run_dir),
+               protocol.ENV_RESUME_FROM: "" if info is None else str(info.path),
+               protocol.ENV_ATTEMPT: str(number), protocol.ENV_JOB_NAME: self.spec.name,
+               protocol.ENV_CHECKPOINT_POLICY: _json(self.spec.checkpoint_json())}
+        pid = self.os.spawn(self.spec.command, cwd=self.spec.workdir, env=env,
+                            log_path=self.files.attempt_log(number), keep_fds=(self.lock.fd,))
+        if isinstance(pid, SpawnFailure):
+            a.reason = pid.message
+            self._apply(transition(self.state, Trigger.SPAWN_FAILED), reason=pid.message)
+            self._finish(FAILED, pid.message)
+            return
+        a.pid = pid
+        self.lock.record(child_pid=pid)
+        where = "fresh start" if info is None else f"resuming from step {info.step} ({info.path.name})"
+        self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
+        self._event("spawned", reason=where, checkpoint_step=a.resume_step)
+
+    def _resume_point(self, *, quiet: bool):
+        info, skipped = self.find_resume(self.spec.run_dir)
+        if not quiet:
+            for bad in skipped:
+                self.say(f"skipping checkpoint {Path(bad.path).name}: {bad.error}")
+                self._event("checkpoint_skipped", reason=f"{Path(bad.path).name}: {bad.error}",
+                            checkpoint_step=bad.step)
+        return info, skipped
+
+    def _finish_preempted(self, exit_status: ExitStatus | None, checkpoint_step: int | None = None) -> None:
+        if checkpoint_step is None:
+            newest, _ = self._resume_point(quiet=True)
+            checkpoint_step = None if newest is None else newest.step
+        outcome = Outcome(trigger=self.stop_trigger or "stop", checkpoint_committed=self.emergency_committed,
+                          checkpoint_step=checkpoint_step, exit=exit_status, attempt=len(self.attempts))
+        if outcome.checkpoint_committed:
+            what = f"emergency checkpoint committed at step {checkpoint_step}"
+        else:
+            what = ("no emergency checkpoint committed; resume point "
+                    + ("none (fresh start)" if checkpoint_step is None else f"step {checkpoint_step}"))
+        code = self.followup(outcome)
+        self._finish(code, f"stopped ({outcome.trigger}): {what}")
+
+    def _finish(self, code: int, message: str) -> None:
+        self.exit_code, self.message = code, message
+        self.say(f"{self.state.value}: {message}; exit {code}")
+        self._event("finished", reason=message, exit_code=code)
+        self._write_status(durable=True)
+
+    # --- records ----------------------------------------------------------------------------------
+    def _apply(self, t: Transition | None, *, reason: str | None = None, exit_status: ExitStatus | None = None,
+               checkpoint_step: int | None = None) -> None:
+        if t is None:
+            return
+        self.state = t.target
+        self._event("transition", source=t.source.value, target=t.target.value, edge=t.edge, reason=reason,
+                    exit_status=exit_status, checkpoint_step=checkpoint_step)
+        detail = f" ({exit_status.describe()})" if exit_status else (f" ({reason})" if reason else "")
+        self.say(f"{t.source.value} -> {t.target.value}: {t.edge}{detail}")
+        self._write_status(durable=t.target in TERMINAL)
+
+    def _event(self, kind: str, *, exit_status: ExitStatus | None = None, **fields) -> None:
+        a = self.attempts[-1] if self.attempts else None
+        record = {"time": round(self.os.wall(), 3), "event": kind, "attempt": None if a is None else a.number,
+                  "state": self.state.value, **fields}
+        if exit_status is not None:
+            record["exit_code"], record["signal"] = exit_status.code, (
+                None if exit_status.signal is None else signal_name(exit_status.signal))
+        self.files.append_event(record)
+
+    def _write_status(self, durable: bool = False) -> None:
+        a = self.attempts[-1] if self.attempts else None
+        self.files.write_status({
+            "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
+            "state": self.state.value, "attempt": None if a is None else a.number,
+            "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.failure_times),
+            "supervisor_pid": os.getpid(), "pid": None if a is None or a.exit is not None else a.pid,
+            "started": self.started_wall, "updated": self.os.wall(),
+            "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
+            "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
+            "attempts": [x.summary() for x in self.attempts[-20:]],
+        }, durable=durable)
+
+    def say(self, text: str) -> None:
+        a = self.attempts[-1] if self.attempts else None
+        self._log(f"traind[{self.spec.name}{'' if a is None else f' #{a.number}'}]: {text}")
+
+
+def _stderr_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _rate(a: Attempt, now: float, step: int | None) -> float | None:
+    if a.first_beat is None or step is None or now <= a.first_beat[0]:
+        return None
+    return round((step - a.first_beat[1]) / (now - a.first_beat[0]), 3)
+
+
+def _fmt_seconds(value) -> str:
+    return f"{value:.2f}s" if isinstance(value, (int, float)) else "time unknown"
+
+
+def _json(obj) -> str:
+    import json
+    return json.dumps(obj, separators=(",", ":"))
+
+
+__all__ = ["Supervisor", "Outcome", "RunResult", "default_followup", "asdict"]
