@@ -1,0 +1,139 @@
+"""`traind slurm submit`: the script it writes, LEAD from measurements, and its errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from daemon import checkpoints, cli_slurm, slurm_batch
+from daemon.errors import UsageError
+from daemon.slurm import CommandResult
+
+
+def traind(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: demo\ncommand: [sleep, '1']\nrun_dir: runs/demo\n")
+    return path
+
+
+def test_print_shows_a_requeueable_script(spec, tmp_path):
+    out = traind("slurm", "submit", str(spec), "--time", "5", "--mem", "1G", "--exclusive", "--print")
+    assert out.returncode == 0, out.stderr
+    s = out.stdout
+    for line in ("#SBATCH --job-name=demo", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 f"#SBATCH --signal=B:USR1@{slurm_batch.DEFAULT_LEAD_SECONDS}", "#SBATCH --time=5",
+                 "#SBATCH --mem=1G", "#SBATCH --exclusive",
+                 f"#SBATCH --output={tmp_path}/runs/demo/slurm-%j.out"):
+        assert line in s.splitlines(), line
+    assert s.startswith("#!/bin/bash\n")
+    assert f"exec {sys.executable} -m daemon run {spec}" in s
+    # every #SBATCH line comes before the first command (sbatch stops reading them there)
+    lines = s.splitlines()
+    first_cmd = next(i for i, l in enumerate(lines) if l and not l.startswith("#"))
+    assert all(not l.startswith("#SBATCH") for l in lines[first_cmd:])
+    assert not (tmp_path / "runs").exists()      # --print touches nothing
+
+
+def test_user_options_win_and_array_tasks_get_their_own_run_dir(spec, tmp_path):
+    out = traind("slurm", "submit", str(spec), "-J", "mine", "--array", "0-3", "--lead", "200",
+                 "--set", "restart.max_restarts=1", "--print")
+    assert out.returncode == 0, out.stderr
+    s = out.stdout
+    assert "#SBATCH --job-name" not in s and "#SBATCH -J mine" in s
+    assert "#SBATCH --signal=B:USR1@200" in s and "slurm-%A_%a.out" in s
+    assert "--set restart.max_restarts=1 --set run_dir=" in s
+    assert s.rstrip().endswith('task-"${SLURM_ARRAY_TASK_ID}"')
+
+
+def test_generated_script_is_valid_bash(spec, tmp_path):
+    out = traind("slurm", "submit", str(spec), "--array", "1-2", "--print")
+    script = tmp_path / "s.sh"
+    script.write_text(out.stdout)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--signal", "USR2"], "--lead"),
+    (["--lead", "abc"], "--lead"),
+    (["--lead", "0"], "--lead"),
+    (["--set", "restart.max_restarts=-1"], "restart.max_restarts"),
+    (["stray-word"], "stray-word"),
+])
+def test_mistakes_are_one_line_exit_2(spec, args, words):
+    out = traind("slurm", "submit", str(spec), *args, "--print")
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert words in out.stderr
+
+
+def test_missing_spec_names_the_file(tmp_path):
+    out = traind("slurm", "submit", str(tmp_path / "nope.yaml"), "--print")
+    assert out.returncode == 2 and "nope.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_lead_comes_from_the_measured_emergency_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert slurm_batch.measure_stop(run).needed_seconds() is None
+    assert slurm_batch.lead_for(slurm_batch.measure_stop(run)) == slurm_batch.DEFAULT_LEAD_SECONDS
+    events = [{"to": "running", "attempt": 1},
+              {"type": "checkpoint", "reason": "emergency", "seconds": 40.0},
+              {"type": "checkpoint", "reason": "periodic", "seconds": 12.5},
+              {"type": "heartbeat", "seconds": 999}]          # not a checkpoint: ignored
+    (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\nnot json\n")
+    m = slurm_batch.measure_stop(run)
+    assert m.seconds == 40.0 and "events.jsonl" in m.source
+    assert slurm_batch.lead_for(m) == 40 * 1.5 + 30
+    assert slurm_batch.lead_warning(90, m) is None
+    warning = slurm_batch.lead_warning(30, m)
+    assert "too short" in warning and "--lead 90" in warning and "40.0 s" in warning
+
+
+def test_lead_from_a_manifest_and_from_the_state_size(tmp_path):
+    run = tmp_path / "run"
+    pending = checkpoints.begin(checkpoints.checkpoints_dir(run), 5, 1000)
+    pending.file_path("state.pt").write_bytes(b"x" * 1000)
+    pending.commit(step=5, epoch=0, reason="emergency", metrics={}, extra={"save_seconds": 70.0})
+    m = slurm_batch.measure_stop(run)
+    assert m.seconds == 70.0 and m.state_bytes >= 1000
+    assert slurm_batch.lead_for(m) == 135
+    big = slurm_batch.StopMeasurement(None, None, 20 * 10**9)    # 20 GB, never timed: 200 s estimated
+    assert slurm_batch.lead_for(big) == 330
+    assert "19073 MiB" in slurm_batch.lead_warning(60, big)
+
+
+def test_submit_refuses_a_run_dir_a_queued_job_uses(spec, tmp_path):
+    run_dir = tmp_path / "runs" / "demo"
+
+    class Runner:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, argv, *, timeout=30.0, stdin=None):
+            self.calls.append((tuple(argv), stdin))
+            if argv[0] == "squeue":
+                return CommandResult(tuple(argv), 0, f"17|traind-run-dir:{run_dir}\n18|\n")
+            return CommandResult(tuple(argv), 0, "19\n")
+
+    from daemon.cli import build_parser
+    ns = build_parser().parse_args(["slurm", "submit", str(spec)])
+    with pytest.raises(UsageError, match="already used by queued SLURM job 17"):
+        cli_slurm.submit(ns, Runner())
+    runner = Runner()
+    ns = build_parser().parse_args(["slurm", "submit", str(spec), "--allow-shared-run-dir", "--time", "3"])
+    assert cli_slurm.submit(ns, runner) == 0
+    (argv, script), = [c for c in runner.calls if c[0][0] == "sbatch"]
+    assert argv == ("sbatch", "--parsable") and "#SBATCH --time=3" in script
+    assert run_dir.is_dir()          # made so that sbatch can open the log there
+
+
+def test_option_grouping():
+    groups = slurm_batch.group_options(["--time", "2", "-p", "high", "--exclusive", "--mem=1G", "-t5"])
+    assert groups == [("--time", "2"), ("-p", "high"), ("--exclusive",), ("--mem=1G",), ("-t5",)]
+    assert [slurm_batch.option_name(g) for g in groups] == ["--time", "--partition", "--exclusive", "--mem",
+                                                            "--time"]
