@@ -1,5 +1,142 @@
-"""Placeholder: commands of this group are being written (see docs/contracts.md)."""
+"""`traind ckpt ls|verify|inspect`: look at a run's checkpoints without torch."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from daemon import checkpoints as ck
+from daemon.errors import UsageError
 
 
-def register(sub):
-    pass
+def register(sub) -> None:
+    p = sub.add_parser("ckpt", help="list, verify and inspect checkpoints",
+                       description="Checkpoints of a run (torch-free; files are verified by size + xxh3).")
+    group = p.add_subparsers(dest="ckpt_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+    ls = group.add_parser("ls", help="one row per checkpoint, newest first",
+                          description="List checkpoints, newest first, each verified.")
+    ls.add_argument("dir", metavar="DIR", help="a run dir or its checkpoints dir")
+    ls.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    ls.add_argument("--quick", action="store_true", help="check sizes only, skip the checksums")
+    ls.set_defaults(func=cmd_ls)
+
+    ver = group.add_parser("verify", help="check sizes and checksums; exit 1 if any is bad",
+                           description="Verify one checkpoint dir, or every checkpoint of a dir. "
+                                       "Exit 0 if all are valid, 1 otherwise.")
+    ver.add_argument("path", metavar="PATH", help="a checkpoint dir (step-N), a run dir or a checkpoints dir")
+    ver.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    ver.set_defaults(func=cmd_verify)
+
+    ins = group.add_parser("inspect", help="epoch, step, hyperparameters, keys, tensor count and bytes",
+                           description="Show what a checkpoint holds, without loading torch or "
+                                       "running any code from the file. A run or checkpoints dir "
+                                       "means its newest valid checkpoint.")
+    ins.add_argument("path", metavar="PATH", help="a checkpoint dir (step-N), a run dir or a checkpoints dir")
+    ins.add_argument("--json", action="store_true", help="print one JSON object")
+    ins.set_defaults(func=cmd_inspect)
+
+
+def _existing_dir(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file or directory")
+    if not p.is_dir():
+        raise UsageError(f"{p}: not a directory")
+    return p
+
+
+def _is_checkpoint_dir(p: Path) -> bool:
+    return bool(ck.STEP_DIR_RE.match(p.name)) or (p / ck.MANIFEST_NAME).exists()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _age(created: float | None) -> str:
+    if created is None:
+        return "-"
+    s = max(0.0, time.time() - created)
+    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= secs:
+            return f"{s / secs:.1f}{unit}"
+    return f"{s:.0f}s"
+
+
+def _status(info: ck.CheckpointInfo) -> str:
+    return "valid" if info.valid else f"INVALID: {info.error}"
+
+
+def _print_table(infos: list[ck.CheckpointInfo]) -> None:
+    rows = [("STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS")]
+    for i in infos:
+        rows.append((str(i.step if i.step is not None else "?"), str(i.epoch if i.epoch is not None else "-"),
+                     i.reason or "-", _size(i.size), _age(i.created), _status(i)))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5])
+
+
+def cmd_ls(args) -> int:
+    ckpt_dir = ck.checkpoints_dir(_existing_dir(args.dir))
+    infos = ck.list_checkpoints(ckpt_dir, deep=not args.quick)
+    if args.json:
+        print(json.dumps([i.to_json() for i in infos], indent=1))
+    elif not infos:
+        print(f"no checkpoints in {ckpt_dir}")
+    else:
+        _print_table(infos)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    p = _existing_dir(args.path)
+    infos = [ck.verify(p)] if _is_checkpoint_dir(p) else ck.list_checkpoints(p)
+    if args.json:
+        print(json.dumps([i.to_json() for i in infos], indent=1))
+    elif not infos:
+        print(f"no checkpoints in {ck.checkpoints_dir(p)}")
+    for i in infos if not args.json else ():
+        print(f"ok       {i.path}" if i.valid else f"INVALID  {i.error}")
+    return 0 if infos and all(i.valid for i in infos) else 1
+
+
+def cmd_inspect(args) -> int:
+    from daemon.ckpt_inspect import summarize_state   # only this command needs it
+
+    p = _existing_dir(args.path)
+    if _is_checkpoint_dir(p):
+        info = ck.verify(p)
+    else:
+        info, skipped = ck.latest_valid(p)
+        if info is None:
+            raise UsageError(f"{ck.checkpoints_dir(p)}: no valid checkpoint to inspect"
+                             + (f" ({len(skipped)} invalid)" if skipped else ""))
+    out = {"path": str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
+           "epoch": info.epoch, "reason": info.reason, "created": info.created,
+           "metrics": info.metrics, "size": info.size}
+    state = info.path / ck.STATE_NAME
+    try:
+        s = summarize_state(state)
+        out.update(global_step=s.global_step, state_epoch=s.epoch, hyper_parameters=s.hyper_parameters,
+                   top_level_keys=s.top_level_keys, tensor_count=s.tensor_count,
+                   tensor_bytes=s.tensor_bytes, storage_bytes=s.storage_bytes)
+    except FileNotFoundError:
+        out["state_error"] = f"{state}: missing"
+    except (ValueError, OSError) as err:
+        out["state_error"] = f"{state}: {err}"
+    if args.json:
+        print(json.dumps(out, indent=1, default=str))
+    else:
+        for key, value in out.items():
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, default=str)
+            print(f"{key + ':':<18}{value}")
+    return 0 if info.valid and "state_error" not in out else 1

@@ -1,0 +1,152 @@
+"""Summarise a state.pt without torch and without running any code it carries.
+
+state.pt is a zip (torch.save's format): `<archive>/data.pkl` holds the object tree, tensors are
+references to `<archive>/data/<key>` records. We unpickle data.pkl with an Unpickler whose
+find_class never imports anything: torch's tensor rebuild functions become stubs recording dtype
+and shape, containers are the builtin ones, and every other global becomes an inert placeholder.
+So `traind ckpt inspect` is fast (no torch import) and safe on a hostile file.
+"""
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice,
+                  "bytearray": bytearray, "list": list, "dict": dict, "tuple": tuple}
+_ELEMENT_SIZE = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
+                 "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+
+
+@dataclass(frozen=True)
+class TensorStub:
+    dtype: str
+    shape: tuple
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.dtype}, {list(self.shape)})"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _ELEMENT_SIZE.get(self.dtype, 1)
+
+
+class _Placeholder:
+    """Stands for any global we do not model (never imported, never called for real)."""
+
+    def __init__(self, qualname: str, args=()):
+        self.qualname, self.args = qualname, args
+
+    def __call__(self, *args, **kwargs):
+        return _Placeholder(self.qualname, args)
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}>"
+
+
+class _StorageType(str):
+    @property
+    def dtype(self) -> str:
+        return self[:-len("Storage")] if self.endswith("Storage") else self
+
+
+def _rebuild_tensor(storage, offset, size, *rest):
+    return TensorStub(storage[0].dtype if isinstance(storage, tuple) else "?", tuple(size))
+
+
+def _rebuild_parameter(data, *rest):
+    return data
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        if module == "torch._utils" and name.startswith("_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name.startswith("_rebuild_parameter"):
+            return _rebuild_parameter
+        if module == "torch" and name.endswith("Storage"):
+            return _StorageType(name)
+        if module == "torch" and name == "Size":
+            return tuple
+        if module == "torch" and name not in ("device",):
+            return f"torch.{name}"       # dtypes (torch.float16) as their names
+        return _Placeholder(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        # ('storage', storage_type, key, location, numel)
+        if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+            return (pid[1], pid[2])
+        return _Placeholder("persistent", (pid,))
+
+
+@dataclass
+class StateSummary:
+    top_level_keys: list
+    epoch: object
+    global_step: object
+    hyper_parameters: object
+    tensor_count: int
+    tensor_bytes: int
+    storage_bytes: int
+
+
+def summarize_state(path: Path) -> StateSummary:
+    """Read state.pt's structure. Raises ValueError (with the reason) if it is not a torch zip."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl_names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pkl_names) != 1:
+                raise ValueError("no data.pkl record (not a torch.save zip file)")
+            prefix = pkl_names[0][: -len("data.pkl")]
+            storage_bytes = sum(i.file_size for i in z.infolist() if i.filename.startswith(prefix + "data/"))
+            raw = z.read(pkl_names[0])
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"not a zip file: {err}") from None
+    tensors: list[TensorStub] = []
+    try:
+        obj = _InertUnpickler(io.BytesIO(raw)).load()
+    except Exception as err:   # any malformed pickle is a reason, not a crash
+        raise ValueError(f"unreadable pickle: {type(err).__name__}: {err}") from None
+    _collect(obj, tensors)
+    top = obj if isinstance(obj, dict) else {}
+    return StateSummary(
+        top_level_keys=[str(k) for k in top], epoch=top.get("epoch"),
+        global_step=top.get("global_step"), hyper_parameters=jsonable(top.get("hyper_parameters")),
+        tensor_count=len(tensors), tensor_bytes=sum(t.nbytes for t in tensors),
+        storage_bytes=storage_bytes)
+
+
+def _collect(obj, out: list, depth: int = 0) -> None:
+    if depth > 200:
+        return
+    if isinstance(obj, TensorStub):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect(v, out, depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            _collect(v, out, depth + 1)
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    return repr(obj)

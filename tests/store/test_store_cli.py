@@ -1,0 +1,94 @@
+"""`traind ckpt ls|verify|inspect` as a user runs them (real subprocesses)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from daemon import checkpoints as ck
+
+from .conftest import commit_bytes, payload
+
+
+def traind(*args):
+    return subprocess.run([sys.executable, "-m", "daemon", "ckpt", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def run_with_checkpoints(ckpt_dir):
+    commit_bytes(ckpt_dir, 100, payload(1), epoch=1, metrics={"loss": 0.5})
+    commit_bytes(ckpt_dir, 200, payload(2), epoch=2, reason="emergency")
+    commit_bytes(ckpt_dir, 300, payload(3), epoch=3)
+    os.truncate(ckpt_dir / "step-000000300" / "state.pt", 10)
+    return ckpt_dir.parent
+
+
+def test_ls_table_and_json(run_with_checkpoints):
+    out = traind("ls", run_with_checkpoints)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:6] == ["STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["300", "200", "100"]
+    assert "INVALID" in lines[1] and "truncated" in lines[1] and "emergency" in lines[2]
+    out = traind("ls", run_with_checkpoints / "checkpoints", "--json")
+    rows = json.loads(out.stdout)
+    assert [(r["step"], r["epoch"], r["reason"], r["valid"]) for r in rows] == [
+        (300, 3, "periodic", False), (200, 2, "emergency", True), (100, 1, "periodic", True)]
+    assert all({"path", "error"} <= r.keys() for r in rows) and "truncated" in rows[0]["error"]
+
+
+def test_verify_exit_codes_and_names_the_bad_file(run_with_checkpoints):
+    out = traind("verify", run_with_checkpoints)
+    assert out.returncode == 1
+    assert "step-000000300/state.pt" in out.stdout and "truncated" in out.stdout
+    assert traind("verify", run_with_checkpoints / "checkpoints" / "step-000000200").returncode == 0
+    bad = traind("verify", run_with_checkpoints / "checkpoints" / "step-000000300")
+    assert bad.returncode == 1 and "state.pt" in bad.stdout
+
+
+def test_bad_paths_are_one_line_usage_errors(tmp_path):
+    for args in (("ls", tmp_path / "missing"), ("verify", tmp_path / "missing"),
+                 ("inspect", tmp_path / "missing")):
+        out = traind(*args)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "missing" in out.stderr, out
+        assert "Traceback" not in out.stderr
+    out = traind("inspect", tmp_path)
+    assert out.returncode == 2 and "no valid checkpoint" in out.stderr
+    assert traind("verify", tmp_path).returncode == 1            # nothing to vouch for
+
+
+def test_inspect_reads_state_without_torch_or_running_code(tmp_path):
+    import torch
+    marker = tmp_path / "pwned"
+    model = torch.nn.Linear(4, 3)
+    state = {"epoch": 2, "global_step": 40, "state_dict": model.state_dict(),
+             "hyper_parameters": {"lr": 0.01, "layers": [4, 3]}, "half": torch.zeros(5, dtype=torch.float16),
+             "evil": _Evil(marker)}
+    pending = ck.begin(tmp_path / "checkpoints", 40, 0)
+    with open(pending.file_path("state.pt"), "wb") as f:
+        torch.save(state, f)
+    pending.commit(40, 2, "final", {"val_loss": 0.25})
+    out = traind("inspect", tmp_path, "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert (got["step"], got["epoch"], got["global_step"], got["reason"]) == (40, 2, 40, "final")
+    assert got["hyper_parameters"] == {"lr": 0.01, "layers": [4, 3]}
+    assert got["metrics"] == {"val_loss": 0.25}
+    assert got["top_level_keys"] == ["epoch", "global_step", "state_dict", "hyper_parameters", "half", "evil"]
+    assert got["tensor_count"] == 3 and got["tensor_bytes"] == (12 + 3) * 4 + 5 * 2
+    assert not marker.exists()
+    text = traind("inspect", tmp_path / "checkpoints" / "step-000000040")
+    assert "tensor_count:" in text.stdout and text.returncode == 0
+    probe = ("import sys, daemon.cli, daemon.cli_ckpt; daemon.cli.main(['ckpt', 'inspect', sys.argv[1]]);"
+             "assert 'torch' not in sys.modules, 'torch imported'")
+    assert subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True).returncode == 0
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
