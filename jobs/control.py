@@ -1,0 +1,94 @@
+"""The child end of the supervisor's control channel (see daemon/protocol.py).
+
+A reader thread turns incoming messages into flags (never acts itself); `send` writes one JSON
+line under a lock, because the store's background thread reports commits while the loop sends
+heartbeats. EOF means the supervisor is gone: the job must checkpoint and stop, never train
+unsupervised.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+
+from daemon import protocol
+from jobs.preemption import FLAGS, StopFlags
+
+REASON_SUPERVISOR_GONE = "supervisor gone"
+
+
+class ControlChannel:
+    def __init__(self, sock: socket.socket, flags: StopFlags = FLAGS) -> None:
+        self._sock = sock
+        self._flags = flags
+        self._send_lock = threading.Lock()
+        self._broken = False
+        self._reader = threading.Thread(target=self._read_loop, name="traind-control", daemon=True)
+
+    @classmethod
+    def from_env(cls, environ=os.environ, flags: StopFlags = FLAGS) -> "ControlChannel | None":
+        """The channel named by TRAIND_CONTROL_FD, started; None when running unsupervised."""
+        raw = environ.get(protocol.ENV_CONTROL_FD, "").strip()
+        if not raw:
+            return None
+        try:
+            sock = socket.socket(fileno=int(raw))
+        except (ValueError, OSError) as err:
+            # A bad fd means no supervisor can hear us; training on would be unsupervised.
+            print(f"traind: {protocol.ENV_CONTROL_FD}={raw!r} is not a usable socket ({err}); stopping",
+                  file=sys.stderr)
+            flags.request_stop(REASON_SUPERVISOR_GONE)
+            return None
+        channel = cls(sock, flags)
+        channel.start()
+        return channel
+
+    def start(self) -> None:
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        lines = protocol.LineBuffer()
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._flags.request_stop(REASON_SUPERVISOR_GONE)
+                return
+            for line in lines.feed(data):
+                self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            msg = protocol.decode(line)
+        except protocol.ProtocolError as err:
+            print(f"traind: ignoring a malformed control message: {err}", file=sys.stderr)
+            return
+        reason = str(msg.get("reason") or msg["type"])
+        if msg["type"] == protocol.CHECKPOINT_AND_STOP:
+            self._flags.request_stop(reason)
+        elif msg["type"] == protocol.CHECKPOINT_NOW:
+            self._flags.request_checkpoint(reason)
+        else:
+            print(f"traind: ignoring unknown control message type {msg['type']!r}", file=sys.stderr)
+
+    def send(self, msg_type: str, **fields) -> bool:
+        """Send one message; False (not an exception) when the supervisor is gone."""
+        if self._broken:
+            return False
+        data = protocol.encode(msg_type, **fields)
+        with self._send_lock:
+            try:
+                self._sock.sendall(data)
+                return True
+            except OSError:
+                self._broken = True   # the reader sees EOF and raises the stop flag
+                return False
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass

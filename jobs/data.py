@@ -1,0 +1,123 @@
+"""Data that resumes exactly: per-epoch seeded shuffling, and skipping consumed batches by index.
+
+The batch order of epoch e depends only on (seed, e), never on the global RNG, so a resumed run
+rebuilds the same order without replaying anything; consumed batches are sliced off the index
+list (not iterated and thrown away), and DataLoader workers get their base seed from a generator
+seeded the same way, so workers > 0 change nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from jobs.hparams import HyperparametersMixin
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+
+
+@dataclass
+class DataPosition:
+    """Where the training data stands: stored as `data_position` in state.pt."""
+    epoch: int = 0
+    shuffle_seed: int = 0
+    batches_consumed: int = 0     # in the current epoch
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DataPosition":
+        return cls(int(state["epoch"]), int(state["shuffle_seed"]), int(state["batches_consumed"]))
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of indices for one epoch, starting at batch `start_batch`."""
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                 shuffle: bool = True, drop_last: bool = False, start_batch: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.seed, self.epoch, self.shuffle, self.drop_last = seed, epoch, shuffle, drop_last
+        self.start_batch = int(start_batch)
+
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=gen).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
+                "epoch": self.epoch, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "start_batch": self.start_batch}
+
+
+def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPosition | None = None,
+                     shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
+                     **loader_kwargs) -> DataLoader:
+    """A DataLoader for the epoch in `position`, starting after the batches already consumed."""
+    position = position or DataPosition()
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=position.shuffle_seed,
+                                epoch=position.epoch, shuffle=shuffle, drop_last=drop_last,
+                                start_batch=position.batches_consumed)
+    # Worker base seeds come from this generator, not from the global RNG (which would both
+    # differ on resume and perturb the dropout stream).
+    generator = torch.Generator().manual_seed(epoch_seed(position.shuffle_seed, position.epoch) ^ 0x5EED)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      generator=generator, **loader_kwargs)
+
+
+class DataModule(HyperparametersMixin):
+    """Owns the datasets and how they are batched. Override `train_dataset()` (and optionally
+    `val_dataset()`, `setup()`, `state_dict()`/`load_state_dict()` for your own state).
+
+    The trainer builds the loaders itself (see `resumable_loader`) so that resume is exact."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    loader_kwargs: dict = {}
+
+    def setup(self, stage: str) -> None:
+        """Called once before training ("fit"), after a restore."""
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError(f"{type(self).__name__} must implement train_dataset()")
+
+    def val_dataset(self) -> Dataset | None:
+        return None
+
+    def train_dataloader(self, position: DataPosition) -> DataLoader:
+        return resumable_loader(self.train_dataset(), self.batch_size, position=position,
+                                shuffle=self.shuffle, num_workers=self.num_workers,
+                                drop_last=self.drop_last, **self.loader_kwargs)
+
+    def val_dataloader(self) -> DataLoader | None:
+        dataset = self.val_dataset()
+        if dataset is None:
+            return None
+        # An explicit generator: creating the loader's iterator must not draw from the global RNG.
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0,
+                          generator=torch.Generator().manual_seed(0))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

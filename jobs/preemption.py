@@ -1,0 +1,61 @@
+"""Stop and checkpoint requests: recorded by signal handlers and the control reader, acted on by the loop.
+
+Handlers only assign attributes (atomic under the GIL; no locks, no I/O), so a handler can never
+deadlock against the code it interrupted. The training loop reads the flags at step boundaries,
+which is the only place a checkpoint can capture a consistent state.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    reason: str          # e.g. "SIGTERM", "supervisor: spot notice", "supervisor gone"
+
+
+class StopFlags:
+    """The process-wide record of what was asked of the job. Only the first stop reason is kept."""
+
+    def __init__(self) -> None:
+        self.stop: StopRequest | None = None
+        self.checkpoint_reason: str | None = None   # a periodic checkpoint asked for from outside
+        self.signals_seen = 0
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop is None:
+            self.stop = StopRequest(reason)
+
+    def request_checkpoint(self, reason: str) -> None:
+        self.checkpoint_reason = reason
+
+    def take_checkpoint_request(self) -> str | None:
+        reason, self.checkpoint_reason = self.checkpoint_reason, None
+        return reason
+
+    def clear(self) -> None:  # for tests and for a second Session in one process
+        self.stop, self.checkpoint_reason, self.signals_seen = None, None, 0
+
+
+FLAGS = StopFlags()
+_installed: set[int] = set()
+
+
+def _on_signal(signum, _frame) -> None:
+    # Record only. A second SIGTERM during the emergency save lands here too and changes nothing.
+    FLAGS.signals_seen += 1
+    FLAGS.request_stop(signal.Signals(signum).name)
+
+
+def install(signals=STOP_SIGNALS) -> None:
+    """Install the recording handlers (idempotent). Must run in the main thread; elsewhere it is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in signals:
+        if sig not in _installed:
+            signal.signal(sig, _on_signal)
+            _installed.add(sig)

@@ -1,0 +1,93 @@
+"""What a run tells people: RUN_DIR/metrics.jsonl (one line per finished step) and the console.
+
+On a terminal: one progress line redrawn in place. Otherwise (log files, the supervisor's
+attempt logs): a plain line every `every_steps` steps or `every_seconds` seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Append-only per-step metrics. On resume, lines past the resumed step are dropped (those steps
+    are about to run again), so the file always reads as one clean sequence of steps."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
+        self._file = None
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = []
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    if int(json.loads(line)["step"]) <= step:
+                        keep.append(line if line.endswith(b"\n") else line + b"\n")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a kill mid-write
+        tmp = self.path.with_name(f".{METRICS_NAME}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Console:
+    def __init__(self, max_steps: int | None, stream=None, every_steps: int = 50,
+                 every_seconds: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.max_steps = max_steps
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self._last_print = -math.inf
+
+    def step(self, step: int, epoch: int, metrics: dict, rate: float, now: float) -> None:
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        total = f"/{self.max_steps}" if self.max_steps else ""
+        if self.tty:
+            width = 24
+            bar = ""
+            if self.max_steps:
+                filled = int(width * min(step, self.max_steps) / self.max_steps)
+                bar = "[" + "#" * filled + "." * (width - filled) + "] "
+            self.stream.write(f"\r{bar}step {step}{total} epoch {epoch} {shown} {rate:.1f} it/s\033[K")
+            self.stream.flush()
+        elif step % self.every_steps == 0 or now - self._last_print >= self.every_seconds:
+            self._last_print = now
+            self.line(f"step {step}{total} epoch {epoch} {shown} {rate:.1f} steps/s")
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            text = "\r\033[K" + text
+        self.stream.write(f"traind: {text}\n" if not self.tty else text + "\n")
+        self.stream.flush()
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,357 @@
+"""Session: restore-or-start, step reporting, periodic/emergency/final checkpoints, stop requests.
+
+It is the whole job lifecycle in one object, for people with their own loop and for the Trainer:
+
+    with Session(run_dir="runs/x", model=model, optimizers=opt, max_steps=1000, every_steps=100) as s:
+        for x, y in s.batches(dataset, batch_size=32):
+            ...one optimizer step...
+            s.step_done(loss=loss.item())
+
+Stop requests (SIGTERM, SIGUSR1, the supervisor's control channel, its EOF) are only recorded;
+they are acted on at a step boundary: the loop ends, and leaving the `with` block waits for the
+in-flight save, writes a blocking emergency checkpoint and exits 75.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from daemon import __version__, exitcodes, protocol
+from daemon.errors import TraindError
+from jobs import preemption
+from jobs.callbacks import CheckpointPolicy
+from jobs.clock import SystemClock
+from jobs.control import ControlChannel
+from jobs.data import DataPosition, resumable_loader
+from jobs.preemption import FLAGS
+from jobs.reporting import Console, MetricsLog
+from jobs.rng import capture_rng, restore_rng
+from jobs.store import CheckpointStore
+
+HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
+
+
+class Preempted(SystemExit):
+    """Raised after the emergency checkpoint is durable: the process exits 75 (resumable)."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(exitcodes.PREEMPTED)
+        self.step, self.reason = step, reason
+
+
+class Phase(Enum):
+    """STARTING -> TRAINING -> FINISHING -> DONE; STARTING|TRAINING -> STOPPING -> PREEMPTED;
+    any phase -> FAILED when an exception escapes the user's code or a save."""
+    STARTING = "starting"
+    TRAINING = "training"
+    STOPPING = "stopping"
+    FINISHING = "finishing"
+    DONE = "done"
+    PREEMPTED = "preempted"
+    FAILED = "failed"
+
+
+class Event(Enum):
+    RESTORED = "restored"
+    STOP_REQUESTED = "stop requested"
+    FINISHED = "finished"
+    SAVED = "saved"
+    ERROR = "error"
+
+
+def transition(phase: Phase, event: Event) -> Phase:
+    if event is Event.ERROR:
+        return Phase.FAILED                                   # any -> FAILED
+    if phase is Phase.STARTING and event is Event.RESTORED:
+        return Phase.TRAINING                                 # STARTING -> TRAINING
+    if phase in (Phase.STARTING, Phase.TRAINING) and event is Event.STOP_REQUESTED:
+        return Phase.STOPPING                                 # -> STOPPING (emergency save)
+    if phase is Phase.TRAINING and event is Event.FINISHED:
+        return Phase.FINISHING                                # TRAINING -> FINISHING (final save)
+    if phase is Phase.STOPPING and event is Event.SAVED:
+        return Phase.PREEMPTED                                # STOPPING -> PREEMPTED (exit 75)
+    if phase is Phase.FINISHING and event is Event.SAVED:
+        return Phase.DONE                                     # FINISHING -> DONE (exit 0)
+    raise RuntimeError(f"illegal session transition: {phase.value} on {event.value}")
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """Our own failures (locked run dir, bad $TRAIND_CHECKPOINT, disk full) end the job with one
+    line and their exit code; the user's exceptions keep their traceback."""
+    try:
+        yield
+    except TraindError as err:
+        print(f"traind: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _plain_metrics(metrics: dict) -> dict:
+    return {k: (v.detach().float().item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+
+
+class Session:
+    def __init__(self, run_dir=None, *, model: torch.nn.Module | None = None, optimizers=None,
+                 schedulers=None, scaler=None, max_steps: int | None = None,
+                 every_steps: int | None = None, every_seconds: float | None = None,
+                 keep_last: int = 3, keep_best: dict | None = None,
+                 policy: CheckpointPolicy | None = None, user_state: dict | None = None,
+                 callbacks=(), datamodule=None, hyper_parameters: dict | None = None,
+                 hparams_name: str | None = None, data_seed: int | None = None,
+                 console: Console | None = None, clock=None, environ=None) -> None:
+        preemption.install()          # first: a stop during the restore below is not lost
+        env = os.environ if environ is None else environ
+        self.phase = Phase.STARTING
+        self.clock = clock or SystemClock()
+        self.model, self.scaler = model, scaler
+        self.optimizers, self.schedulers = _as_list(optimizers), _as_list(schedulers)
+        self.max_steps = max_steps
+        self.state = user_state if user_state is not None else {}
+        self.datamodule, self.callbacks = datamodule, list(callbacks)
+        self.hyper_parameters, self.hparams_name = dict(hyper_parameters or {}), hparams_name
+        self.console = console or Console(max_steps)
+        self.step = 0
+        self.position = DataPosition(shuffle_seed=data_seed if data_seed is not None
+                                     else torch.initial_seed() % 2**31)
+        self.finished = False
+        self.last_metrics: dict = {}
+        self.resumed_from: Path | None = None
+        self._committed_step: int | None = None
+        self._save_started = 0.0
+        self._last_heartbeat = -1e18
+        self._epoch_end_pending = False
+        with one_line_errors():
+            self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
+            self.policy = policy or CheckpointPolicy(every_steps, every_seconds,
+                                                     keep_last=keep_last, keep_best=keep_best)
+            if env.get(protocol.ENV_CHECKPOINT_POLICY):
+                self.policy.apply_overrides(env[protocol.ENV_CHECKPOINT_POLICY])
+            if self.policy not in self.callbacks:
+                self.callbacks.insert(0, self.policy)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.control = ControlChannel.from_env(env)
+            self.store = CheckpointStore(self.run_dir, keep_last=self.policy.keep_last,
+                                         keep_best=self.policy.keep_best, on_commit=self._on_commit)
+            self.metrics_log = MetricsLog(self.run_dir)
+            self._restore(env)
+        self._started_at, self._started_step = self.clock.monotonic(), self.step
+        if self.max_steps is not None and self.step >= self.max_steps:
+            self.finished = True        # a rerun of a finished job: nothing left to do
+        self.policy.start(self._started_at)
+        self.phase = transition(self.phase, Event.RESTORED)
+        self._send(protocol.HELLO, pid=os.getpid(), resumed_step=self.step if self.resumed_from else None)
+
+    # --- restore -------------------------------------------------------------------------
+    def _resume_point(self, env) -> Path | None:
+        if protocol.ENV_RESUME_FROM in env:
+            raw = env[protocol.ENV_RESUME_FROM]        # the supervisor chose ("" = fresh start)
+            return Path(raw) if raw else None
+        info = self.store.latest_valid()              # unsupervised: the newest valid one
+        return info.path if info else None
+
+    def _restore(self, env) -> None:
+        path = self._resume_point(env)
+        if path is None:
+            return
+        state = self.store.load(path)
+        self.apply_state(state, where=str(path))
+        self.resumed_from = path
+        self.store.protect(path)
+        if Path(path).resolve().parent == self.store.ckpt_dir.resolve():
+            self._committed_step = self.step
+        self.metrics_log.truncate_after(self.step)
+        self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
+
+    def apply_state(self, state: dict, where: str = "checkpoint") -> None:
+        """Load every part of a checkpoint into the live objects; the RNG states go last."""
+        def check_count(key, live):
+            stored = state.get(key) or []
+            if len(stored) != len(live):
+                raise TraindError(f"{where}: field '{key}' holds {len(stored)} entries, "
+                                  f"this job has {len(live)}; the job's code does not match the checkpoint")
+            return stored
+        if self.model is not None:
+            self.model.load_state_dict(state["state_dict"])
+        for opt, s in zip(self.optimizers, check_count("optimizer_states", self.optimizers)):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, check_count("lr_schedulers", self.schedulers)):
+            sched.load_state_dict(s)
+        if self.scaler is not None and state.get("MixedPrecision"):
+            self.scaler.load_state_dict(state["MixedPrecision"])
+        stored_callbacks = state.get("callbacks") or {}
+        for cb in self.callbacks:
+            if cb.state_key in stored_callbacks:
+                cb.load_state_dict(stored_callbacks[cb.state_key])
+        if self.datamodule is not None:
+            self.datamodule.load_state_dict(state.get("datamodule_state") or {})
+        self.state.clear()
+        self.state.update(state.get("user_state") or {})
+        self.step = int(state["global_step"])
+        self.position = DataPosition.from_state(state["data_position"])
+        self.last_metrics = dict(state.get("loops", {}).get("last_metrics") or {})
+        restore_rng(state["rng_states"])
+
+    # --- the loop's side ------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self.finished or FLAGS.stop is not None
+
+    def batches(self, dataset, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,
+                drop_last: bool = False, **loader_kwargs):
+        """Batches across epochs from the resumed data position, until should_stop()."""
+        while not self.should_stop():
+            loader = resumable_loader(dataset, batch_size, position=self.position, shuffle=shuffle,
+                                      num_workers=num_workers, drop_last=drop_last, **loader_kwargs)
+            total = loader.batch_sampler.batches_per_epoch()
+            if total == 0:
+                raise TraindError(f"dataset of {len(dataset)} samples gives no batch of {batch_size}")
+            for batch in loader:
+                self.position.batches_consumed += 1
+                self._epoch_end_pending = self.position.batches_consumed >= total
+                yield batch
+                if self.should_stop():
+                    return
+            if self.position.batches_consumed >= total:   # step_done() did not roll it over
+                self._next_epoch()
+
+    def _next_epoch(self) -> None:
+        self.position.epoch += 1
+        self.position.batches_consumed = 0
+        self._epoch_end_pending = False
+
+    def step_done(self, metrics: dict | None = None, *, epoch_ended: bool | None = None, **named) -> None:
+        """Report one finished optimizer step (and its metrics); may start a periodic save."""
+        metrics = _plain_metrics({**(metrics or {}), **named})
+        self.step += 1
+        now = self.clock.monotonic()
+        self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics})
+        self.last_metrics.update(metrics)
+        if epoch_ended if epoch_ended is not None else self._epoch_end_pending:
+            epoch_ended = True
+            self._next_epoch()
+        rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
+        self.console.step(self.step, self.position.epoch, metrics, rate, now)
+        if now - self._last_heartbeat >= HEARTBEAT_MIN_INTERVAL:
+            self._last_heartbeat = now
+            self._send(protocol.HEARTBEAT, step=self.step, epoch=self.position.epoch, metrics=metrics)
+        if self.max_steps is not None and self.step >= self.max_steps:
+            self.finished = True
+        if self.should_stop():
+            return                      # the final or emergency checkpoint follows at once
+        asked = FLAGS.take_checkpoint_request()
+        if asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now):
+            with one_line_errors():
+                self.save(reason=protocol.REASON_PERIODIC, blocking=False)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        dm = self.datamodule
+        return {
+            "epoch": self.position.epoch,
+            "global_step": self.step,
+            "state_dict": self.model.state_dict() if self.model is not None else {},
+            "optimizer_states": [o.state_dict() for o in self.optimizers],
+            "lr_schedulers": [s.state_dict() for s in self.schedulers],
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "hyper_parameters": copy.deepcopy(self.hyper_parameters),
+            "hparams_name": self.hparams_name,
+            "datamodule_hyper_parameters": copy.deepcopy(dict(dm.hparams)) if dm is not None else {},
+            "datamodule_state": dm.state_dict() if dm is not None else {},
+            "MixedPrecision": self.scaler.state_dict() if self.scaler is not None else {},
+            "loops": {"global_step": self.step, "epoch": self.position.epoch,
+                      "batches_consumed": self.position.batches_consumed,
+                      "last_metrics": dict(self.last_metrics)},
+            "rng_states": capture_rng(),
+            "data_position": self.position.state_dict(),
+            "user_state": copy.deepcopy(self.state),
+            "traind_version": __version__,
+        }
+
+    def save(self, reason: str = protocol.REASON_PERIODIC, blocking: bool = True):
+        """Checkpoint now. Non-blocking returns once tensors are snapshotted (commit reported later)."""
+        now = self.clock.monotonic()
+        self._save_started = now
+        self.policy.saved(self.step, now)
+        return self.store.save(self.checkpoint_state(), step=self.step, epoch=self.position.epoch,
+                               reason=reason, metrics=dict(self.last_metrics), blocking=blocking)
+
+    def _on_commit(self, info) -> None:     # may run on the store's background thread
+        self._committed_step = info.step
+        seconds = round(self.clock.monotonic() - self._save_started, 3)
+        self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
+                   reason=info.reason, seconds=seconds)
+
+    def _send(self, msg_type: str, **fields) -> None:
+        if self.control is not None:
+            self.control.send(msg_type, **fields)
+
+    # --- the end ---------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        elif not issubclass(exc_type, Preempted):
+            self._fail(exc)
+        return False
+
+    def close(self) -> None:
+        """End of training: emergency checkpoint + exit 75 if a stop was asked, else a final one."""
+        if self.phase in (Phase.DONE, Phase.PREEMPTED, Phase.FAILED):
+            return
+        with one_line_errors():
+            if FLAGS.stop is not None and not self.finished:
+                self._stop_with_emergency_checkpoint()
+            self.phase = transition(self.phase, Event.FINISHED)
+            self.store.flush()
+            if self._committed_step != self.step:     # else: this very step is already durable
+                self.save(reason=protocol.REASON_FINAL, blocking=True)
+            self.phase = transition(self.phase, Event.SAVED)
+            self._shutdown()
+            self.console.line(f"finished at step {self.step}")
+
+    def _stop_with_emergency_checkpoint(self) -> None:
+        reason = FLAGS.stop.reason
+        self.phase = transition(self.phase, Event.STOP_REQUESTED)
+        self.console.line(f"stop requested ({reason}): emergency checkpoint at step {self.step}")
+        started = self.clock.monotonic()
+        try:
+            self.store.flush()          # the in-flight periodic save completes first
+        except TraindError as err:
+            self.console.line(f"the in-flight checkpoint failed ({err}); writing the emergency one")
+        if self._committed_step != self.step:     # else: this very step is already durable
+            self.save(reason=protocol.REASON_EMERGENCY, blocking=True)
+        self.phase = transition(self.phase, Event.SAVED)
+        self._send(protocol.STOPPING, reason=reason, step=self.step)
+        self._shutdown()
+        self.console.line(f"emergency checkpoint at step {self.step} durable after "
+                          f"{self.clock.monotonic() - started:.2f} s; exiting {exitcodes.PREEMPTED}")
+        raise Preempted(self.step, reason)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.phase = transition(self.phase, Event.ERROR)
+        self._send(protocol.ERROR, message=f"{type(exc).__name__}: {exc}"[:2000])
+        try:
+            self._shutdown()   # lets an in-flight periodic save finish: it is still a good state
+        except Exception as err:  # the user's exception matters more; ours is one line
+            print(f"traind: while stopping after the error: {err}", file=sys.stderr)
+
+    def _shutdown(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            self.metrics_log.close()
+            if self.control is not None:
+                self.control.close()

@@ -1,0 +1,169 @@
+"""Trainer: the Lightning-style loop on top of Session (which owns checkpoints and stop requests).
+
+One optimizer step = one "global step". Order at each step boundary, fixed so that a checkpoint
+always captures a consistent state: optimizer step -> per-step schedulers -> validation (if due)
+-> epoch end (per-epoch schedulers, callbacks) -> callbacks -> Session.step_done (metrics line,
+maybe a periodic save) -> stop check.
+"""
+from __future__ import annotations
+
+import torch
+
+from jobs import preemption
+from jobs.callbacks import Callback, CheckpointPolicy
+from jobs.optim import parse_optimizers
+from jobs.precision import Precision
+from jobs.reporting import Console
+from jobs.session import Session
+
+
+def move_to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _loss_of(output, where: str) -> torch.Tensor:
+    loss = output.get("loss") if isinstance(output, dict) else output
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{where} must return a loss tensor or a dict with 'loss', got {type(output).__name__}")
+    return loss
+
+
+class Trainer:
+    def __init__(self, *, max_steps: int | None = None, max_epochs: int | None = None,
+                 precision: str = "32", accumulate_grad_batches: int = 1,
+                 gradient_clip_val: float | None = None, val_check_interval: int | None = None,
+                 limit_val_batches: int | None = None, callbacks: list[Callback] = (),
+                 run_dir=None, checkpoint_every_steps: int | None = None,
+                 checkpoint_every_seconds: float | None = None, checkpoint_at_epoch_end: bool = False,
+                 keep_last: int = 3, keep_best: dict | None = None, log_every_n_steps: int = 50,
+                 accelerator: str = "auto") -> None:
+        preemption.install()     # before the user builds a large model or we restore anything
+        if max_steps is None and max_epochs is None:
+            raise ValueError("Trainer needs max_steps or max_epochs")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        self.max_steps, self.max_epochs = max_steps, max_epochs
+        self.accumulate = accumulate_grad_batches
+        self.clip_val, self.val_check_interval = gradient_clip_val, val_check_interval
+        self.limit_val_batches = limit_val_batches
+        self.callbacks = list(callbacks)
+        policy = next((c for c in self.callbacks if isinstance(c, CheckpointPolicy)), None)
+        if policy is None:
+            policy = CheckpointPolicy(checkpoint_every_steps, checkpoint_every_seconds,
+                                      checkpoint_at_epoch_end, keep_last, keep_best)
+            self.callbacks.insert(0, policy)
+        self.policy, self.run_dir, self.log_every_n_steps = policy, run_dir, log_every_n_steps
+        if accelerator == "auto":
+            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(accelerator)
+        self.precision = Precision(precision, self.device.type)
+        self.should_stop = False      # callbacks (early stopping) set it: normal end, final checkpoint
+        self.session: Session | None = None
+        self.callback_metrics: dict = {}
+
+    @property
+    def global_step(self) -> int:
+        return self.session.step if self.session is not None else 0
+
+    @property
+    def current_epoch(self) -> int:
+        return self.session.position.epoch if self.session is not None else 0
+
+    def fit(self, module, datamodule) -> None:
+        """Train until max_steps/max_epochs or a callback stops it. A stop request ends the process
+        with exit 75 after the emergency checkpoint (a `Preempted`, i.e. SystemExit)."""
+        module.to(self.device)
+        module.trainer = self
+        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+        datamodule.setup("fit")
+        self.session = Session(
+            self.run_dir, model=module, optimizers=optimizers,
+            schedulers=[s.scheduler for s in schedulers], scaler=self.precision.scaler,
+            max_steps=self.max_steps, policy=self.policy, callbacks=self.callbacks,
+            datamodule=datamodule, hyper_parameters=module.hparams,
+            hparams_name=type(module).__qualname__,
+            console=Console(self.max_steps, every_steps=self.log_every_n_steps))
+        with self.session:
+            for cb in self.callbacks:
+                cb.on_fit_start(self, module)
+            self._fit_loop(module, datamodule, optimizers, schedulers)
+        module.trainer = None
+
+    def _epochs_done(self) -> bool:
+        return self.max_epochs is not None and self.session.position.epoch >= self.max_epochs
+
+    def _fit_loop(self, module, datamodule, optimizers, schedulers) -> None:
+        session = self.session
+        params = [p for group in (o.param_groups for o in optimizers) for g in group for p in g["params"]]
+        while not (session.should_stop() or self.should_stop or self._epochs_done()):
+            loader = datamodule.train_dataloader(session.position)
+            total = loader.batch_sampler.batches_per_epoch()
+            batch_idx = session.position.batches_consumed
+            micro_losses: list[float] = []
+            module.train()
+            for batch in loader:
+                batch = move_to(batch, self.device)
+                with self.precision.autocast():
+                    loss = _loss_of(module.training_step(batch, batch_idx), "training_step")
+                self.precision.backward(loss / self.accumulate)
+                micro_losses.append(loss.detach().float().item())
+                batch_idx += 1
+                session.position.batches_consumed = batch_idx
+                epoch_ended = batch_idx >= total
+                if batch_idx % self.accumulate and not epoch_ended:
+                    continue            # accumulating: no step boundary here
+                self.precision.step(optimizers, params, self.clip_val)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                metrics = self._step_boundary(module, datamodule, optimizers, schedulers,
+                                              sum(micro_losses) / len(micro_losses), epoch_ended)
+                micro_losses.clear()
+                session.step_done(metrics, epoch_ended=epoch_ended)
+                if session.should_stop() or self.should_stop:
+                    return
+            if batch_idx < total:     # the loader ended early (it never does unless the data shrank)
+                break
+
+    def _step_boundary(self, module, datamodule, optimizers, schedulers, loss: float,
+                       epoch_ended: bool) -> dict:
+        step = self.session.step + 1          # the step that just finished
+        metrics = {"loss": loss, **module.pop_logged(), "lr": optimizers[0].param_groups[0]["lr"]}
+        for cfg in schedulers:
+            if cfg.interval == "step":
+                cfg.maybe_step(count=step, metrics={**self.callback_metrics, **metrics})
+        val_due = (self.val_check_interval and step % self.val_check_interval == 0) or \
+                  (epoch_ended and not self.val_check_interval)
+        if val_due and datamodule.val_dataset() is not None:
+            metrics.update(self._validate(module, datamodule))
+            for cb in self.callbacks:
+                cb.on_validation_end(self, module, metrics)
+        self.callback_metrics.update(metrics)
+        if epoch_ended:
+            finished_epochs = self.session.position.epoch + 1
+            for cfg in schedulers:
+                if cfg.interval == "epoch":
+                    cfg.maybe_step(count=finished_epochs, metrics=self.callback_metrics)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, module)
+        for cb in self.callbacks:
+            cb.on_train_step_end(self, module, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _validate(self, module, datamodule) -> dict:
+        loader = datamodule.val_dataloader()
+        module.eval()
+        module.pop_logged()           # training metrics were already taken
+        for index, batch in enumerate(loader):
+            if self.limit_val_batches is not None and index >= self.limit_val_batches:
+                break
+            with self.precision.autocast():
+                module.validation_step(move_to(batch, self.device), index)
+        module.train()
+        return module.pop_logged()
