@@ -256,6 +256,8 @@ class Supervisor:
 
     def _on_exit(self, status: ExitStatus) -> None:
         a = self.attempts[-1]
+        if a.exit is not None:
+            return
         a.exit = status
         now = self.os.monotonic()
         newest, _ = self._resume_point(quiet=True)
@@ -318,7 +320,7 @@ class Supervisor:
             return
         a.pid = pid
         self.lock.record(child_pid=pid)
-        where = "fresh start" if info is None else f"resuming from step {info.step} ({info.path.name})"
+        where = "fresh start" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
         self._event("spawned", reason=where, checkpoint_step=a.resume_step)
 

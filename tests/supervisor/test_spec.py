@@ -1,0 +1,91 @@
+"""Spec mistakes: each one line naming the file and the field, exit 2, never a traceback."""
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import UsageError
+from daemon.spec import load_spec
+
+from .conftest import traind
+
+GOOD = "name: tiny\ncommand: [python, -m, jobs.examples.tiny]\n"
+
+MISTAKES = [
+    # (spec text, --set overrides, fragment the message must contain)
+    ("command: [python]\n", [], "name: expected a job name"),
+    ("name: tiny\n", [], "command: expected a non-empty list of strings"),
+    ("name: ../etc\ncommand: [x]\n", [], "name: expected a job name matching"),
+    ("name: tiny\ncommand: python train.py\n", [], "command: expected a non-empty list of strings, e.g. [python, train.py], got 'python train.py'"),
+    (GOOD + "comand: [x]\n", [], "comand: unknown field; valid fields here: name, command, workdir, run_dir, env"),
+    (GOOD + "restart: {max_restart: 3}\n", [], "restart.max_restart: unknown field; valid fields here: max_restarts, window_seconds"),
+    (GOOD + "restart: {max_restarts: ten}\n", [], "restart.max_restarts: expected an integer >= 0, got 'ten'"),
+    (GOOD + "restart: {max_restarts: -1}\n", [], "restart.max_restarts: expected an integer >= 0, got -1"),
+    (GOOD + "restart: {backoff: {factor: 0.5}}\n", [], "restart.backoff.factor: expected a number >= 1, got 0.5"),
+    (GOOD + "restart: {backoff: {initial_seconds: 10, max_seconds: 5}}\n", [], "restart.backoff.max_seconds: expected at least initial_seconds (10), got 5"),
+    (GOOD + "restart: {no_retry_exit_codes: [2, 75]}\n", [], "restart.no_retry_exit_codes[1]: expected an exit code 1..255 other than 0 and 75, got 75"),
+    (GOOD + "preemption: {grace_seconds: 0}\n", [], "preemption.grace_seconds: expected a number > 0, got 0"),
+    (GOOD + "preemption: {signals: [SIGTERM, SIGKILL]}\n", [], "preemption.signals[1]: expected one of SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, got 'SIGKILL'"),
+    (GOOD + "preemption: {requeue: maybe}\n", [], "preemption.requeue: expected one of auto, true, false, got 'maybe'"),
+    (GOOD + "preemption: {spot: {provider: ibm}}\n", [], "preemption.spot.provider: expected one of none, auto, aws, gcp, azure"),
+    (GOOD + "env: {OMP_NUM_THREADS: [1]}\n", [], "env.OMP_NUM_THREADS: expected a string"),
+    (GOOD + "env: [A=1]\n", [], "env: expected a mapping of NAME: value, got a list"),
+    (GOOD + "checkpoint: {keep_best: {metric: val_loss, mode: lowest}}\n", [], "checkpoint.keep_best.mode: expected one of min, max, got 'lowest'"),
+    (GOOD + "checkpoint: {every_steps: 0}\n", [], "checkpoint.every_steps: expected an integer >= 1 or null, got 0"),
+    (GOOD + "health: {hang_timeout_seconds: true}\n", [], "health.hang_timeout_seconds: expected a number > 0 or null, got true"),
+    (GOOD + "checkpoint: 5\n", [], "checkpoint: expected a mapping, got 5"),
+    (GOOD + "name: [unclosed\n", [], "not valid YAML at line 4"),
+    ("- a list\n", [], "expected a mapping of fields at the top level, got a list"),
+    (GOOD, ["restart.max_restarts=many"], "restart.max_restarts: expected an integer >= 0, got 'many'"),
+    (GOOD, ["restart.bakoff.factor=2"], "restart.bakoff: unknown field; valid fields here: max_restarts"),
+    (GOOD, ["name.first=x"], "name (from --set name.first): is a string, cannot set a sub-field"),
+    (GOOD, ["restart"], "--set 'restart': expected KEY.SUB=VALUE"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,fragment", MISTAKES, ids=[m[2][:40] for m in MISTAKES])
+def test_each_mistake_has_its_own_message(tmp_path, text, overrides, fragment):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_spec(spec, overrides)
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+    assert str(spec) in message or message.startswith("--set")
+    assert err.value.exit_code == 2
+
+
+def test_good_spec_defaults_and_relative_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    spec = tmp_path / "sub" / "job.yaml"
+    spec.write_text(GOOD + "workdir: ..\nenv: {OMP_NUM_THREADS: 2}\n")
+    s = load_spec(spec, ["restart.backoff.initial_seconds=0.5", "checkpoint.every_steps=100", "preemption.requeue=false"])
+    assert s.workdir == tmp_path and s.run_dir == tmp_path / "runs" / "tiny"
+    assert s.env == {"OMP_NUM_THREADS": "2"} and s.restart.max_restarts == 10
+    assert s.restart.backoff.initial_seconds == 0.5 and s.checkpoint.every_steps == 100
+    assert s.preemption.requeue is False and s.restart.no_retry_exit_codes == (2,)
+
+
+def test_cli_prints_one_line_exit_2_no_traceback(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(GOOD + "restart: {max_restarts: ten}\n")
+    out = traind("run", spec)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"traind: {spec}: restart.max_restarts: expected an integer >= 0, got 'ten'"]
+
+
+def test_missing_spec_file(tmp_path):
+    out = traind("run", tmp_path / "nope.yaml")
+    assert out.returncode == 2 and "nope.yaml: cannot read the spec: No such file or directory" in out.stderr
+
+
+def test_nonexistent_command_is_a_clear_usage_error(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: x\ncommand: [no-such-trainer-xyz, --fast]\n")
+    out = traind("run", spec)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{spec}: command[0]: 'no-such-trainer-xyz' not found on PATH" in out.stderr
+    spec.write_text(f"name: x\ncommand: [./missing.sh]\n")
+    out = traind("run", spec)
+    assert out.returncode == 2 and "command[0]: './missing.sh' is not an executable file" in out.stderr
