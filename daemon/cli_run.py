@@ -48,7 +48,15 @@ def cmd_run(args) -> int:
     from daemon.supervisor import Supervisor   # after the spec is known to be good
     spec = load_spec(args.spec, args.overrides)
     check_runnable(spec)
-    result = Supervisor(spec).run()
+    # --- cluster hooks (daemon/cluster.py): SLURM requeue after an emergency stop, spot notices ---
+    from daemon import cluster
+    hooks = cluster.attach(spec)
+    supervisor = Supervisor(spec, followup=hooks.followup)
+    hooks.start(supervisor.request_stop, supervisor.say)
+    try:
+        result = supervisor.run()
+    finally:
+        hooks.stop()
     return result.exit_code
 
 

@@ -1,10 +1,10 @@
 """The glue between `traind run` and the cluster: SLURM follow-up + spot watcher, from the spec.
 
 `traind run` does, around its Supervisor:
-    hooks = cluster.attach(spec)                      # logs the SLURM job / restart count
-    supervisor = Supervisor(..., followup=hooks.followup)
-    hooks.start(supervisor.request_stop)              # spot notice -> request_stop(reason)
-    try: code = supervisor.run()
+    hooks = cluster.attach(spec)
+    supervisor = Supervisor(spec, followup=hooks.followup)   # after an emergency stop: requeue?
+    hooks.start(supervisor.request_stop, supervisor.say)     # logs the SLURM job; spot notice -> stop
+    try: code = supervisor.run().exit_code
     finally: hooks.stop()
 """
 from __future__ import annotations
@@ -32,9 +32,16 @@ class ClusterHooks:
     spot_poll_seconds: float
     log: Callable[[str], None]
     watcher: spot.SpotWatcher | None = None
+    notes: tuple[str, ...] = ()        # said at start (e.g. how the spot provider was chosen)
 
-    def start(self, request_stop: Callable[[str], None]) -> None:
-        """Start polling for termination notices (if the spec asks); a notice calls request_stop once."""
+    def start(self, request_stop: Callable[[str], None], log: Callable[[str], None] | None = None) -> None:
+        """Say where we run; poll for termination notices (if the spec asks): a notice -> request_stop."""
+        if log is not None:
+            self.log = self.followup.log = log
+        if self.slurm_job is not None:
+            self.log(self.slurm_job.describe())
+        for line in self.notes:
+            self.log(line)
         if self.spot_provider is None:
             return
 
@@ -57,14 +64,12 @@ def attach(spec, *, environ: Mapping[str, str] | None = None, log: Callable[[str
            runner: slurm.CommandRunner | None = None) -> ClusterHooks:
     """Build the hooks for one `traind run` of `spec` (a daemon.spec.JobSpec)."""
     job = slurm.detect(os.environ if environ is None else environ)
-    if job is not None:
-        log(job.describe())
     spot_cfg = spec.preemption.spot
-    provider = spot_cfg.provider
+    provider, notes = spot_cfg.provider, ()
     if provider == "auto":
         provider = spot.detect_provider()
-        log(f"spot: provider auto-detected as {provider}" if provider else
-            "spot: provider auto: not on AWS, GCP or Azure (by DMI); no termination-notice polling")
+        notes = (f"spot: provider auto-detected as {provider}" if provider else
+                 "spot: provider auto: not on AWS, GCP or Azure (by DMI); no termination-notice polling",)
     elif provider == "none":
         provider = None
     followup = slurm.SlurmFollowup(job, requeue_policy=spec.preemption.requeue,
@@ -72,4 +77,4 @@ def attach(spec, *, environ: Mapping[str, str] | None = None, log: Callable[[str
                                    lead_seconds=spec.slurm.lead_seconds, log=log,
                                    runner=runner or slurm.CommandRunner())
     return ClusterHooks(followup=followup, slurm_job=job, spot_provider=provider,
-                        spot_base_url=spot_cfg.base_url, spot_poll_seconds=spot_cfg.poll_seconds, log=log)
+                        spot_base_url=spot_cfg.base_url, spot_poll_seconds=spot_cfg.poll_seconds, log=log, notes=notes)

@@ -57,45 +57,63 @@ class StopMeasurement:
         return ", ".join(parts) or "nothing measured yet"
 
 
-_SECONDS_KEYS = ("checkpoint_seconds", "emergency_seconds", "stop_seconds", "save_seconds",
-                 "write_seconds", "seconds")
-
-
-def _seconds_in(record: dict) -> float | None:
-    """A checkpoint duration in an events.jsonl line or a manifest's `extra`, if it has one."""
-    text = " ".join(str(record.get(k, "")) for k in ("type", "event", "kind", "reason", "to", "what"))
-    for key in _SECONDS_KEYS:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            if key != "seconds" or "checkpoint" in text or "emergency" in text:
-                return float(value)
-    return None
-
-
-def measure_stop(run_dir: Path) -> StopMeasurement:
-    best, source = None, None
-    events = run_dir / "events.jsonl"
+def _stop_durations(events_path: Path) -> list[float]:
+    """Seconds from each `-> stopping` transition to the next transition out of stopping (events.jsonl)."""
+    durations, stopping_since = [], None
     try:
-        lines = events.read_text(errors="replace").splitlines()
+        lines = events_path.read_text(errors="replace").splitlines()
     except OSError:
-        lines = []
+        return []
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        found = _seconds_in(record) if isinstance(record, dict) else None
-        if found is not None and (best is None or found > best):
-            best, source = found, str(events)
-    infos = checkpoints.list_checkpoints(run_dir, deep=False)
+        if not isinstance(record, dict) or record.get("event") != "transition":
+            continue
+        when = record.get("time")
+        if not isinstance(when, (int, float)):
+            continue
+        if record.get("target") == "stopping":
+            stopping_since = when
+        elif record.get("source") == "stopping" and stopping_since is not None:
+            durations.append(max(0.0, when - stopping_since))
+            stopping_since = None
+    return durations
+
+
+def _recorded_checkpoint_seconds(run_dir: Path, infos) -> list[tuple[float, str]]:
+    """Write times the supervisor (status.json) and the store (manifest `extra`) recorded."""
+    found = []
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+        seconds = (status.get("last_checkpoint") or {}).get("seconds")
+        if isinstance(seconds, (int, float)) and seconds >= 0:
+            found.append((float(seconds), str(run_dir / "status.json")))
+    except (OSError, ValueError, AttributeError):
+        pass
     for info in infos[:5]:
         manifest, _ = checkpoints.read_manifest(info.path)
         extra = (manifest or {}).get("extra")
-        found = _seconds_in({**extra, "what": "checkpoint"}) if isinstance(extra, dict) else None
-        if found is not None and (best is None or found > best):
-            best, source = found, str(info.path / checkpoints.MANIFEST_NAME)
+        for key in ("save_seconds", "write_seconds", "seconds"):
+            value = extra.get(key) if isinstance(extra, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                found.append((float(value), str(info.path / checkpoints.MANIFEST_NAME)))
+                break
+    return found
+
+
+def measure_stop(run_dir: Path) -> StopMeasurement:
+    """The longest emergency stop (or, failing that, checkpoint write) this run dir has recorded."""
+    infos = checkpoints.list_checkpoints(run_dir, deep=False)
+    candidates = [(d, str(run_dir / "events.jsonl") + " (stop request to child exit)")
+                  for d in _stop_durations(run_dir / "events.jsonl")]
+    candidates += _recorded_checkpoint_seconds(run_dir, infos)
     size = next((i.size for i in infos if i.valid), None)
-    return StopMeasurement(best, source, size)
+    if not candidates:
+        return StopMeasurement(None, None, size)
+    seconds, source = max(candidates)
+    return StopMeasurement(seconds, source, size)
 
 
 def lead_for(measurement: StopMeasurement) -> int:

@@ -176,7 +176,7 @@ class SpotWatcher:
             if first:
                 self.notice = notice
         if first:
-            log.warning("spot %s: termination notice: %s (window %.0f s)", notice.provider, notice.detail,
+            log.info("spot %s: termination notice: %s (window %.0f s)", notice.provider, notice.detail,
                         notice.window_seconds)
             self._on_notice(notice)
         return self.notice

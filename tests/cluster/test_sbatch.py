@@ -81,10 +81,12 @@ def test_lead_comes_from_the_measured_emergency_checkpoint(tmp_path):
     run.mkdir()
     assert slurm_batch.measure_stop(run).needed_seconds() is None
     assert slurm_batch.lead_for(slurm_batch.measure_stop(run)) == slurm_batch.DEFAULT_LEAD_SECONDS
-    events = [{"to": "running", "attempt": 1},
-              {"type": "checkpoint", "reason": "emergency", "seconds": 40.0},
-              {"type": "checkpoint", "reason": "periodic", "seconds": 12.5},
-              {"type": "heartbeat", "seconds": 999}]          # not a checkpoint: ignored
+    def transition(t, source, target):
+        return {"time": t, "event": "transition", "source": source, "target": target}
+    events = [transition(100.0, "starting", "running"),
+              transition(200.0, "running", "stopping"), transition(212.5, "stopping", "preempted"),
+              {"time": 300.0, "event": "spawned"}, transition(301.0, "starting", "running"),
+              transition(400.0, "running", "stopping"), transition(440.0, "stopping", "preempted")]
     (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\nnot json\n")
     m = slurm_batch.measure_stop(run)
     assert m.seconds == 40.0 and "events.jsonl" in m.source
