@@ -306,11 +306,18 @@ class HashingWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._hash = xxhash.xxh3_128()
         self.size = 0
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         self._hash.update(view)
-        write_all(self._fd, view)
+        try:
+            write_all(self._fd, view)
+        except OSError as err:
+            # torch.save's zip writer may replace this error with its own RuntimeError on the way
+            # out; keep the first OS error so the caller can report the real cause (ENOSPC, EIO).
+            self.error = self.error or err
+            raise
         self.size += len(view)
         _reach("write")
         return len(view)

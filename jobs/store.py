@@ -55,8 +55,10 @@ def write_state(pending: ck.PendingCheckpoint, state: dict) -> None:
     writer = pending.open_file(ck.STATE_NAME)
     try:
         torch.save(state, writer)
-    except BaseException:
+    except BaseException as err:
         writer.discard()
+        if writer.error is not None and writer.error is not err:
+            raise writer.error from err      # the OS error (ENOSPC, EIO), not torch's wrapper
         raise
     size, digest = writer.close()
     pending.record(ck.STATE_NAME, size, digest)
