@@ -58,6 +58,7 @@ def register(sub):
     i = ssub.add_parser("install", help="install traind.service and traind@.service")
     i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
     i.add_argument("--exec", dest="exe", help="path of the traind executable (default: the one running)")
+    i.add_argument("--jobs-dir", type=Path, default=Path("/etc/traind/jobs"), help="specs of traind@NAME")
     i.add_argument("--create-user", action="store_true", help="create the system user 'traind' if missing")
     i.add_argument("--no-reload", action="store_true", help="skip `systemctl daemon-reload`")
     i.set_defaults(func=cmd_systemd_install)
@@ -178,6 +179,7 @@ def _copy_from(path: Path, offset: int) -> int:
 # ------------------------------------------------------------------------------ systemd install
 def cmd_systemd_install(args) -> int:
     from daemon.systemd_install import install
-    for line in install(args.unit_dir, exe=args.exe, create_user=args.create_user, reload=not args.no_reload):
+    for line in install(args.unit_dir, exe=args.exe, create_user=args.create_user,
+                    reload=not args.no_reload, jobs_dir=args.jobs_dir):
         print(line)
     return 0

@@ -26,7 +26,8 @@ def render(unit_text: str, exe: str) -> str:
     return unit_text.replace(SHIPPED_EXE, exe)
 
 
-def install(unit_dir: Path, *, exe: str | None = None, create_user: bool = False, reload: bool = True) -> list[str]:
+def install(unit_dir: Path, *, exe: str | None = None, create_user: bool = False, reload: bool = True,
+            jobs_dir: Path = Path("/etc/traind/jobs")) -> list[str]:
     exe = exe or shutil.which("traind") or os.path.abspath(sys.argv[0])
     if not os.path.isabs(exe) or not os.access(exe, os.X_OK):
         raise UsageError(f"--exec: {exe!r} is not an absolute path to an executable")
@@ -38,7 +39,8 @@ def install(unit_dir: Path, *, exe: str | None = None, create_user: bool = False
     for name in UNIT_NAMES:
         (unit_dir / name).write_text(render((src / name).read_text(), exe))
         out.append(f"installed {unit_dir / name} (ExecStart uses {exe})")
-    Path("/etc/traind/jobs").mkdir(parents=True, exist_ok=True)
+    jobs_dir.mkdir(parents=True, exist_ok=True)   # where traind@NAME finds NAME.yaml
+    out.append(f"template instances read {jobs_dir}/NAME.yaml")
     if create_user:
         try:
             pwd.getpwnam("traind")

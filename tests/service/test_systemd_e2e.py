@@ -1,0 +1,116 @@
+"""The shipped units under a real systemd (PID 1 of fresh namespaces, see systemd_box.py).
+
+One boot, one story, in order: start waits for READY=1 -> a submitted job trains -> SIGKILL of the
+daemon: systemd restarts it and the job resumes from its checkpoint -> a hung main loop: the
+watchdog kills and restarts it -> `systemctl stop`: emergency checkpoint, Result=success -> a
+template instance runs a job to completion.
+
+The units are the shipped ones; a drop-in only points ExecStart at this checkout's traind
+(`python -m daemon`), runs as root with the state in the test's folder, and shortens the timers.
+"""
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, read_ledger, traind, wait_for, write_spec
+from systemd_box import SystemdBox, available
+
+pytestmark = [pytest.mark.systemd, pytest.mark.slow,
+              pytest.mark.skipif(available() is not None, reason=f"systemd box: {available()}")]
+
+S = "traind.service"
+
+
+def _common(w) -> str:
+    # The shipped hardening stays on; only the paths change: PrivateTmp would hide the test's
+    # /tmp folder and StateDirectory would create /var/lib/traind on the host.
+    return (f"User=root\nGroup=root\nStateDirectory=\nWorkingDirectory={REPO}\nReadWritePaths=\n"
+            f"ReadWritePaths={w}\nPrivateTmp=no\nEnvironment=OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1\n")
+
+
+@pytest.fixture
+def box(tmp_path):
+    b = SystemdBox(tmp_path / "box")
+    for unit in ("traind.service", "traind@.service"):
+        b.add_unit(REPO / "systemd" / unit)
+    w = tmp_path
+    b.add_dropin(S, f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon serve --state-dir {w}/state "
+                    f"--slots 1\n{_common(w)}Environment=TRAIND_TEST_HOOKS=1\n"
+                    "WatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=60s\n")
+    b.add_dropin("traind@.service", f"[Unit]\nAssertPathExists=\nAssertPathExists={w}/jobs/%i.yaml\n"
+                 f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon run {w}/jobs/%i.yaml "
+                 f"--set run_dir={w}/unit-runs/%i\n{_common(w)}")
+    try:
+        b.boot()
+        yield b
+    finally:
+        b.shutdown()
+
+
+def test_units_under_real_systemd(tmp_path, box):
+    state, ledger = tmp_path / "state", tmp_path / "ledger"
+    t0 = time.monotonic()
+    marks = {}
+
+    def mark(what):
+        marks[what] = round(time.monotonic() - t0, 2)
+
+    # 1. start blocks until READY=1; STATUS= reached the manager.
+    out = box.sd("systemctl", "start", S)
+    assert out.returncode == 0, out.stderr + box.journal(S)
+    mark("start (READY=1)")
+    assert box.prop(S, "SubState") == "running" and "slot" in box.prop(S, "StatusText"), box.journal(S)
+
+    # 2. a submitted job trains (checkpoint every 5 steps).
+    spec = write_spec(tmp_path, "sdjob", ledger, steps=100000, step_seconds=0.05, every=5)
+    traind("submit", str(spec), state_dir=state, check=True)
+    steps = state / "jobs/sdjob/run/steps.log"
+    wait_for(lambda: len(steps.read_text().split()) >= 12, 90, "job trained 12 steps")
+    mark("job training")
+    assert "1 running" in box.prop(S, "StatusText")
+
+    # 3. SIGKILL of the daemon: restarted by systemd, the job resumes from its checkpoint.
+    pid = box.prop(S, "MainPID")
+    box.sd("systemctl", "kill", "-s", "SIGKILL", "--kill-whom=main", S)
+    wait_for(lambda: box.prop(S, "NRestarts") == "1" and box.prop(S, "SubState") == "running", 60, "restart 1")
+    assert box.prop(S, "MainPID") != pid
+    wait_for(lambda: resumed_starts(ledger), 90, "job resumed after SIGKILL")
+    assert min(resumed_starts(ledger)) >= 5
+    mark("SIGKILL -> restart -> resumed")
+
+    # 4. a hung main loop stops WATCHDOG=1: systemd aborts and restarts the daemon.
+    (state / "test-hang").touch()
+    wait_for(lambda: box.prop(S, "NRestarts") == "2" and box.prop(S, "SubState") == "running", 60, "watchdog restart")
+    assert "Watchdog timeout" in box.sd("journalctl", "--no-pager", "-u", S).stdout
+    wait_for(lambda: len(resumed_starts(ledger)) >= 2, 90, "job resumed after the watchdog restart")
+    mark("hang -> watchdog -> restart -> resumed")
+
+    # 5. systemctl stop: the job writes its emergency checkpoint; the unit stops cleanly.
+    n = len(steps.read_text().split())
+    wait_for(lambda: len(steps.read_text().split()) >= n + 3, 30, "training again")
+    before = len(read_ledger(ledger))
+    out = box.sd("systemctl", "stop", S)
+    mark("stop")
+    assert out.returncode == 0
+    stops = [e for e in read_ledger(ledger)[before:] if e["what"].startswith("stop")]
+    assert stops and int(stops[-1]["what"].split()[1]) > 0, read_ledger(ledger)
+    assert box.prop(S, "Result") == "success" and box.prop(S, "ActiveState") == "inactive"
+    assert (state / "jobs/sdjob/job.json").read_text().count('"queued"') == 1   # resumes on next start
+
+    # 6. a template instance supervises one spec to completion.
+    (tmp_path / "jobs").mkdir()
+    write_spec(tmp_path / "jobs", "tmpl", ledger, steps=5, step_seconds=0.02)
+    out = box.sd("systemctl", "start", "traind@tmpl.service")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: box.prop("traind@tmpl.service", "ActiveState") == "inactive", 60, "template finished")
+    assert box.prop("traind@tmpl.service", "Result") == "success", box.journal("traind@tmpl.service")
+    assert [e["what"] for e in read_ledger(ledger) if e["job"] == "tmpl"] == ["start 0", "finished"]
+    mark("template instance done")
+    print("systemd e2e timeline (s):", marks)
+    assert not [e for e in read_ledger(ledger) if e["what"] == "OVERLAP"]
+
+
+def resumed_starts(ledger) -> list[int]:
+    return [int(e["what"].split()[1]) for e in read_ledger(ledger)
+            if e["job"] == "sdjob" and e["what"].startswith("start ") and e["what"] != "start 0"]
