@@ -29,16 +29,16 @@ from pathlib import Path
 
 import yaml
 
-from daemon import exitcodes, spool
+from daemon import exitcodes, runfiles, spool
 from daemon.errors import TraindError, UsageError
 from daemon.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, atomic_write, transition
 from daemon.sdnotify import Notifier
+from daemon.spec import validate
 
 log = logging.getLogger("traind.serve")
 
 TICK_SECONDS = 0.5
 SPOOL_SETTLE_SECONDS = 2.0     # a rescan leaves a freshly written (maybe half-copied) file alone
-RUNNER_LOCK = "supervisor.lock"
 
 
 def default_state_dir(environ=os.environ) -> Path:
@@ -105,20 +105,12 @@ class ServeOS:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    def lock_holder(self, lock_path: Path) -> int | None:
-        """Pid recorded in a held flock file, 0 if held but unreadable, None if free or absent."""
-        try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+    def run_dir_holder(self, run_dir: Path) -> str | None:
+        """Who still holds RUN_DIR/supervisor.lock (an old `traind run` or its child), None if free."""
+        if not runfiles.lock_is_held(run_dir):
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            data = os.read(fd, 64).decode(errors="replace").strip()
-            return int(data) if data.isdigit() else 0
-        finally:
-            os.close(fd)  # closing drops our probe lock
-        return None
+        holder = runfiles.lock_holder(run_dir)
+        return f"supervisor pid {holder.get('supervisor_pid')}, child pid {holder.get('child_pid')}"
 
 
 @dataclass
@@ -276,9 +268,7 @@ class Daemon:
             return
         if settle and time.time() - st.st_mtime < settle:
             return  # maybe still being copied in; the next rescan (or its close event) takes it
-        verdict = spool.check_and_read(path, group=self.cfg.group)
-        if isinstance(verdict, spool.Accepted) and verdict.name in self.records:
-            verdict = spool.Refused(path, f"a job named {verdict.name!r} already exists (see `traind ls`)")
+        verdict = self._judge(path)
         if isinstance(verdict, spool.Refused):
             kept = spool.move_aside(path, self.cfg.spool_dir)
             log.warning("refused spool file %s: %s (kept as %s)", path, verdict.reason, kept)
@@ -288,13 +278,30 @@ class Daemon:
         os.rename(path, job_dir / "submitted.yaml")   # from here on the file is the daemon's
         self._commit_accept(verdict.name, verdict)
 
-    def _commit_accept(self, name: str, verdict: spool.Accepted) -> None:
-        job_dir = self.table.job_dir(name)
-        spec = dict(verdict.spec)
+    def _judge(self, path: Path) -> spool.Accepted | spool.Refused:
+        verdict = spool.check_and_read(path, group=self.cfg.group)
+        if isinstance(verdict, spool.Refused):
+            return verdict
+        if verdict.name in self.records:
+            return spool.Refused(path, f"a job named {verdict.name!r} already exists (see `traind ls`)")
+        try:  # a spec the supervisor would reject: say so now, not in a job log later
+            validate(self._rewrite(verdict.name, verdict.spec), path)
+        except UsageError as err:
+            return spool.Refused(path, f"invalid spec: {err}")
+        return verdict
+
+    def _rewrite(self, name: str, raw: dict) -> dict:
+        """The spec as the daemon runs it: its name, absolute paths, its run dir in the state dir."""
+        spec = dict(raw)
         spec["name"] = name
         workdir = Path(str(spec.get("workdir", ".")))  # a hand-dropped relative workdir meant the spool
         spec["workdir"] = str(workdir if workdir.is_absolute() else (self.cfg.spool_dir / workdir).resolve())
-        spec["run_dir"] = str(job_dir / "run")          # the daemon owns where a job writes
+        spec["run_dir"] = str(self.table.job_dir(name) / "run")   # the daemon owns where a job writes
+        return spec
+
+    def _commit_accept(self, name: str, verdict: spool.Accepted) -> None:
+        job_dir = self.table.job_dir(name)
+        spec = self._rewrite(name, verdict.spec)
         atomic_write(job_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False).encode())
         rec = JobRecord(name=name, seq=self.table.next_seq(), owner_uid=verdict.owner_uid)
         self.table.save(rec)                           # commit point of the acceptance
@@ -350,10 +357,10 @@ class Daemon:
         for rec in waiting:
             if not free:
                 return
-            holder = self.os.lock_holder(self.table.job_dir(rec.name) / "run" / RUNNER_LOCK)
+            holder = self.os.run_dir_holder(self.table.job_dir(rec.name) / "run")
             if holder is not None:  # an old `traind run` of this job still finishes its checkpoint
                 if rec.name not in self._waiting_logged:
-                    log.info("job %s: waiting for its previous process (pid %s) to exit", rec.name, holder)
+                    log.info("job %s: waiting for its previous process (%s) to exit", rec.name, holder)
                     self._waiting_logged.add(rec.name)
                 continue
             self._waiting_logged.discard(rec.name)

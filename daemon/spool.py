@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from daemon.errors import UsageError
+from daemon.spec import validate
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # same rule as the spec's `name:`
 SPEC_SUFFIX = ".yaml"
@@ -145,6 +146,7 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
     spec["name"] = job
     workdir = Path(str(spec.get("workdir", ".")))
     spec["workdir"] = str((spec_path.resolve().parent / workdir).resolve())
+    validate(spec, spec_path)  # the supervisor's own checks: a mistake is reported now, not in a log
     return job, yaml.safe_dump(spec, sort_keys=False).encode()
 
 

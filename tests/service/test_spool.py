@@ -101,19 +101,28 @@ def test_daemon_refuses_and_logs_each_bad_submission(tmp_path, serve):
     os.chmod(loose, 0o666)
     evil = tmp_path / "evil.yaml"
     evil.write_text(yaml.safe_dump({"name": "../../escape", "command": ["true"]}))
-    for f in (stranger, loose, evil):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"name": "typo", "command": ["true"], "restart": {"max_restartz": 1}}))
+    for f in (stranger, loose, evil, typo):
         os.rename(f, sp / f.name)
     (sp / "linked.yaml").symlink_to(outside)
     good = write_spec(tmp_path, "good", ledger, steps=1)
     traind("submit", str(good), state_dir=s.state_dir, check=True)
     wait_for(lambda: s.states().get("good") == "done", what="good job done")
-    wait_for(lambda: len(os.listdir(sp / ".refused")) == 4, what="4 refusals")
+    wait_for(lambda: len(os.listdir(sp / ".refused")) == 5, what="5 refusals")
     assert set(s.records()) == {"good"}
     log = s.log_text()
-    for name, why in [("stranger", "owned by uid 65534"), ("loose", "world-writable"),
+    for name, why in [("stranger", "owned by uid 65534"), ("loose", "world-writable"), ("typo", "max_restartz"),
                       ("evil", "field 'name'"), ("linked", "is a symlink")]:
         assert any(f"{name}.yaml" in line and why in line for line in log.splitlines()), (name, log)
     kept = {p.name.rsplit(".", 1)[0]: p for p in (sp / ".refused").iterdir()}
     assert kept["linked.yaml"].is_symlink() and outside.exists()   # never followed, nothing deleted
     assert not (s.state_dir.parent / "escape").exists()
     assert [e["job"] for e in __import__("conftest").read_ledger(ledger)] == ["good", "good"]
+
+
+def test_submit_runs_the_supervisors_spec_checks(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: j\ncommand: ['true']\nrestart: {max_restartz: 3}\n")
+    out = traind("submit", str(bad), state_dir=tmp_path / "state")
+    assert out.returncode == 2 and "max_restartz" in out.stderr and out.stderr.count("\n") == 1
