@@ -147,6 +147,19 @@ def _parse_time(value: str | None) -> float | None:
         return None
 
 
+def parse_duration(value: str | None) -> float | None:
+    """SLURM's TimeLimit ("[days-]hh:mm:ss", "mm:ss", "UNLIMITED") -> seconds, or None."""
+    if not value or not value[0].isdigit():
+        return None
+    days, _, clock = value.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        return seconds + (int(days) * 86400 if days else 0)
+    except ValueError:
+        return None
+
+
 def classify(fields: Mapping[str, str], now: float, lead_seconds: float | None) -> Classification:
     """Tell a time limit from a preemption from a cancel, from the job's own record in slurmctld."""
     if not fields:
@@ -159,6 +172,15 @@ def classify(fields: Mapping[str, str], now: float, lead_seconds: float | None) 
     if state.startswith("PREEMPTED") or _parse_time(fields.get("PreemptTime")) is not None:
         return Classification(StopCause.PREEMPTION, f"PreemptTime={fields.get('PreemptTime')} JobState={state}")
     end = _parse_time(fields.get("EndTime"))
+    start, limit = _parse_time(fields.get("StartTime")), parse_duration(fields.get("TimeLimit"))
+    if state.startswith("COMPLETING") and end is not None:
+        # The job was ended while we still run. scancel sets EndTime to the moment of the cancel
+        # (and keeps JobState=COMPLETING, not CANCELLED, while processes remain); the time limit
+        # leaves EndTime at StartTime + TimeLimit.
+        if start is not None and limit is not None and end < start + limit - 5:
+            return Classification(StopCause.CANCELLED, f"JobState={state}, ended {start + limit - end:.0f} s "
+                                                       f"before its time limit (scancel)")
+        return Classification(StopCause.TIME_LIMIT, f"JobState={state} at its time limit")
     if end is not None:
         left = end - now
         if left <= (lead_seconds or 0.0) + TIME_LIMIT_SLACK_SECONDS:

@@ -55,10 +55,22 @@ def test_array_task_is_requeued_by_its_array_id():
     ({"EndTime": "2026-11-28T12:01:30"}, StopCause.TIME_LIMIT),      # 90 s left, lead 60
     ({"EndTime": "2026-11-28T13:00:00"}, StopCause.UNKNOWN),         # an hour left: a manual signal
     ({"EndTime": "Unknown"}, StopCause.UNKNOWN),
+    # what scontrol shows right after a plain scancel: COMPLETING, EndTime = the cancel, long before the limit
+    ({"JobState": "COMPLETING", "StartTime": "2026-11-28T11:55:00", "TimeLimit": "00:10:00",
+      "EndTime": "2026-11-28T11:59:59"}, StopCause.CANCELLED),
+    ({"JobState": "COMPLETING", "StartTime": "2026-11-28T11:50:00", "TimeLimit": "00:10:00",
+      "EndTime": "2026-11-28T12:00:00"}, StopCause.TIME_LIMIT),
 ])
 def test_classify(fields, cause):
     verdict = slurm.classify(slurm.parse_show_job(show_job(**fields)), NOW, lead_seconds=60)
     assert verdict.cause is cause, verdict.detail
+
+
+def test_parse_duration():
+    assert slurm.parse_duration("00:01:00") == 60
+    assert slurm.parse_duration("2-01:00:05") == 2 * 86400 + 3605
+    assert slurm.parse_duration("45:00") == 2700
+    assert slurm.parse_duration("UNLIMITED") is None and slurm.parse_duration(None) is None
 
 
 def test_classify_without_a_record():
