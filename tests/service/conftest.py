@@ -36,10 +36,11 @@ def traind(*args, state_dir=None, check=False, **kw):
     return out
 
 
-def write_spec(folder: Path, name: str, ledger: Path, steps=10, step_seconds=0.05, every=3, **extra) -> Path:
+def write_spec(folder: Path, name: str, ledger: Path, steps=10, step_seconds=0.05, every=3, stop_seconds=0.0,
+               **extra) -> Path:
     spec = {"name": name, "command": [sys.executable, str(HERE / "fakejob.py"), "--steps", str(steps),
                                       "--step-seconds", str(step_seconds), "--every", str(every),
-                                      "--ledger", str(ledger)],
+                                      "--stop-seconds", str(stop_seconds), "--ledger", str(ledger)],
             "env": {"OMP_NUM_THREADS": "1"}, **extra}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -18,6 +18,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--step-seconds", type=float, default=0.05)
 p.add_argument("--every", type=int, default=3)
+p.add_argument("--stop-seconds", type=float, default=0.0, help="a slow emergency checkpoint")
 p.add_argument("--ledger", required=True)
 a = p.parse_args()
 
@@ -68,6 +69,8 @@ step = json.load(open(ckpt))["step"] if os.path.exists(ckpt) else 0
 ledger(f"start {step}")
 while step < a.steps:
     if stop.is_set():
+        ledger(f"emergency {step}")
+        time.sleep(a.stop_seconds)
         save(step)
         ledger(f"stop {step}")
         sys.exit(75)

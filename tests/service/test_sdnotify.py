@@ -67,4 +67,4 @@ def test_daemon_ready_status_watchdog_and_stopping(tmp_path, serve):
     stopping = mgr.seen("STOPPING")
     assert stopping and int(stopping[0]["EXTEND_TIMEOUT_USEC"]) > 1_000_000
     assert "emergency" in stopping[0]["STATUS"]
-    assert [e["what"].split()[0] for e in read_ledger(ledger)] == ["start", "stop"]
+    assert [e["what"].split()[0] for e in read_ledger(ledger)] == ["start", "emergency", "stop"]

@@ -121,6 +121,22 @@ def test_sigterm_checkpoints_running_jobs_in_parallel_then_restart_resumes(tmp_p
     assert set(resumed) == set(stopped) and names[2] not in resumed
 
 
+def test_restarted_daemon_waits_for_the_old_process_never_two_at_once(tmp_path, serve):
+    s = serve(slots=1).start()
+    ledger = tmp_path / "ledger"
+    submit_many(tmp_path, s, 1, ledger, steps=1000, step_seconds=0.02, every=5, stop_seconds=2.5)
+    wait_for(lambda: len((s.state_dir / "jobs/job00/run/steps.log").read_text().split()) >= 6, 60, "training")
+    s.kill9()          # the orphan gets SIGTERM (PDEATHSIG) and takes 2.5 s to checkpoint
+    s.start()
+    wait_for(lambda: "waiting for its previous process" in s.log_text(), 20, "the daemon to wait")
+    wait_for(lambda: len([e for e in read_ledger(ledger) if e["what"].startswith("start")]) == 2, 60, "relaunch")
+    entries = read_ledger(ledger)
+    assert [e["what"].split()[0] for e in entries] == ["start", "emergency", "stop", "start"], entries
+    stop, restart = entries[2], entries[3]
+    assert restart["t"] > stop["t"] and restart["what"] == f"start {stop['what'].split()[1]}"
+    assert s.stop() == 0
+
+
 def test_cancel_running_and_queued_jobs(tmp_path, serve):
     s = serve(slots=1).start()
     ledger = tmp_path / "ledger"
@@ -131,7 +147,7 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     traind("cancel", "job00", state_dir=s.state_dir, check=True)
     wait_for(lambda: s.states() == {"job00": "cancelled", "job01": "cancelled"}, 60, "both cancelled")
     entries = read_ledger(ledger)
-    assert [e["what"].split()[0] for e in entries] == ["start", "stop"]   # emergency checkpoint, never job01
+    assert [e["what"].split()[0] for e in entries] == ["start", "emergency", "stop"]   # never job01
     assert s.records()["job00"]["exit_code"] == 75
     assert traind("cancel", "nope", state_dir=s.state_dir).returncode == 2
     assert s.stop() == 0
