@@ -24,6 +24,7 @@ class ControlChannel:
         self._flags = flags
         self._send_lock = threading.Lock()
         self._broken = False
+        self._lines = protocol.LineBuffer()
         self._reader = threading.Thread(target=self._read_loop, name="traind-control", daemon=True)
 
     @classmethod
@@ -45,20 +46,44 @@ class ControlChannel:
         return channel
 
     def start(self) -> None:
-        self._reader.start()
+        # What the supervisor sent before we started (e.g. a stop during our start-up) is handled
+        # now, synchronously, so the loop sees it before its first step; the thread does the rest.
+        self._sock.setblocking(False)
+        try:
+            open_ = self._receive_available()
+        finally:
+            self._sock.setblocking(True)
+        if open_:
+            self._reader.start()
+
+    def _receive_available(self) -> bool:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not self._feed(data):
+                return False
 
     def _read_loop(self) -> None:
-        lines = protocol.LineBuffer()
         while True:
             try:
                 data = self._sock.recv(65536)
             except OSError:
                 data = b""
-            if not data:
-                self._flags.request_stop(REASON_SUPERVISOR_GONE)
+            if not self._feed(data):
                 return
-            for line in lines.feed(data):
-                self._handle(line)
+
+    def _feed(self, data: bytes) -> bool:
+        """Handle received bytes; False at EOF (supervisor gone: stop)."""
+        if not data:
+            self._flags.request_stop(REASON_SUPERVISOR_GONE)
+            return False
+        for line in self._lines.feed(data):
+            self._handle(line)
+        return True
 
     def _handle(self, line: bytes) -> None:
         try:

@@ -164,6 +164,7 @@ class Session:
     def _restore(self, env) -> None:
         path = self._resume_point(env)
         if path is None:
+            self.metrics_log.truncate_after(0)   # lines of an earlier attempt that saved nothing
             return
         state = self.store.load(path)
         self.apply_state(state, where=str(path))

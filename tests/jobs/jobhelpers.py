@@ -1,0 +1,127 @@
+"""Helpers for the job-side tests: launch example jobs as real processes, watch their progress,
+interrupt them, and compare runs bit for bit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+HOLD_SAVES = HERE / "hold_saves.py"      # runs a module with every checkpoint write held open
+
+
+def job_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start(module: str, *args, hold_saves: float | None = None, env=None, **popen) -> subprocess.Popen:
+    """`python -m module args` (optionally through hold_saves.py), stdout+stderr captured."""
+    prefix = [str(HOLD_SAVES), str(hold_saves), module] if hold_saves is not None else ["-m", module]
+    return subprocess.Popen([sys.executable, *prefix, *map(str, args)], cwd=REPO,
+                            env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass            # a line torn by SIGKILL
+    return rows
+
+
+def last_step(run_dir) -> int:
+    rows = metrics(run_dir)
+    return rows[-1]["step"] if rows else 0
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 60, interval: float = 0.002):
+    """Poll until predicate() is true; fail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"job exited ({proc.returncode}) before the condition:\n{proc.communicate()[0]}")
+        time.sleep(interval)
+    proc.kill()
+    raise AssertionError(f"timed out waiting; output:\n{proc.communicate()[0]}")
+
+
+def saving_now(run_dir) -> bool:
+    ckpt = Path(run_dir) / "checkpoints"
+    return ckpt.is_dir() and any(p.name.startswith(".tmp-") for p in ckpt.iterdir())
+
+
+def checkpoints(run_dir) -> list[Path]:
+    ckpt = Path(run_dir) / "checkpoints"
+    return sorted(p for p in ckpt.iterdir() if p.name.startswith("step-")) if ckpt.is_dir() else []
+
+
+def final_state(run_dir) -> dict:
+    from jobs.checkpoint_io import load_state
+    return load_state(run_dir)
+
+
+def assert_identical(a, b, where="state"):
+    """Recursive bit-for-bit equality of nested dicts/lists/tensors/plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        # compare the bytes: torch.equal on floats would call -0.0 == 0.0 and NaN != NaN
+        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), f"{where} differs"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_training(run_a, run_b, keys=("state_dict", "optimizer_states", "lr_schedulers",
+                                             "MixedPrecision", "global_step", "data_position")):
+    """Same per-step loss sequence (and every other metric but timing) and same final state."""
+    rows_a, rows_b = metrics(run_a), metrics(run_b)
+    assert [r["step"] for r in rows_b] == list(range(1, len(rows_b) + 1)), "steps lost or repeated"
+    assert rows_a == rows_b
+    state_a, state_b = final_state(run_a), final_state(run_b)
+    for key in keys:
+        assert_identical(state_a[key], state_b[key], key)
+    return state_a, state_b
+
+
+def sigterm_and_expect_75(proc: subprocess.Popen, run_dir) -> int:
+    """SIGTERM; exit 75; the newest checkpoint is at the step the signal was acted on. Returns it."""
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 75, out
+    acted = last_step(run_dir)
+    newest = checkpoints(run_dir)[-1]
+    manifest = json.loads((newest / "MANIFEST.json").read_text())
+    assert manifest["step"] == acted, (manifest, out)
+    assert f"emergency checkpoint at step {acted}" in out, out
+    return acted

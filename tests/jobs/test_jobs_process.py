@@ -1,0 +1,167 @@
+"""The job side end to end: real processes, real signals, a real control channel."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from daemon import protocol
+from jobhelpers import (HERE, REPO, assert_identical, assert_same_training, checkpoints, finish,
+                        job_env, last_step, metrics, saving_now, sigterm_and_expect_75, start, wait_until)
+
+TINY = "jobs.examples.tiny"
+
+
+@pytest.mark.slow
+def test_sigterm_emergency_checkpoint_at_the_acted_step_survives_a_second_sigterm(tmp_path):
+    run_dir = tmp_path / "run"
+    # No periodic saves; the emergency save is held open 0.5 s so the second SIGTERM lands inside it.
+    proc = start(TINY, "--run-dir", run_dir, "--max-steps", 100000, "--every-steps", 0, hold_saves=0.5)
+    wait_until(lambda: last_step(run_dir) >= 30, proc)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: saving_now(run_dir), proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 75, out
+    acted = last_step(run_dir)
+    (ckpt,) = checkpoints(run_dir)
+    manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+    assert (manifest["step"], manifest["reason"]) == (acted, "emergency")
+    assert subprocess.run([sys.executable, "-m", "daemon", "ckpt", "verify", str(ckpt)], cwd=REPO,
+                          env=job_env(), capture_output=True).returncode == 0
+
+    code, out = finish(start(TINY, "--run-dir", run_dir, "--max-steps", acted + 5))
+    assert code == 0, out
+    assert f"(step {acted}, epoch" in out
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, acted + 6)), "no step lost or repeated"
+
+
+def _supervised(run_dir, *args, resume_from=None, policy=None):
+    """Launch tiny with the supervisor's environment and a real socketpair; returns (proc, our end)."""
+    ours, theirs = socket.socketpair()
+    env = job_env(**{protocol.ENV_RUN_DIR: run_dir, protocol.ENV_CONTROL_FD: theirs.fileno(),
+                     protocol.ENV_ATTEMPT: 1})
+    if resume_from is not None:
+        env[protocol.ENV_RESUME_FROM] = str(resume_from)
+    if policy is not None:
+        env[protocol.ENV_CHECKPOINT_POLICY] = json.dumps(policy)
+    proc = start(TINY, "--run-dir", "ignored-under-supervision", *args, env=env,
+                 pass_fds=(theirs.fileno(),))
+    theirs.close()
+    return proc, ours
+
+
+def _messages(sock) -> list[dict]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return [protocol.decode(line) for line in data.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_control_channel_stop_before_first_step_then_resume_and_supervisor_eof(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, sock = _supervised(run_dir, "--max-steps", 100000, resume_from="")
+    sock.sendall(protocol.encode(protocol.CHECKPOINT_AND_STOP, reason="spot notice"))  # before any step
+    code, out = finish(proc)
+    msgs = _messages(sock)
+    assert code == 75, out
+    types = [m["type"] for m in msgs]
+    assert types == ["hello", "checkpoint", "stopping"], msgs
+    assert msgs[0]["resumed_step"] is None and msgs[1]["step"] == 0 and msgs[1]["reason"] == "emergency"
+    assert msgs[2]["reason"] == "spot notice"
+    (ckpt,) = checkpoints(run_dir)
+    assert ckpt.name == "step-000000000"
+
+    # Resume from it (the supervisor's choice), with the spec's checkpoint policy; then vanish.
+    proc, sock = _supervised(run_dir, "--max-steps", 100000, resume_from=ckpt, policy={"every_steps": 10})
+    lines = protocol.LineBuffer()
+    seen = []
+    while not any(m["type"] == "checkpoint" and m["step"] >= 20 for m in seen):
+        seen += [protocol.decode(l) for l in lines.feed(sock.recv(65536))]
+    sock.close()                                  # EOF: the supervisor is gone
+    code, out = finish(proc)
+    assert code == 75, out
+    assert seen[0] == {"type": "hello", "pid": proc.pid, "resumed_step": 0}
+    assert [m["step"] for m in seen if m["type"] == "checkpoint"][:2] == [10, 20]
+    assert any(m["type"] == "heartbeat" and m["metrics"].get("loss") for m in seen)
+    assert "supervisor gone" in out
+    assert checkpoints(run_dir)[-1].name == f"step-{last_step(run_dir):09d}"
+
+
+@pytest.mark.slow
+def test_exception_in_training_step_shows_the_users_traceback_and_is_not_75(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(HERE / "failing_job.py"), str(tmp_path / "run")],
+                            cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, out = finish(proc)
+    assert code not in (0, 75), out
+    assert "Traceback (most recent call last)" in out
+    assert 'failing_job.py", line' in out and "in training_step" in out
+    assert "ValueError: boom in the user's training_step" in out
+    assert [c.name for c in checkpoints(tmp_path / "run")] == ["step-000000002"]   # the good one stays
+
+
+@pytest.mark.slow
+def test_load_from_checkpoint_in_a_fresh_process(tmp_path):
+    run_dir, out_file = tmp_path / "run", tmp_path / "out.pt"
+    code, out = finish(start(TINY, "--run-dir", run_dir, "--max-steps", 20))
+    assert code == 0, out
+    script = (
+        "import sys, torch\n"
+        "from jobs.examples.tiny import TinyClassifier\n"
+        "m = TinyClassifier.load_from_checkpoint(sys.argv[1]).eval()\n"
+        "o = TinyClassifier.load_from_checkpoint(sys.argv[1], dropout=0.0)\n"
+        "x = torch.linspace(-3, 3, 32 * 5).reshape(5, 32)\n"
+        "torch.save({'hp': m.hparams, 'hp_override': o.hparams, 'y': m(x).detach()}, sys.argv[2])\n")
+    subprocess.run([sys.executable, "-c", script, str(run_dir), str(out_file)], cwd=REPO, env=job_env(),
+                   check=True)
+    got = torch.load(out_file, weights_only=True)
+    from jobs.checkpoint_io import load_state
+    from jobs.examples.tiny import TinyClassifier
+    state = load_state(run_dir)
+    assert got["hp"] == state["hyper_parameters"] == TinyClassifier().hparams
+    assert got["hp_override"]["dropout"] == 0.0
+    model = TinyClassifier(**state["hyper_parameters"])
+    model.load_state_dict(state["state_dict"])
+    x = torch.linspace(-3, 3, 32 * 5).reshape(5, 32)
+    assert_identical(model.eval()(x).detach(), got["y"], "outputs")
+    with pytest.raises(RuntimeError, match="size mismatch"):      # strict by default
+        TinyClassifier.load_from_checkpoint(run_dir, hidden=64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16"])
+def test_mixed_precision_state_survives_resume(precision, tmp_path):
+    args = ("--max-steps", 60, "--every-steps", 1000, "--precision", precision, "--accumulate", 2)
+    straight = tmp_path / "straight"
+    code, out = finish(start(TINY, "--run-dir", straight, *args))
+    assert code == 0, out
+    run_dir = tmp_path / "interrupted"
+    proc = start(TINY, "--run-dir", run_dir, *args)
+    wait_until(lambda: last_step(run_dir) >= 25, proc)
+    sigterm_and_expect_75(proc, run_dir)
+    code, out = finish(start(TINY, "--run-dir", run_dir, *args))
+    assert code == 0, out
+    state, _ = assert_same_training(straight, run_dir)
+    if precision == "16-mixed":
+        assert state["MixedPrecision"]["_growth_tracker"] == 60    # counted across the resume
+
+
+@pytest.mark.slow
+def test_own_loop_example_runs_and_resumes_exactly(tmp_path):
+    def own_loop(run_dir, steps=150):
+        code = f"from jobs.examples.own_loop import main; main({str(run_dir)!r}, {steps})"
+        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=job_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    straight, run_dir = tmp_path / "straight", tmp_path / "interrupted"
+    assert finish(own_loop(straight))[0] == 0
+    proc = own_loop(run_dir)
+    wait_until(lambda: last_step(run_dir) >= 60, proc)
+    sigterm_and_expect_75(proc, run_dir)
+    code, out = finish(own_loop(run_dir))
+    assert code == 0 and "resumed from" in out, out
+    assert_same_training(straight, run_dir, keys=("state_dict", "optimizer_states", "lr_schedulers"))
