@@ -1,8 +1,8 @@
 """A real one-node SLURM on loopback (scripts/slurm-start.sh): time limit, preemption, scancel, arrays.
 
-The job is tests/supervisor/fixture_job.py under `traind run`, submitted with `traind slurm submit`:
-torch-free, one deterministic integer per step, so "resumed at the next step, nothing lost or
-repeated, same final value" is checked exactly (metrics.jsonl and result.json).
+Jobs run under `traind run`, submitted with `traind slurm submit`. Mostly tests/supervisor/fixture_job.py
+(torch-free, one deterministic integer per step, so "resumed at the next step, nothing lost or
+repeated, same final value" is checked exactly); the preemption test runs jobs.examples.tiny.
 """
 from __future__ import annotations
 
@@ -130,23 +130,32 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm_cluster, tmp_
 
 
 def test_preemption_by_high_partition_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, jobs_to_cancel):
-    steps = 150
-    spec = write_spec(tmp_path, "victim", steps)
+    """The real example job (jobs.examples.tiny, torch) preempted by a job of partition "high"."""
+    steps = 6000                              # ~20-30 s of training on one core
+    spec = tmp_path / "victim.yaml"
+    spec.write_text(json.dumps({
+        "name": "victim", "workdir": str(ROOT), "run_dir": str(tmp_path / "run"),
+        "command": [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "1000"],
+        "env": {"OMP_NUM_THREADS": "1"}, "preemption": {"grace_seconds": 15}, "restart": {"max_restarts": 0}}))
     jid = submit(spec, "--time", "5")
     jobs_to_cancel.append(jid)
     run_dir = tmp_path / "run"
-    wait_until(lambda: len(steps_done(run_dir)) >= 20, 40, "the victim to make progress")
+    wait_until(lambda: len(steps_done(run_dir)) >= 200, 60, "the victim to make progress")
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "8", "-t", "1",
                            "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
                           capture_output=True, text=True, check=True).stdout.strip()
     jobs_to_cancel.append(high)
-    wait_until(lambda: show(jid).get("JobState") == "COMPLETED", 90, "the victim to rerun and finish")
+    wait_until(lambda: show(jid).get("JobState") == "COMPLETED", 120, "the victim to rerun and finish")
     assert show(high).get("JobState") == "COMPLETED"
 
     log = (run_dir / f"slurm-{jid}.out").read_text()
     assert f"SLURM job {jid} stopped by preemption" in log
     assert f"requeued SLURM job {jid}" in log and "SLURM_RESTART_COUNT=1" in log
-    assert_finished_exactly(run_dir, steps)
+    first, rerun = log.split("SLURM_RESTART_COUNT=1 (rerun", 1)
+    emergency = int(first.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    assert 200 <= emergency < steps and f"resuming from step {emergency}" in rerun
+    assert steps_done(run_dir) == list(range(1, steps + 1)), "a step was lost or repeated across the requeue"
+    assert (run_dir / "checkpoints" / f"step-{steps:09d}" / "MANIFEST.json").is_file()
 
 
 def test_scancel_checkpoints_and_does_not_requeue(slurm_cluster, tmp_path, jobs_to_cancel):
