@@ -7,7 +7,7 @@ Layout of RUN_DIR/checkpoints/:
     .lock                                      flock of the one writer; holds its pid
 
 Commit protocol (PendingCheckpoint): write + fsync every file in the temp dir -> write + fsync the
-manifest (sizes + xxh3-128 checksums of every file) -> fsync the temp dir -> rename it to
+manifest (sizes + xxh3-128 checksums of every 16 MiB block of every file) -> fsync the temp dir -> rename it to
 step-N -> fsync the checkpoints dir. A kill at any point leaves either the previous set of
 committed checkpoints or that set plus the complete new one. Discovery (verify/latest_valid) trusts
 only step-N dirs whose manifest parses and whose files match it byte for byte.
@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +29,15 @@ from typing import Callable, Iterable
 import xxhash
 
 from daemon import __version__
+from daemon import ckpt_hash
+from daemon.ckpt_hash import HashingWriter
 from daemon.ckpt_fs import ExclusiveFileLock, fsync_dir, fsync_file, remove_tree, swap_into_place, write_all
 from daemon.errors import TraindError
 
 __all__ = [
     "CHECKPOINTS_SUBDIR", "MANIFEST_NAME", "FORMAT_VERSION", "STATE_NAME", "CheckpointInfo",
     "checkpoints_dir", "verify", "list_checkpoints", "latest_valid", "WriterLock", "begin",
-    "PendingCheckpoint", "prune", "clean_stale", "HashingWriter",
+    "PendingCheckpoint", "prune", "clean_stale",
 ]
 
 log = logging.getLogger("traind.checkpoints")
@@ -45,12 +46,11 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 MANIFEST_NAME = "MANIFEST.json"
 STATE_NAME = "state.pt"
 FORMAT_VERSION = 1
-CHECKSUM_ALGO = "xxh3_128"
+BLOCKS_FIELD = f"{ckpt_hash.ALGO}_blocks"     # per-file list of block digests
 REASONS = ("periodic", "emergency", "final")
 STEP_DIR_RE = re.compile(r"^step-(\d{9,})$")
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
-READ_CHUNK = 8 << 20
 # Free space required beyond the expected size: torch.save adds headers and 64-byte alignment.
 SPACE_MARGIN_FRACTION = 0.05
 SPACE_MARGIN_BYTES = 1 << 20
@@ -101,22 +101,6 @@ def checkpoints_dir(path) -> Path:
 
 # --- reading -----------------------------------------------------------------------------------
 
-def hash_file(path: Path) -> tuple[int, str]:
-    """(size, xxh3-128 hex) of a file, read in large chunks into one reused buffer."""
-    h = xxhash.xxh3_128()
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
-
-
 MANIFEST_CHECKSUM_FIELD = "manifest_xxh3_128"
 
 
@@ -165,7 +149,9 @@ def read_manifest(ckpt_path: Path) -> tuple[dict | None, str | None]:
         return None, f"{mpath}: field 'files': missing or empty"
     for name, entry in files.items():
         if (not isinstance(entry, dict) or _int_or_none(entry.get("size")) is None
-                or not isinstance(entry.get(CHECKSUM_ALGO), str)
+                or _int_or_none(entry.get("block_size")) is None or entry["block_size"] < 4096
+                or not isinstance(entry.get(BLOCKS_FIELD), list)
+                or len(entry[BLOCKS_FIELD]) != ckpt_hash.block_count(entry["size"], entry["block_size"])
                 or "/" in name or name in ("", ".", "..", MANIFEST_NAME)):
             return None, f"{mpath}: field 'files.{name}': malformed entry"
     if _int_or_none(man.get("step")) is None:
@@ -213,11 +199,15 @@ def verify(path, *, deep: bool = True) -> CheckpointInfo:
             return _invalid(info, f"{fpath}: size {actual}, manifest says {entry['size']} (truncated or extended)")
         if deep:
             try:
-                _, digest = hash_file(fpath)
+                _, digests = ckpt_hash.hash_blocks(fpath, entry["block_size"])
             except OSError as err:
                 return _invalid(info, f"{fpath}: unreadable: {err.strerror or err}")
-            if digest != entry[CHECKSUM_ALGO]:
-                return _invalid(info, f"{fpath}: checksum mismatch (corrupted)")
+            bad = [i for i, (got, want) in enumerate(zip(digests, entry[BLOCKS_FIELD])) if got != want]
+            if bad or len(digests) != len(entry[BLOCKS_FIELD]):
+                i = bad[0] if bad else 0
+                bs = entry["block_size"]
+                return _invalid(info, f"{fpath}: checksum mismatch (corrupted) in {len(bad)} block(s), "
+                                      f"first at bytes {i * bs}-{min(actual, (i + 1) * bs)}")
     return info
 
 
@@ -295,58 +285,6 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-class HashingWriter:
-    """A binary file object that checksums what it writes (no second read) and fsyncs on close.
-
-    torch.save hands tensor storages to write() as memoryviews; they go straight to os.write.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._hash = xxhash.xxh3_128()
-        self.size = 0
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self._hash.update(view)
-        try:
-            write_all(self._fd, view)
-        except OSError as err:
-            # torch.save's zip writer may replace this error with its own RuntimeError on the way
-            # out; keep the first OS error so the caller can report the real cause (ENOSPC, EIO).
-            self.error = self.error or err
-            raise
-        self.size += len(view)
-        _reach("write")
-        return len(view)
-
-    def flush(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def close(self) -> tuple[int, str]:
-        """fsync and close; returns (size, checksum)."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            try:
-                fsync_file(fd)
-            finally:
-                os.close(fd)
-        return self.size, self._hash.hexdigest()
-
-    def discard(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-
 class PendingCheckpoint:
     """A checkpoint being written: files go into .tmp_path; commit() makes it visible atomically."""
 
@@ -363,20 +301,22 @@ class PendingCheckpoint:
         return self.tmp_path / name
 
     def open_file(self, name: str) -> HashingWriter:
-        """A writer that checksums while writing; pass it to record() after close()."""
-        return HashingWriter(self.file_path(name))
+        """A writer that checksums while writing; pass close()'s result to record()."""
+        return HashingWriter(self.file_path(name), ckpt_hash.BLOCK_SIZE, reach=_reach)
 
-    def record(self, name: str, size: int, checksum: str) -> None:
-        """Register a file written (and fsynced) by the caller with its known checksum."""
-        self._files[name] = {"size": int(size), CHECKSUM_ALGO: checksum}
+    def record(self, name: str, size: int, digests: list[str], block_size: int | None = None) -> None:
+        """Register a file written (and fsynced) by the caller with its block checksums."""
+        self._files[name] = {"size": int(size), "block_size": int(block_size or ckpt_hash.BLOCK_SIZE),
+                             BLOCKS_FIELD: list(digests)}
 
     def write_bytes(self, name: str, data) -> None:
         w = self.open_file(name)
         try:
             w.write(data)
-        finally:
-            size, digest = w.close()
-        self.record(name, size, digest)
+        except BaseException:
+            w.discard()
+            raise
+        self.record(name, *w.close())
 
     def commit(self, step: int | None = None, epoch: int | None = None, reason: str = "periodic",
                metrics: dict | None = None, extra: dict | None = None) -> CheckpointInfo:
@@ -393,8 +333,7 @@ class PendingCheckpoint:
                     fsync_file(fd)
                 finally:
                     os.close(fd)
-                size, digest = hash_file(Path(entry.path))
-                self.record(entry.name, size, digest)
+                self.record(entry.name, *ckpt_hash.hash_blocks(Path(entry.path)))
         _reach("commit:files-durable")
         manifest = {
             "format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "reason": reason,

@@ -53,6 +53,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def write_state(pending: ck.PendingCheckpoint, state: dict) -> None:
     """torch.save into the pending checkpoint, checksumming while writing (no second read)."""
     writer = pending.open_file(ck.STATE_NAME)
+    crc = torch.serialization.get_crc32_options()
+    # Our block checksums cover every byte; torch's per-record crc32 would cost a second pass
+    # over the data and torch.load never checks it. (Process-wide setting, restored after.)
+    torch.serialization.set_crc32_options(False)
     try:
         torch.save(state, writer)
     except BaseException as err:
@@ -60,8 +64,9 @@ def write_state(pending: ck.PendingCheckpoint, state: dict) -> None:
         if writer.error is not None and writer.error is not err:
             raise writer.error from err      # the OS error (ENOSPC, EIO), not torch's wrapper
         raise
-    size, digest = writer.close()
-    pending.record(ck.STATE_NAME, size, digest)
+    finally:
+        torch.serialization.set_crc32_options(crc)
+    pending.record(ck.STATE_NAME, *writer.close())
 
 
 class _Snapshotter:

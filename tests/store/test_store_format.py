@@ -214,3 +214,37 @@ def test_prune_keeps_corrupt_newer_ones_and_deletes_nothing_without_a_valid_one(
     os.truncate(ckpt_dir / "step-000000002" / "state.pt", 1)
     ck.prune(ckpt_dir, keep_last=1)
     assert _names(ckpt_dir) == ["step-000000002", "step-000000003"]
+
+
+# --- block checksums --------------------------------------------------------------------------
+
+def test_block_checksums_written_inline_match_parallel_verify(tmp_path):
+    import random
+    from daemon import ckpt_hash
+    rng = random.Random(7)
+    data = rng.randbytes(100_000)
+    w = ckpt_hash.HashingWriter(tmp_path / "f", block_size=4096)
+    pos = 0
+    while pos < len(data):                      # irregular writes that straddle block boundaries
+        n = rng.choice([1, 100, 4095, 4096, 4097, 9000])
+        w.write(data[pos:pos + n])
+        pos += n
+    size, digests = w.close()
+    assert size == len(data) and len(digests) == ckpt_hash.block_count(len(data), 4096) == 25
+    for threads in (1, 3):
+        assert ckpt_hash.hash_blocks(tmp_path / "f", 4096, threads=threads) == (size, digests)
+    assert len(set(digests)) == 25
+
+
+def test_flip_names_the_damaged_block(ckpt_dir, monkeypatch):
+    from daemon import ckpt_hash
+    monkeypatch.setattr(ckpt_hash, "BLOCK_SIZE", 4096)
+    info = commit_bytes(ckpt_dir, 1, payload(1, 65536))
+    man = json.loads((info.path / ck.MANIFEST_NAME).read_text())
+    assert man["files"]["state.pt"]["block_size"] == 4096
+    assert len(man["files"]["state.pt"][ck.BLOCKS_FIELD]) == 16
+    data = bytearray((info.path / "state.pt").read_bytes())
+    data[7 * 4096 + 5] ^= 0x10
+    (info.path / "state.pt").write_bytes(bytes(data))
+    got = ck.verify(info.path)
+    assert not got.valid and "in 1 block(s), first at bytes 28672-32768" in got.error, got.error
