@@ -77,7 +77,8 @@ class CheckpointPolicy(Callback):
         for key, value in section.items():
             if key not in known:
                 raise UsageError(f"{where}: unknown field {key!r} (valid: {', '.join(known)})")
-            setattr(self, key, value)
+            if value is not None:       # null = not set in the spec: the job's own value stays
+                setattr(self, key, value)
         self._validate(where)
 
     def _validate(self, where: str) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jobs.hparams import HyperparametersMixin
+from jobs.preemption import STOP_SIGNALS
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -67,6 +68,23 @@ class EpochBatchSampler(Sampler):
                 "start_batch": self.start_batch}
 
 
+class _WorkerInit:
+    """DataLoader workers ignore the stop signals: SLURM and `kill -TERM -PGID` signal every process,
+    and a worker killed by SIGTERM would make the next batch raise instead of letting the main
+    process reach its step boundary and write the emergency checkpoint. Workers still exit when
+    the loader shuts them down or the main process dies."""
+
+    def __init__(self, user_fn=None) -> None:
+        self.user_fn = user_fn
+
+    def __call__(self, worker_id: int) -> None:
+        import signal
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
+
+
 def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPosition | None = None,
                      shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
                      **loader_kwargs) -> DataLoader:
@@ -78,6 +96,8 @@ def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPositio
     # Worker base seeds come from this generator, not from the global RNG (which would both
     # differ on resume and perturb the dropout stream).
     generator = torch.Generator().manual_seed(epoch_seed(position.shuffle_seed, position.epoch) ^ 0x5EED)
+    if num_workers > 0:
+        loader_kwargs["worker_init_fn"] = _WorkerInit(loader_kwargs.get("worker_init_fn"))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       generator=generator, **loader_kwargs)
 

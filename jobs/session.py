@@ -35,6 +35,7 @@ from jobs.rng import capture_rng, restore_rng
 from jobs.store import CheckpointStore
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
+TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
 
 
 class Preempted(SystemExit):
@@ -236,12 +237,14 @@ class Session:
         metrics = _plain_metrics({**(metrics or {}), **named})
         self.step += 1
         now = self.clock.monotonic()
-        self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics})
+        rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
+        self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics,
+                                 TIMING_KEYS[0]: round(self.clock.wall(), 3),
+                                 TIMING_KEYS[1]: round(rate, 3)})
         self.last_metrics.update(metrics)
         if epoch_ended if epoch_ended is not None else self._epoch_end_pending:
             epoch_ended = True
             self._next_epoch()
-        rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
         self.console.step(self.step, self.position.epoch, metrics, rate, now)
         if now - self._last_heartbeat >= HEARTBEAT_MIN_INTERVAL:
             self._last_heartbeat = now
@@ -290,6 +293,7 @@ class Session:
     def _on_commit(self, info) -> None:     # may run on the store's background thread
         self._committed_step = info.step
         seconds = round(self.clock.monotonic() - self._save_started, 3)
+        self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
                    reason=info.reason, seconds=seconds)
 

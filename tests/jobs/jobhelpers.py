@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from jobs.session import TIMING_KEYS
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HOLD_SAVES = HERE / "hold_saves.py"      # runs a module with every checkpoint write held open
@@ -37,16 +39,21 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def metrics(run_dir) -> list[dict]:
+def metrics(run_dir, timing=False) -> list[dict]:
+    """metrics.jsonl rows; without the timing fields unless asked (they differ run to run)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            pass            # a line torn by SIGKILL
+            continue        # a line torn by SIGKILL
+        if not timing:
+            for key in TIMING_KEYS:
+                row.pop(key, None)
+        rows.append(row)
     return rows
 
 

@@ -40,6 +40,20 @@ def test_sigterm_emergency_checkpoint_at_the_acted_step_survives_a_second_sigter
     assert [r["step"] for r in metrics(run_dir)] == list(range(1, acted + 6)), "no step lost or repeated"
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_with_dataloader_workers_still_exits_75(tmp_path):
+    # SLURM and `kill -TERM -PGID` reach the DataLoader workers too; they must not break the step.
+    run_dir = tmp_path / "run"
+    proc = start(TINY, "--run-dir", run_dir, "--max-steps", 100000, "--workers", 2,
+                 start_new_session=True)
+    wait_until(lambda: last_step(run_dir) >= 20, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 75, out
+    assert "killed by signal" not in out, out       # no worker died under the step
+    assert checkpoints(run_dir)[-1].name == f"step-{last_step(run_dir):09d}"
+
+
 def _supervised(run_dir, *args, resume_from=None, policy=None):
     """Launch tiny with the supervisor's environment and a real socketpair; returns (proc, our end)."""
     ours, theirs = socket.socketpair()

@@ -111,6 +111,8 @@ def test_checkpoint_policy_overrides_name_the_field():
     policy = CheckpointPolicy(every_steps=10)
     policy.apply_overrides(json.dumps({"every_steps": 200, "keep_best": {"metric": "val_loss", "k": 2}}))
     assert policy.every_steps == 200 and policy.monitor == "val_loss"
+    policy.apply_overrides(json.dumps({"every_steps": None, "every_seconds": None, "keep_last": 5}))
+    assert (policy.every_steps, policy.keep_last) == (200, 5), "null means: not set in the spec"
     with pytest.raises(UsageError, match=r"\$TRAIND_CHECKPOINT: unknown field 'evry_steps'"):
         policy.apply_overrides('{"evry_steps": 5}')
     with pytest.raises(UsageError, match="field 'keep_last'"):
