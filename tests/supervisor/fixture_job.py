@@ -6,8 +6,8 @@ through daemon.checkpoints (begin / commit), like a real job's store would.
 
     python fixture_job.py --steps N [--every K] [--step-seconds S] [--mode MODE]
 
-MODE: normal | ignore-stop (ignores SIGTERM and checkpoint_and_stop) | hang-at-3 (stops sending
-anything after step 3 and sleeps) | crash-at-start (exit 3 at once) | silent (never uses the channel,
+MODE: normal | ignore-stop (ignores SIGTERM and checkpoint_and_stop) | hang-at-3 (in attempt 1, stops
+sending anything after step 3 and sleeps) | crash-at-start (exit 3 at once) | silent (never uses the channel,
 exits 75 on SIGTERM after a checkpoint) | usage-error (exit 2).
 """
 from __future__ import annotations
@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--step-seconds", type=float, default=0.01)
     ap.add_argument("--mode", default="normal")
     ap.add_argument("--run-dir", default="run")
+    ap.add_argument("--emergency-seconds", type=float, default=0.0, help="extra time an emergency checkpoint takes")
     args = ap.parse_args()
+    args.steps = int(os.environ.get("FIXTURE_STEPS", args.steps))   # lets a test shorten a rerun via --set env...
     if args.mode == "crash-at-start":
         print("fixture: crashing at start", flush=True)
         return 3
@@ -80,6 +82,7 @@ def main() -> int:
 
     def emergency(why: str) -> int:
         t0 = time.monotonic()
+        time.sleep(args.emergency_seconds)
         path = save(run_dir, step, x, "emergency")
         send(protocol.CHECKPOINT, step=step, epoch=0, path=str(path), reason="emergency", seconds=time.monotonic() - t0)
         send(protocol.STOPPING, reason=why)
@@ -91,7 +94,7 @@ def main() -> int:
         x = advance(x, step)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "x": x}) + "\n")
-        if args.mode == "hang-at-3" and step == 3:
+        if args.mode == "hang-at-3" and step == 3 and os.environ.get(protocol.ENV_ATTEMPT) == "1":
             print("fixture: hanging", flush=True)
             while True:
                 time.sleep(3600)
@@ -113,7 +116,10 @@ def main() -> int:
             ready = select.select([sock] if sock is not None else [], [], [], left)[0] if sock else (time.sleep(left) or [])
             if not ready:
                 continue
-            data = sock.recv(4096)
+            try:
+                data = sock.recv(4096)
+            except OSError:      # ECONNRESET: the supervisor died with our messages unread
+                data = b""
             if not data:
                 return emergency("supervisor gone (EOF)")
             for line in lines.feed(data):
