@@ -193,7 +193,7 @@ def classify(fields: Mapping[str, str], now: float, lead_seconds: float | None) 
 
 def query_job(job: SlurmJob, runner: CommandRunner) -> tuple[dict[str, str], str | None]:
     """(fields of `scontrol show job`, None) or ({}, why not)."""
-    res = runner.run(["scontrol", "show", "job", "-o", job.requeue_id], timeout=10)
+    res = runner.run(["scontrol", "show", "job", "-o", job.requeue_id], timeout=5)  # on the stop path: keep it short
     if not res.ok:
         return {}, res.why()
     return parse_show_job(res.stdout), None
