@@ -18,10 +18,11 @@ Lifecycle (one transition function; every edge is named below and in `transition
     RUNNING --exit 75-->          QUEUED      (emergency checkpoint written: resume later, same place in line)
     RUNNING --exit other-->       FAILED
     RUNNING --cancel-->           CANCELLING  (the daemon sends SIGTERM: emergency checkpoint, then stop)
-    RUNNING --daemon restarted--> QUEUED      (its old process is gone; resumes first, from its checkpoint)
+    RUNNING --interrupted-->      QUEUED      (died with the daemon, or SIGKILLed at the daemon's stop
+                                               deadline: resumes first, from its latest valid checkpoint)
     CANCELLING --exit 0-->        DONE        (it finished before the request landed)
     CANCELLING --exit other-->    CANCELLED
-    CANCELLING --daemon restarted--> CANCELLED
+    CANCELLING --interrupted-->   CANCELLED
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class Event(str, Enum):
     LAUNCHED = "launched"
     EXITED = "exited"            # with an exit code
     CANCEL = "cancel"
-    DAEMON_RESTARTED = "daemon_restarted"
+    INTERRUPTED = "interrupted"  # the daemon stopped supervising it (kill -9 of the daemon, stop deadline)
 
 
 class IllegalTransition(ValueError):
@@ -73,11 +74,11 @@ def transition(state: JobState, event: Event, exit_code: int | None = None) -> J
         return S.FAILED                                    # RUNNING -> FAILED
     if state is S.RUNNING and event is Event.CANCEL:
         return S.CANCELLING                                # RUNNING -> CANCELLING
-    if state is S.RUNNING and event is Event.DAEMON_RESTARTED:
+    if state is S.RUNNING and event is Event.INTERRUPTED:
         return S.QUEUED                                    # RUNNING -> QUEUED (resume)
     if state is S.CANCELLING and event is Event.EXITED:
         return S.DONE if exit_code == exitcodes.OK else S.CANCELLED  # CANCELLING -> DONE | CANCELLED
-    if state is S.CANCELLING and event is Event.DAEMON_RESTARTED:
+    if state is S.CANCELLING and event is Event.INTERRUPTED:
         return S.CANCELLED                                 # CANCELLING -> CANCELLED
     if state is S.CANCELLING and event is Event.CANCEL:
         return S.CANCELLING                                # a repeated request changes nothing
@@ -162,6 +163,3 @@ class JobTable:
                 if rec is not None:
                     recs.append(rec)
         return sorted(recs, key=lambda r: r.seq)
-
-    def next_seq(self) -> int:
-        return max((r.seq for r in self.load_all()), default=0) + 1

@@ -105,6 +105,18 @@ class ServeOS:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def kill_job_tree(self, proc: subprocess.Popen, run_dir: Path) -> None:
+        """SIGKILL a job's `traind run` (its process group) and the job itself: the supervisor runs
+        its child in a session of its own, so the child's group is found through the run lock."""
+        self.signal(proc, signal.SIGKILL, group=True)
+        child = runfiles.lock_holder(run_dir).get("child_pid") if runfiles.lock_is_held(run_dir) else None
+        if isinstance(child, int) and child > 1:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(child, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
     def run_dir_holder(self, run_dir: Path) -> str | None:
         """Who still holds RUN_DIR/supervisor.lock (an old `traind run` or its child), None if free."""
         if not runfiles.lock_is_held(run_dir):
@@ -118,6 +130,7 @@ class Running:
     proc: subprocess.Popen
     slot: int
     stop_deadline: float | None = None   # monotonic; SIGKILL of the group after it
+    killed: bool = False                 # we SIGKILLed it: its exit code says nothing about the job
 
 
 class Daemon:
@@ -165,14 +178,14 @@ class Daemon:
     def _recover(self) -> None:
         """Reload the table after a restart (or a kill -9): running jobs go back to the head of
         the line and are relaunched once their old process is gone; the rest stay as they were."""
-        self._finish_interrupted_accepts()
         for rec in self.table.load_all():
             if rec.state in ACTIVE_STATES:
-                new = transition(rec.state, Event.DAEMON_RESTARTED)
+                new = transition(rec.state, Event.INTERRUPTED)
                 log.info("job %s was %s when the daemon stopped: now %s", rec.name, rec.state.value, new.value)
                 rec.state, rec.resume_first, rec.slot = new, new is JobState.QUEUED, None
                 self.table.save(rec)
             self.records[rec.name] = rec
+        self._finish_interrupted_accepts()
 
     def _finish_interrupted_accepts(self) -> None:
         for d in self.table.jobs_dir.iterdir():
@@ -303,7 +316,8 @@ class Daemon:
         job_dir = self.table.job_dir(name)
         spec = self._rewrite(name, verdict.spec)
         atomic_write(job_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False).encode())
-        rec = JobRecord(name=name, seq=self.table.next_seq(), owner_uid=verdict.owner_uid)
+        seq = max((r.seq for r in self.records.values()), default=0) + 1
+        rec = JobRecord(name=name, seq=seq, owner_uid=verdict.owner_uid)
         self.table.save(rec)                           # commit point of the acceptance
         self.records[name] = rec
         log.info("accepted job %s (queue position %d)", name, rec.seq)
@@ -333,7 +347,8 @@ class Daemon:
                 continue
             del self.running[name]
             rec = self.records[name]
-            new = transition(rec.state, Event.EXITED, rc)
+            # SIGKILLed at our own deadline: not the job's failure; it resumes from its last checkpoint.
+            new = transition(rec.state, Event.INTERRUPTED if run.killed else Event.EXITED, rc)
             log.info("job %s: traind run exited %d: %s -> %s", name, rc, rec.state.value, new.value)
             rec.exit_code, rec.pid, rec.slot = rc, None, None
             rec.resume_first = new is JobState.QUEUED
@@ -344,8 +359,8 @@ class Daemon:
         for name, run in self.running.items():
             if run.stop_deadline is not None and now > run.stop_deadline:
                 log.warning("job %s: no exit within its stop deadline: SIGKILL to its process group", name)
-                self.os.signal(run.proc, signal.SIGKILL, group=True)
-                run.stop_deadline = None
+                self.os.kill_job_tree(run.proc, self.table.job_dir(name) / "run")
+                run.stop_deadline, run.killed = None, True
 
     # ---------------------------------------------------------------- scheduling
     def _fill_slots(self) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from conftest import read_ledger, traind, wait_for, write_spec
+from daemon import runfiles
 from daemon.serve import lookup_run_dir
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,21 @@ def test_restarted_daemon_waits_for_the_old_process_never_two_at_once(tmp_path, 
     stop, restart = entries[2], entries[3]
     assert restart["t"] > stop["t"] and restart["what"] == f"start {stop['what'].split()[1]}"
     assert s.stop() == 0
+
+
+def test_stop_deadline_kills_a_stuck_checkpoint_and_the_job_stays_resumable(tmp_path, serve):
+    s = serve(slots=1).start("--stop-timeout", "1")
+    ledger = tmp_path / "ledger"
+    submit_many(tmp_path, s, 1, ledger, steps=1000, step_seconds=0.02, every=5, stop_seconds=60)
+    wait_for(lambda: len((s.state_dir / "jobs/job00/run/steps.log").read_text().split()) >= 6, 60, "training")
+    t0 = time.monotonic()
+    assert s.stop(timeout=30) == 0 and time.monotonic() - t0 < 10
+    assert "SIGKILL" in s.log_text() and s.states() == {"job00": "queued"}   # not "failed"
+    wait_for(lambda: not runfiles.lock_is_held(s.state_dir / "jobs/job00/run"), 5, "job process gone too")
+    s.start("--stop-timeout", "1")
+    wait_for(lambda: any(e["what"].startswith("start ") and e["what"] != "start 0" for e in read_ledger(ledger)),
+             60, "resumed from its last periodic checkpoint")
+    assert s.stop(timeout=30) == 0
 
 
 def test_cancel_running_and_queued_jobs(tmp_path, serve):
