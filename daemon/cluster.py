@@ -51,7 +51,7 @@ class ClusterHooks:
             request_stop(f"spot termination notice ({notice.provider})")
 
         self.watcher = spot.SpotWatcher(self.spot_provider, on_notice, base_url=self.spot_base_url,
-                                        poll_seconds=self.spot_poll_seconds)
+                                        poll_seconds=self.spot_poll_seconds, say=self.log)
         self.followup.notes.append(self.watcher.timing_line)
         self.watcher.start()
 
@@ -63,7 +63,8 @@ class ClusterHooks:
 def attach(spec, *, environ: Mapping[str, str] | None = None, log: Callable[[str], None] = stderr_log,
            runner: slurm.CommandRunner | None = None) -> ClusterHooks:
     """Build the hooks for one `traind run` of `spec` (a daemon.spec.JobSpec)."""
-    job = slurm.detect(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    job = slurm.detect(env)
     spot_cfg = spec.preemption.spot
     provider, notes = spot_cfg.provider, ()
     if provider == "auto":
@@ -74,7 +75,7 @@ def attach(spec, *, environ: Mapping[str, str] | None = None, log: Callable[[str
         provider = None
     followup = slurm.SlurmFollowup(job, requeue_policy=spec.preemption.requeue,
                                    requeue_command=spec.slurm.requeue_command,
-                                   lead_seconds=spec.slurm.lead_seconds, log=log,
+                                   lead_seconds=spec.slurm.lead_seconds or slurm.submitted_lead(env), log=log,
                                    runner=runner or slurm.CommandRunner())
     return ClusterHooks(followup=followup, slurm_job=job, spot_provider=provider,
                         spot_base_url=spot_cfg.base_url, spot_poll_seconds=spot_cfg.poll_seconds, log=log, notes=notes)

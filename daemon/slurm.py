@@ -108,6 +108,16 @@ def detect(environ: Mapping[str, str] = os.environ) -> SlurmJob | None:
                     partition=environ.get("SLURM_JOB_PARTITION") or None)
 
 
+ENV_SUBMITTED_LEAD = "TRAIND_SLURM_LEAD_SECONDS"   # the LEAD `traind slurm submit` asked for
+
+
+def submitted_lead(environ: Mapping[str, str] = os.environ) -> float | None:
+    try:
+        return float(environ[ENV_SUBMITTED_LEAD])
+    except (KeyError, ValueError):
+        return None
+
+
 # --- why we are being stopped -----------------------------------------------------------------------
 
 class StopCause(str, enum.Enum):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from daemon import checkpoints
 from daemon.errors import UsageError
+from daemon.slurm import ENV_SUBMITTED_LEAD
 
 DEFAULT_LEAD_SECONDS = 120        # nothing measured yet: enough for a few GiB on a local disk
 MIN_LEAD_SECONDS = 60             # SLURM's signal tick is 30 s; less than this is a gamble
@@ -205,7 +206,7 @@ def render_script(job: BatchJob) -> str:
     command = " ".join(shlex.quote(a) for a in argv)
     if job.is_array:  # each task its own run dir: array tasks must never share one
         command += " --set " + shlex.quote(f"run_dir={job.run_dir}/task-") + '"${SLURM_ARRAY_TASK_ID}"'
-    lines += ["",
+    lines += ["", f"export {ENV_SUBMITTED_LEAD}={job.lead_seconds}   # tells the time-limit warning apart",
               'echo "[traind slurm] $(date -u +%Y-%m-%dT%H:%M:%SZ) job ${SLURM_JOB_ID} on $(hostname):'
               ' SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"',
               f"exec {command}", ""]

@@ -141,7 +141,7 @@ class SpotWatcher:
 
     def __init__(self, provider: str, on_notice: Callable[[Notice], None], *, base_url: str | None = None,
                  poll_seconds: float = 5.0, http: Http | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None):
         if provider not in CHECKS:
             raise ValueError(f"unknown spot provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
         self.provider = provider
@@ -150,6 +150,7 @@ class SpotWatcher:
         self._on_notice = on_notice
         self._http = http or Http()
         self._clock = clock
+        self._say = say or log.warning    # problems reading the service (once per change, not per poll)
         self._lock = threading.Lock()
         self._scheduler = None
         self._last_problem: str | None = None
@@ -164,10 +165,10 @@ class SpotWatcher:
         self.polls += 1
         if problem != self._last_problem:  # log a failure once, not every 5 s
             if problem:
-                log.warning("spot %s: cannot read the termination notice (%s); will keep trying",
-                            self.provider, problem)
+                self._say(f"spot {self.provider}: cannot read the termination notice ({problem}); "
+                          f"will keep trying every {self.poll_seconds:g} s")
             elif self._last_problem:
-                log.info("spot %s: metadata service answers again", self.provider)
+                self._say(f"spot {self.provider}: the metadata service answers again")
             self._last_problem = problem
         if notice is None:
             return None
@@ -190,6 +191,7 @@ class SpotWatcher:
                                                             "misfire_grace_time": None})
         self._scheduler.add_job(self.poll_once, "interval", seconds=self.poll_seconds, id=f"spot-{self.provider}",
                                 next_run_time=datetime.now(timezone.utc))
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per poll
         self._scheduler.start()
         log.info("spot %s: polling %s every %g s", self.provider, self.base_url, self.poll_seconds)
 

@@ -32,6 +32,7 @@ def test_print_shows_a_requeueable_script(spec, tmp_path):
         assert line in s.splitlines(), line
     assert s.startswith("#!/bin/bash\n")
     assert f"exec {sys.executable} -m daemon run {spec}" in s
+    assert f"export TRAIND_SLURM_LEAD_SECONDS={slurm_batch.DEFAULT_LEAD_SECONDS}" in s
     # every #SBATCH line comes before the first command (sbatch stops reading them there)
     lines = s.splitlines()
     first_cmd = next(i for i, l in enumerate(lines) if l and not l.startswith("#"))

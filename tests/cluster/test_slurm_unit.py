@@ -73,6 +73,14 @@ def test_parse_duration():
     assert slurm.parse_duration("UNLIMITED") is None and slurm.parse_duration(None) is None
 
 
+def test_a_long_lead_from_submit_still_reads_as_the_time_limit():
+    fields = slurm.parse_show_job(show_job(EndTime="2026-11-28T12:05:00"))   # 300 s left
+    assert slurm.classify(fields, NOW, lead_seconds=None).cause is StopCause.UNKNOWN
+    lead = slurm.submitted_lead({slurm.ENV_SUBMITTED_LEAD: "280"})
+    assert slurm.classify(fields, NOW, lead_seconds=lead).cause is StopCause.TIME_LIMIT
+    assert slurm.submitted_lead({}) is None and slurm.submitted_lead({slurm.ENV_SUBMITTED_LEAD: "x"}) is None
+
+
 def test_classify_without_a_record():
     assert slurm.classify({}, NOW, None).cause is StopCause.UNKNOWN
 
