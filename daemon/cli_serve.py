@@ -23,7 +23,8 @@ def register(sub):
     p = sub.add_parser("serve", help="run the job daemon (spool, slots, systemd notify)")
     _state_dir_arg(p)
     p.add_argument("--slots", type=int, default=None, help="concurrent jobs (default 1, or one per --gpus entry)")
-    p.add_argument("--gpus", help="comma-separated CUDA_VISIBLE_DEVICES value per slot, e.g. 0,1,2,3")
+    p.add_argument("--gpus", help="CUDA_VISIBLE_DEVICES per slot: 0,1,2,3 = one GPU per slot; "
+                                  "'0,1;2,3' = two slots of two GPUs")
     p.add_argument("--group", help="group whose members may also submit (spool becomes group-writable, setgid)")
     p.add_argument("--runner", help="command that supervises one spec (default: traind run)")
     p.add_argument("--stop-timeout", type=float, default=300.0, help="seconds for emergency checkpoints on SIGTERM")
@@ -77,7 +78,10 @@ def _state(args) -> Path:
 def cmd_serve(args) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    gpus = None
+    if args.gpus:
+        sep = ";" if ";" in args.gpus else ","
+        gpus = [g.strip() for g in args.gpus.split(sep) if g.strip()]
     slots = args.slots if args.slots is not None else (len(gpus) if gpus else 1)
     if slots < 1:
         raise UsageError(f"--slots: must be at least 1, got {slots}")

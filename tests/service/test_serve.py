@@ -170,10 +170,11 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
 
 
 def test_ls_logs_and_status_lookup(tmp_path, serve):
-    s = serve(slots=1).start()
+    s = serve(slots=1).start("--gpus", "5,6;7")
     ledger = tmp_path / "ledger"
     submit_many(tmp_path, s, 1, ledger, steps=3)
     wait_for(lambda: s.states().get("job00") == "done", 60, "done")
+    assert read_ledger(ledger)[0]["gpu"] == "5,6"          # slot 0 of '5,6;7'
     ls = traind("ls", state_dir=s.state_dir, check=True).stdout
     assert "job00" in ls and "done" in ls
     data = json.loads(traind("ls", "--json", state_dir=s.state_dir, check=True).stdout)

@@ -126,3 +126,10 @@ def test_submit_runs_the_supervisors_spec_checks(tmp_path):
     bad.write_text("name: j\ncommand: ['true']\nrestart: {max_restartz: 3}\n")
     out = traind("submit", str(bad), state_dir=tmp_path / "state")
     assert out.returncode == 2 and "max_restartz" in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,field", [(["--slots", "0"], "--slots"), (["--slots", "3", "--gpus", "0,1"], "--gpus"),
+                                        (["--group", "no-such-group-xyz"], "--group")])
+def test_serve_bad_options_are_one_line_exit_2(tmp_path, args, field):
+    out = traind("serve", *args, state_dir=tmp_path / "state", timeout=30)
+    assert out.returncode == 2 and out.stderr.startswith(f"traind: {field}") and out.stderr.count("\n") == 1
