@@ -37,7 +37,7 @@ def register(sub) -> None:
     _add_own_options(p)
     p.add_argument("spec", metavar="SPEC", help="job spec (YAML)")
     # Everything after SPEC: our own options are picked out again in submit(), the rest is sbatch's.
-    p.add_argument("sbatch_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("sbatch_args", nargs=argparse.REMAINDER, metavar="[SBATCH OPTIONS]", help=argparse.SUPPRESS)
     p.set_defaults(func=submit)
     slurm.set_defaults(func=lambda args: (slurm.print_help(sys.stderr), 2)[1])
 
@@ -47,7 +47,7 @@ def split_options(args: argparse.Namespace) -> list[str]:
     own = _OwnOptions(add_help=False, allow_abbrev=False)
     _add_own_options(own)
     _, rest = own.parse_known_args(list(args.sbatch_args or []), namespace=args)
-    return rest
+    return [token for token in rest if token != "--"]   # `--` only separates; sbatch must not see it
 
 
 class _OwnOptions(argparse.ArgumentParser):

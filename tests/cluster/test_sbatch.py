@@ -22,7 +22,7 @@ def spec(tmp_path):
 
 
 def test_print_shows_a_requeueable_script(spec, tmp_path):
-    out = traind("slurm", "submit", str(spec), "--time", "5", "--mem", "1G", "--exclusive", "--print")
+    out = traind("slurm", "submit", str(spec), "--time", "5", "--mem", "1G", "--print", "--", "--exclusive")
     assert out.returncode == 0, out.stderr
     s = out.stdout
     for line in ("#SBATCH --job-name=demo", "#SBATCH --requeue", "#SBATCH --open-mode=append",
@@ -30,7 +30,7 @@ def test_print_shows_a_requeueable_script(spec, tmp_path):
                  "#SBATCH --mem=1G", "#SBATCH --exclusive",
                  f"#SBATCH --output={tmp_path}/runs/demo/slurm-%j.out"):
         assert line in s.splitlines(), line
-    assert s.startswith("#!/bin/bash\n")
+    assert s.startswith("#!/bin/bash\n") and "#SBATCH --\n" not in s
     assert f"exec {sys.executable} -m daemon run {spec}" in s
     assert f"export TRAIND_SLURM_LEAD_SECONDS={slurm_batch.DEFAULT_LEAD_SECONDS}" in s
     # every #SBATCH line comes before the first command (sbatch stops reading them there)
