@@ -24,7 +24,7 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon import checkpoints as ck  # noqa: E402
-from jobs.store import CheckpointStore, tensor_bytes  # noqa: E402
+from jobs.store import CheckpointStore, _Snapshotter, tensor_bytes  # noqa: E402
 
 GIB = 1 << 30
 
@@ -112,6 +112,12 @@ def our_nonblocking(store: CheckpointStore, state, step: int) -> tuple[float, fl
     return blocked, time.perf_counter() - t
 
 
+def snapshot_1_thread(state, snap) -> float:
+    t = time.perf_counter()
+    snap.take(state)
+    return time.perf_counter() - t
+
+
 def verify_time(path: Path) -> float:
     ck.verify(path)                 # warm the page cache
     t = time.perf_counter()
@@ -135,7 +141,8 @@ def main() -> int:
         print(f"state: {nbytes / GIB:.3f} GiB in {sum(1 for _ in tensors_of(state))} tensors; "
               f"writing under {work}; best of {args.repeat}")
         runs: dict[str, list[float]] = {k: [] for k in ("raw", "torch", "ours", "nb_block", "nb_total",
-                                                        "nb_first", "verify", "memcpy", "hash")}
+                                                        "nb_first", "verify", "memcpy", "hash", "snap1")}
+        snap1 = _Snapshotter(threads=1)
         buffers = [torch.empty_like(t).zero_() for t in tensors_of(state)]
         with CheckpointStore(work / "nb", keep_last=1) as nb_store:
             for i in range(args.repeat):
@@ -150,6 +157,7 @@ def main() -> int:
                 runs["verify"].append(verify_time(work / "ours" / "checkpoints" / ck.step_dir_name(i + 1)))
                 runs["memcpy"].append(memcpy_floor(state, buffers))
                 runs["hash"].append(hash_floor(state))
+                runs["snap1"].append(snapshot_1_thread(state, snap1))
                 os.sync()
         if not runs["nb_block"]:
             runs["nb_block"] = runs["nb_first"]
@@ -166,6 +174,7 @@ def main() -> int:
         row("(3) our blocking save", "ours")
         row("(4) non-blocking save: caller blocked", "nb_block")
         row("    non-blocking, first save (allocates)", "nb_first")
+        row(f"    snapshot alone, 1 copy thread (not {_Snapshotter().threads})", "snap1")
         row("    non-blocking: until committed", "nb_total")
         row("(5) verify (page cache)", "verify")
         row("    floor of (4): memcpy (copy_) of the bytes", "memcpy")
