@@ -73,6 +73,11 @@ class ServeConfig:
     keep_refused_days: float = 7.0
     test_hooks: bool = False               # STATE/test-hang makes the loop hang (watchdog tests)
 
+    def __post_init__(self):
+        # Absolute: job specs get run dirs under it, and the supervisor reads relative ones
+        # against the job's workdir.
+        self.state_dir = Path(self.state_dir).absolute()
+
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"

@@ -1,0 +1,86 @@
+"""The daemon's scheduling decisions on a scripted fake OS (fast, deterministic, no processes)."""
+import signal
+
+from daemon.jobqueue import JobRecord, JobState, JobTable
+from daemon.serve import Daemon, ServeConfig
+
+
+class FakeProc:
+    def __init__(self, pid):
+        self.pid, self.rc, self.signals = pid, None, []
+
+
+class FakeOS:
+    def __init__(self):
+        self.now, self.spawned, self.held = 0.0, [], set()
+
+    def spawn(self, argv, env, log_path):
+        proc = FakeProc(100 + len(self.spawned))
+        self.spawned.append((argv[-1].split("/")[-2], env["CUDA_VISIBLE_DEVICES"], proc))
+        return proc
+
+    def signal(self, proc, sig, group=False):
+        proc.signals.append(sig)
+
+    def kill_job_tree(self, proc, run_dir):
+        proc.signals.append(signal.SIGKILL)
+
+    def poll(self, proc):
+        return proc.rc
+
+    def monotonic(self):
+        return self.now
+
+    def run_dir_holder(self, run_dir):
+        return "old pid" if run_dir.parent.name in self.held else None
+
+
+class Quiet:
+    def __getattr__(self, name):
+        return lambda *a, **k: False
+
+
+def make(tmp_path, records, slots=2, **cfg):
+    table = JobTable(tmp_path)
+    for rec in records:
+        table.job_dir(rec.name).mkdir(parents=True)
+        table.save(rec)
+    (tmp_path / "control").mkdir(exist_ok=True)
+    osx = FakeOS()
+    d = Daemon(ServeConfig(state_dir=tmp_path, slots=slots, gpus=["a", "b"], **cfg), osx, Quiet())
+    d._recover()
+    return d, osx, table
+
+
+def test_after_a_crash_running_jobs_resume_first_but_wait_for_their_old_process(tmp_path):
+    recs = [JobRecord("q1", 1), JobRecord("r2", 2, state=JobState.RUNNING), JobRecord("r3", 3, state=JobState.RUNNING),
+            JobRecord("q4", 4), JobRecord("c5", 5, state=JobState.CANCELLING), JobRecord("d6", 6, state=JobState.DONE)]
+    d, osx, table = make(tmp_path, recs)
+    assert {n: r.state for n, r in d.records.items()}["c5"] is JobState.CANCELLED
+    osx.held = {"r2"}                      # r2's old `traind run` is still checkpointing
+    d._fill_slots()
+    assert [(n, gpu) for n, gpu, _ in osx.spawned] == [("r3", "a"), ("q1", "b")]
+    assert table.load("r3").state is JobState.RUNNING and table.load("r2").state is JobState.QUEUED
+    osx.held = set()
+    osx.spawned[1][2].rc = 0               # q1 finishes; its slot goes to r2 (resume first), not q4
+    d._reap()
+    d._fill_slots()
+    assert [n for n, _, _ in osx.spawned] == ["r3", "q1", "r2"] and table.load("q1").state is JobState.DONE
+
+
+def test_stop_signals_all_then_kills_at_the_deadline_and_keeps_them_queued(tmp_path):
+    d, osx, table = make(tmp_path, [JobRecord("a", 1), JobRecord("b", 2)], stop_timeout=10)
+    d._fill_slots()
+    (_, _, pa), (_, _, pb) = osx.spawned
+    d._signals.append(signal.SIGTERM)
+    d._handle_signals()
+    assert pa.signals == [signal.SIGTERM] and pb.signals == [signal.SIGTERM]
+    pa.rc = 75                              # a checkpointed in time
+    osx.now = 11.0                          # b did not
+    d._reap()
+    d._enforce_deadlines()
+    assert pb.signals == [signal.SIGTERM, signal.SIGKILL]
+    pb.rc = 137
+    d._reap()
+    assert table.load("a").state is JobState.QUEUED and table.load("b").state is JobState.QUEUED
+    assert d.stopping and not d.running
