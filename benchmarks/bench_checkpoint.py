@@ -188,6 +188,8 @@ def main() -> int:
             (f"(5) verify {best['verify'] / gib:.3f} s/GiB (target <= 0.15)", best["verify"] / gib <= 0.15),
         ]
         print(f"load: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (others' work slows every row)")
+        print(f"INFO  (4) vs its memcpy floor: {best['nb_block'] / best['memcpy']:.2f}x the time; "
+              f"(5) vs its 1-thread hash floor: {best['verify'] / best['hash']:.2f}x the time")
         for text, ok in checks:
             print(f"{'PASS' if ok else 'MISS'}  {text}")
         return 0 if all(ok for _, ok in checks) else 1
