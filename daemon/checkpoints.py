@@ -14,6 +14,7 @@ only step-N dirs whose manifest parses and whose files match it byte for byte.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import xxhash
 
@@ -220,8 +221,10 @@ def _invalid(info: CheckpointInfo, error: str) -> CheckpointInfo:
 def _step_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     try:
         entries = list(os.scandir(ckpt_dir))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as err:
+        raise TraindError(f"{ckpt_dir}: cannot list checkpoints: {err.strerror or err}") from None
     found = []
     for entry in entries:
         m = STEP_DIR_RE.match(entry.name)
@@ -250,14 +253,16 @@ def latest_valid(ckpt_dir) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]
 
 # --- writing -----------------------------------------------------------------------------------
 
-_tmp_counter = 0
+_tmp_counter = itertools.count(1)     # next() is atomic under the GIL: safe across threads
+
+
+def host_tag() -> str:
+    """This host's name as it appears in temp dir names (no '-', so names split cleanly)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
 def _tmp_name(step: int) -> str:
-    global _tmp_counter
-    _tmp_counter += 1
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
-    return f"{TMP_PREFIX}{step_dir_name(step)}-{host}-{os.getpid()}-{_tmp_counter}"
+    return f"{TMP_PREFIX}{step_dir_name(step)}-{host_tag()}-{os.getpid()}-{next(_tmp_counter)}"
 
 
 def free_bytes(path: Path) -> int:
@@ -336,7 +341,7 @@ class PendingCheckpoint:
                 self.record(entry.name, *ckpt_hash.hash_blocks(Path(entry.path)))
         _reach("commit:files-durable")
         manifest = {
-            "format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "reason": reason,
+            "format_version": FORMAT_VERSION, "step": step, "epoch": _json_safe(epoch), "reason": reason,
             "created": time.time(), "metrics": _json_safe(metrics or {}),
             "files": self._files,
             "versions": {"traind": __version__, "python": platform.python_version(),
@@ -424,4 +429,15 @@ class WriterLock(ExclusiveFileLock):
         return self
 
 
-from daemon.ckpt_retention import clean_stale, prune  # noqa: E402  (it uses the helpers above)
+# Retention lives in daemon/ckpt_retention.py, which builds on this module; imported at call time.
+
+def prune(ckpt_dir, keep_last: int, keep_best: dict | None = None, protect=()) -> list[Path]:
+    """Crash-safe: keep the last N + the best k; never the newest or a protected one."""
+    from daemon import ckpt_retention
+    return ckpt_retention.prune(ckpt_dir, keep_last, keep_best, protect)
+
+
+def clean_stale(ckpt_dir) -> list[Path]:
+    """Remove temp dirs of dead writers and leftover trash (call with the WriterLock held)."""
+    from daemon import ckpt_retention
+    return ckpt_retention.clean_stale(ckpt_dir)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
-import re
 import time
 from pathlib import Path
 from typing import Iterable
@@ -22,10 +20,6 @@ log = logging.getLogger("traind.checkpoints")
 
 # Temp dirs written from another host cannot be checked for a live owner; leave them this long.
 FOREIGN_TMP_MAX_AGE_S = 24 * 3600
-
-
-def _this_host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -54,7 +48,7 @@ def clean_stale(ckpt_dir) -> list[Path]:
         entries = list(os.scandir(ckpt_dir))
     except FileNotFoundError:
         return removed
-    host = _this_host()
+    host = ck.host_tag()
     for entry in entries:
         path = Path(entry.path)
         if entry.name.startswith(ck.TRASH_PREFIX):

@@ -160,7 +160,7 @@ def test_acquire_cleans_dead_writers_temp_dirs_but_not_live_ones(ckpt_dir, spawn
     wait_dead(dead.pid)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host = ck._tmp_name(1).split("-")[3]
+        host = ck.host_tag()
         stale = ckpt_dir / f".tmp-step-000000005-{host}-{dead.pid}-1"
         owned = ckpt_dir / f".tmp-step-000000006-{host}-{live.pid}-1"
         trash = ckpt_dir / ".trash-step-000000001-1-1"
