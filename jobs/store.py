@@ -217,26 +217,32 @@ class CheckpointStore:
             raise TraindError(f"{self.ckpt_dir}: checkpoint store is closed")
         self.flush()
         args = (int(step), epoch, reason, dict(metrics or {}))
-        if blocking:
-            return self._persist(state, *args)
         started = time.monotonic()
-        snapshot = self._snap.take(state)
-        args += (time.monotonic() - started,)
-        self._thread = threading.Thread(target=self._persist_in_background, args=(snapshot, *args),
-                                        name=f"traind-ckpt-{step}", daemon=False)
+        # The free-space check runs here, in the caller, for both kinds: a full disk is reported
+        # by this call, not one save later.
+        pending = ck.begin(self.ckpt_dir, int(step), tensor_bytes(state))
+        if blocking:
+            return self._persist(pending, state, *args, started=started)
+        try:
+            snapshot = self._snap.take(state)
+        except BaseException:
+            pending.abort()
+            raise
+        self._thread = threading.Thread(
+            target=self._persist_in_background, args=(pending, snapshot, *args),
+            kwargs={"started": started, "snapshot_seconds": time.monotonic() - started},
+            name=f"traind-ckpt-{step}", daemon=False)
         self._thread.start()
         return None
 
-    def _persist_in_background(self, state, *args) -> None:
+    def _persist_in_background(self, *args, **kwargs) -> None:
         try:
-            self._persist(state, *args)
+            self._persist(*args, **kwargs)
         except BaseException as err:  # handed to the caller at the next save/flush/close
             self._error = err
 
-    def _persist(self, state: dict, step: int, epoch, reason: str, metrics: dict,
-                 snapshot_seconds: float | None = None) -> CheckpointInfo:
-        started = time.monotonic()
-        pending = ck.begin(self.ckpt_dir, step, tensor_bytes(state))
+    def _persist(self, pending: ck.PendingCheckpoint, state: dict, step: int, epoch, reason: str,
+                 metrics: dict, *, started: float, snapshot_seconds: float | None = None) -> CheckpointInfo:
         try:
             write_state(pending, state)
             extra = {"versions": {"torch": torch.__version__},
@@ -261,11 +267,14 @@ class CheckpointStore:
             raise
         try:
             ck.prune(self.ckpt_dir, self.keep_last, self.keep_best, protect=self._protected)
-        except OSError as err:   # the new checkpoint is committed; a failed prune only costs space
+        except (OSError, TraindError) as err:   # committed already; a failed prune only costs space
             log.warning("pruning %s failed: %s", self.ckpt_dir, err)
         self._result = info
         if self.on_commit is not None:
-            self.on_commit(info)
+            try:
+                self.on_commit(info)
+            except Exception:   # the checkpoint is durable; a failing listener is not a failed save
+                log.exception("on_commit callback failed for %s", info.path)
         return info
 
     def flush(self) -> CheckpointInfo | None:

@@ -54,9 +54,11 @@ def assert_only_a_intact(store, a_info):
 def test_free_space_check_refuses_up_front(small_fs):
     with CheckpointStore(small_fs / "run") as store:
         a = store.save(state_of(MIB, 1.0), step=1, epoch=0)
-        with pytest.raises(TraindError, match=r"not enough free space for checkpoint step 2"):
-            store.save(state_of(3 * MIB, 2.0), step=2, epoch=0)
-        assert_only_a_intact(store, a)
+        for blocking in (True, False):        # non-blocking too: refused by save() itself
+            with pytest.raises(TraindError, match=r"not enough free space for checkpoint step 2"):
+                store.save(state_of(3 * MIB, 2.0), step=2, epoch=0, blocking=blocking)
+            assert store._thread is None
+            assert_only_a_intact(store, a)
 
 
 @pytest.mark.parametrize("point, leave, blocking", [

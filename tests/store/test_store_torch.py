@@ -206,3 +206,14 @@ def test_snapshot_copies_every_kind_of_tensor_exactly():
             assert_same({k: v for k, v in state.items()}, out)
             assert out["big"].data_ptr() != state["big"].data_ptr()
         snap.close()
+
+
+def test_failing_on_commit_listener_does_not_fail_the_save(tmp_path):
+    _, _, state = make_state(1, width=8)
+
+    def broken_listener(info):
+        raise BrokenPipeError("supervisor gone")
+    with CheckpointStore(tmp_path, on_commit=broken_listener) as store:
+        assert store.save(state, step=1, epoch=0).valid
+        store.save(state, step=2, epoch=0, blocking=False)
+        assert store.flush().step == 2
