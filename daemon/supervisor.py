@@ -99,6 +99,8 @@ class Supervisor:
         self.message = ""
         self.started_wall = 0.0
         self.attempt_base = 0
+        self.status_dirty = False
+        self.resume_cache = None                # (info, skipped) found when the last child exited
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
 
     # --- public -----------------------------------------------------------------------------------
@@ -126,6 +128,8 @@ class Supervisor:
                 self.last_drain = self.os.monotonic()
                 for event in events:
                     self._handle(event)
+                if self.status_dirty:       # heartbeats of one batch: one status.json write
+                    self._write_status()
         finally:
             self.os.restore_signal_handlers()
             lock.release()
@@ -237,7 +241,7 @@ class Supervisor:
                 a.first_beat = (now, step)
             self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
                                    "time": self.os.wall(), "steps_per_second": _rate(a, now, step)}
-            self._write_status()
+            self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
             self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
                                     "seconds": msg.get("seconds"), "time": self.os.wall()}
@@ -247,7 +251,7 @@ class Supervisor:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
             self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
                      f"{_fmt_seconds(msg.get('seconds'))})")
-            self._write_status()
+            self.status_dirty = True
         elif kind == protocol.STOPPING:
             self.say(f"child is stopping: {msg.get('reason')}")
         elif kind == protocol.ERROR:
@@ -260,7 +264,9 @@ class Supervisor:
             return
         a.exit = status
         now = self.os.monotonic()
-        newest, _ = self._resume_point(quiet=True)
+        # No child runs until the next spawn, so this is also that spawn's resume point.
+        self.resume_cache = self.find_resume(self.spec.run_dir)
+        newest = self.resume_cache[0]
         newest_step = None if newest is None else newest.step
         progressed = newest_step is not None and (a.resume_step is None or newest_step > a.resume_step)
         crash = status.code != 0 and not (status.code == PREEMPTED and self.state is not State.STOPPING) \
@@ -325,7 +331,8 @@ class Supervisor:
         self._event("spawned", reason=where, checkpoint_step=a.resume_step)
 
     def _resume_point(self, *, quiet: bool):
-        info, skipped = self.find_resume(self.spec.run_dir)
+        info, skipped = self.resume_cache or self.find_resume(self.spec.run_dir)
+        self.resume_cache = None
         if not quiet:
             for bad in skipped:
                 self.say(f"skipping checkpoint {Path(bad.path).name}: {bad.error}")
@@ -350,7 +357,7 @@ class Supervisor:
     def _finish(self, code: int, message: str) -> None:
         self.exit_code, self.message = code, message
         self.say(f"{self.state.value}: {message}; exit {code}")
-        self._event("finished", reason=message, exit_code=code)
+        self._event("finished", reason=message, exit_code=code, durable=True)
         self._write_status(durable=True)
 
     # --- records ----------------------------------------------------------------------------------
@@ -365,16 +372,17 @@ class Supervisor:
         self.say(f"{t.source.value} -> {t.target.value}: {t.edge}{detail}")
         self._write_status(durable=t.target in TERMINAL)
 
-    def _event(self, kind: str, *, exit_status: ExitStatus | None = None, **fields) -> None:
+    def _event(self, kind: str, *, exit_status: ExitStatus | None = None, durable: bool = False, **fields) -> None:
         a = self.attempts[-1] if self.attempts else None
         record = {"time": round(self.os.wall(), 3), "event": kind, "attempt": None if a is None else a.number,
                   "state": self.state.value, **fields}
         if exit_status is not None:
             record["exit_code"], record["signal"] = exit_status.code, (
                 None if exit_status.signal is None else signal_name(exit_status.signal))
-        self.files.append_event(record)
+        self.files.append_event(record, durable=durable)
 
     def _write_status(self, durable: bool = False) -> None:
+        self.status_dirty = False
         a = self.attempts[-1] if self.attempts else None
         self.files.write_status({
             "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
