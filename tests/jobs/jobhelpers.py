@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,12 +28,106 @@ def job_env(**extra) -> dict:
     return env
 
 
-def start(module: str, *args, hold_saves: float | None = None, env=None, **popen) -> subprocess.Popen:
-    """`python -m module args` (optionally through hold_saves.py), stdout+stderr captured."""
+class ZygoteProc:
+    """A Popen look-alike for a child forked by the warm zygote (tests/jobs/zygote.py)."""
+
+    def __init__(self, pid: int, out: Path, exited: threading.Event, statuses: dict) -> None:
+        self.pid, self._out, self._exited, self._statuses = pid, out, exited, statuses
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None and self._exited.is_set():
+            self.returncode = os.waitstatus_to_exitcode(self._statuses[self.pid])
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout=None):
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout)
+        self.poll()
+        return self._out.read_text(errors="replace"), None
+
+
+class Zygote:
+    """Client of tests/jobs/zygote.py: start() forks a warm child instead of a cold interpreter."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "zygote.py")], cwd=REPO, env=job_env(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._forked: queue.Queue = queue.Queue()
+        self._exited: dict[int, threading.Event] = {}
+        self._statuses: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._count = 0
+        ready = json.loads(self.proc.stdout.readline() or b'{"ready": null}')
+        if not ready.get("ready"):
+            raise RuntimeError("the job-test zygote did not start")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            if "pid" in msg:
+                self._forked.put(msg["pid"])
+            else:
+                self._statuses[msg["exited"]] = msg["status"]
+                self._event(msg["exited"]).set()
+
+    def _event(self, pid: int) -> threading.Event:
+        with self._lock:
+            return self._exited.setdefault(pid, threading.Event())
+
+    def start(self, module, argv, *, hold=None, new_session=False, function=None) -> ZygoteProc:
+        with self._lock:
+            self._count += 1
+            out = self.tmp_dir / f"child-{self._count}.out"
+            argv = list(argv) if function else [str(a) for a in argv]
+            request = {"module": module, "argv": argv, "env": job_env(),
+                       "cwd": str(REPO), "out": str(out), "hold": hold, "new_session": new_session,
+                       "function": function}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            pid = self._forked.get(timeout=30)
+        return ZygoteProc(pid, out, self._event(pid), self._statuses)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+ZYGOTE: Zygote | None = None     # set by conftest.py for the session
+
+
+def start(module: str, *args, hold_saves: float | None = None, env=None, **popen):
+    """`python -m module args` (optionally with every save held open `hold_saves` s), output
+    captured. Forked from the warm zygote when possible; a cold interpreter when the caller needs
+    its own environment or fds (the control-channel tests)."""
+    if ZYGOTE is not None and env is None and set(popen) <= {"start_new_session"}:
+        return ZYGOTE.start(module, args, hold=hold_saves, new_session=popen.get("start_new_session", False))
     prefix = [str(HOLD_SAVES), str(hold_saves), module] if hold_saves is not None else ["-m", module]
     return subprocess.Popen([sys.executable, *prefix, *map(str, args)], cwd=REPO,
                             env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
+
+
+def start_function(module: str, function: str, *args):
+    """`module.function(*args)` in a job process (args: JSON values)."""
+    if ZYGOTE is not None:
+        return ZYGOTE.start(module, args, function=function)
+    code = f"import {module} as m; m.{function}(*{list(args)!r})"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=job_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:

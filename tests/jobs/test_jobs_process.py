@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from daemon import protocol
-from jobhelpers import (HERE, REPO, assert_identical, assert_same_training, checkpoints, finish,
-                        job_env, last_step, metrics, saving_now, sigterm_and_expect_75, start, wait_until)
+from jobhelpers import (REPO, assert_identical, assert_same_training, checkpoints, finish, job_env,
+                        last_step, metrics, saving_now, sigterm_and_expect_75, start, start_function,
+                        wait_until)
 
 TINY = "jobs.examples.tiny"
 
@@ -52,6 +53,19 @@ def test_sigterm_to_the_whole_process_group_with_dataloader_workers_still_exits_
     assert code == 75, out
     assert "killed by signal" not in out, out       # no worker died under the step
     assert checkpoints(run_dir)[-1].name == f"step-{last_step(run_dir):09d}"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_job_with_dataloader_workers_restarts_at_once(tmp_path):
+    # Its workers outlive it for a few seconds; they must not hold the checkpoint writer lock.
+    run_dir = tmp_path / "run"
+    proc = start(TINY, "--run-dir", run_dir, "--max-steps", 100000, "--workers", 2, "--every-steps", 10)
+    wait_until(lambda: last_step(run_dir) >= 25, proc)
+    proc.kill()
+    finish(proc)
+    code, out = finish(start(TINY, "--run-dir", run_dir, "--max-steps", last_step(run_dir) + 3))
+    assert code == 0, out
+    assert "resumed from" in out
 
 
 def _supervised(run_dir, *args, resume_from=None, policy=None):
@@ -109,9 +123,7 @@ def test_control_channel_stop_before_first_step_then_resume_and_supervisor_eof(t
 
 @pytest.mark.slow
 def test_exception_in_training_step_shows_the_users_traceback_and_is_not_75(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(HERE / "failing_job.py"), str(tmp_path / "run")],
-                            cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    code, out = finish(proc)
+    code, out = finish(start("failing_job", tmp_path / "run"))
     assert code not in (0, 75), out
     assert "Traceback (most recent call last)" in out
     assert 'failing_job.py", line' in out and "in training_step" in out
@@ -168,9 +180,7 @@ def test_mixed_precision_state_survives_resume(precision, tmp_path):
 @pytest.mark.slow
 def test_own_loop_example_runs_and_resumes_exactly(tmp_path):
     def own_loop(run_dir, steps=150):
-        code = f"from jobs.examples.own_loop import main; main({str(run_dir)!r}, {steps})"
-        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=job_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return start_function("jobs.examples.own_loop", "main", str(run_dir), steps)
     straight, run_dir = tmp_path / "straight", tmp_path / "interrupted"
     assert finish(own_loop(straight))[0] == 0
     proc = own_loop(run_dir)

@@ -187,3 +187,27 @@ def test_metrics_log_drops_steps_past_the_resume_point_and_torn_lines(tmp_path):
         f.write('{"step": 6, "lo')          # torn by a SIGKILL
     MetricsLog(tmp_path).truncate_after(3)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
+    from jobs.reporting import Console
+    tty, plain = _Stream(True), _Stream(False)
+    for stream in (tty, plain):
+        console = Console(100, stream=stream, every_steps=50, every_seconds=1e9)
+        for step in range(1, 101):
+            console.step(step, 0, {"loss": 0.5}, rate=10.0, now=0.0)
+    assert "\r[" in tty.getvalue() and "\n" not in tty.getvalue()
+    assert tty.getvalue().endswith("\r[########################] step 100/100 epoch 0 loss=0.5 10.0 it/s\x1b[K")
+    lines = plain.getvalue().splitlines()
+    assert lines == ["traind: step 1/100 epoch 0 loss=0.5 10.0 steps/s",
+                     "traind: step 50/100 epoch 0 loss=0.5 10.0 steps/s",
+                     "traind: step 100/100 epoch 0 loss=0.5 10.0 steps/s"]
