@@ -18,7 +18,6 @@ from jobs.session import TIMING_KEYS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-HOLD_SAVES = HERE / "hold_saves.py"      # runs a module with every checkpoint write held open
 
 
 def job_env(**extra) -> dict:
@@ -115,8 +114,8 @@ def start(module: str, *args, hold_saves: float | None = None, env=None, **popen
     its own environment or fds (the control-channel tests)."""
     if ZYGOTE is not None and env is None and set(popen) <= {"start_new_session"}:
         return ZYGOTE.start(module, args, hold=hold_saves, new_session=popen.get("start_new_session", False))
-    prefix = [str(HOLD_SAVES), str(hold_saves), module] if hold_saves is not None else ["-m", module]
-    return subprocess.Popen([sys.executable, *prefix, *map(str, args)], cwd=REPO,
+    assert hold_saves is None, "holding saves needs the zygote"
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
                             env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
 
