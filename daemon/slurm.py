@@ -241,23 +241,43 @@ def requeue(job: SlurmJob, template: Sequence[str] = DEFAULT_REQUEUE_COMMAND,
 # --- the follow-up after an emergency stop --------------------------------------------------------------
 
 def _outcome_line(outcome) -> str:
-    """What the supervisor tells us about the stop, in words, whatever shape its outcome has."""
-    step = None
-    for name in ("checkpoint_step", "step", "last_checkpoint_step"):
-        step = getattr(outcome, name, None)
-        if step is not None:
-            break
-    return f"emergency checkpoint at step {step}" if step is not None else "no new emergency checkpoint"
+    """The supervisor's Outcome (checkpoint_committed, checkpoint_step) in words."""
+    step = getattr(outcome, "checkpoint_step", None)
+    if getattr(outcome, "checkpoint_committed", False):
+        return f"emergency checkpoint committed at step {step}"
+    return "no emergency checkpoint committed; resume point " + ("none" if step is None else f"step {step}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    requeue: bool
+    exit_code: int          # when not requeuing (a requeue gives 75, or 76 if it fails)
+    why: str
+
+
+def decide(policy: str | bool, job: SlurmJob | None, cause: StopCause | None) -> Decision:
+    """The follow-up's policy, pure: requeue or not, given spec `preemption.requeue` and the cause."""
+    if policy is False:
+        return Decision(False, exitcodes.PREEMPTED, "requeue disabled (preemption.requeue: false)")
+    if job is None and policy is True:
+        return Decision(False, exitcodes.NOT_REQUEUED, "preemption.requeue is true but this is not a SLURM job "
+                                                       "(no SLURM_JOB_ID): NOT requeued")
+    if job is None:
+        return Decision(False, exitcodes.PREEMPTED, "not a SLURM job: nothing to requeue")
+    if cause is StopCause.CANCELLED and policy == "auto":
+        return Decision(False, exitcodes.PREEMPTED, "cancelled on purpose: not requeuing "
+                                                    "(run `traind slurm submit` again to resume)")
+    return Decision(True, exitcodes.PREEMPTED, f"{cause.value if cause else 'stop'}: requeue to continue")
 
 
 @dataclass
 class SlurmFollowup:
     """`followup(outcome) -> exit code`, called by the supervisor after an emergency stop.
 
-    Under SLURM (and unless the spec says `requeue: false`) it asks slurmctld why we are stopped;
-    after a time-limit warning or a preemption it requeues the job (exit 75 = resumable, the rerun
-    resumes from the checkpoint); after an scancel it does not (exit 75). If the requeue is wanted
-    but the command is missing or fails, the log says so and the exit code is 76 (NOT_REQUEUED).
+    Under SLURM it asks slurmctld why we are stopped (`classify`), applies the policy (`decide`)
+    and, after a time-limit warning or a preemption, requeues the job: exit 75 (resumable, the rerun
+    resumes from the checkpoint). After an scancel it does not requeue (exit 75). If the requeue is
+    wanted but the command is missing or fails, the log says so and the exit code is 76.
     """
     job: SlurmJob | None
     requeue_policy: str | bool = "auto"          # auto | True | False (spec preemption.requeue)
@@ -273,24 +293,18 @@ class SlurmFollowup:
             line = note()
             if line:
                 self.log(line)
-        if self.requeue_policy is False:
-            self.log(f"{_outcome_line(outcome)}; requeue disabled (preemption.requeue: false): exit 75")
-            return exitcodes.PREEMPTED
-        if self.job is None:
-            if self.requeue_policy is True:
-                self.log(f"{_outcome_line(outcome)}; preemption.requeue is true but this is not a SLURM job "
-                         f"(no SLURM_JOB_ID): NOT requeued, exit {exitcodes.NOT_REQUEUED}")
-                return exitcodes.NOT_REQUEUED
-            return exitcodes.PREEMPTED
-        fields, why_not = query_job(self.job, self.runner)
-        verdict = classify(fields, self.clock(), self.lead_seconds)
-        if why_not:
-            verdict = Classification(verdict.cause, f"{verdict.detail}: {why_not}")
-        self.log(f"SLURM job {self.job.requeue_id} stopped by {verdict.cause.value}: {verdict.detail}; "
-                 f"{_outcome_line(outcome)}")
-        if verdict.cause is StopCause.CANCELLED and self.requeue_policy == "auto":
-            self.log("cancelled on purpose: not requeuing; exit 75 (run `traind slurm submit` again to resume)")
-            return exitcodes.PREEMPTED
+        cause = None
+        if self.job is not None and self.requeue_policy is not False:
+            fields, why_not = query_job(self.job, self.runner)
+            verdict = classify(fields, self.clock(), self.lead_seconds)
+            cause = verdict.cause
+            self.log(f"SLURM job {self.job.requeue_id} stopped by {cause.value}: {verdict.detail}"
+                     f"{': ' + why_not if why_not else ''}; {_outcome_line(outcome)}")
+        decision = decide(self.requeue_policy, self.job, cause)
+        if not decision.requeue:
+            if self.job is not None or decision.exit_code != exitcodes.PREEMPTED:
+                self.log(f"{decision.why}; exit {decision.exit_code}")
+            return decision.exit_code
         result = requeue(self.job, self.requeue_command, self.runner)
         self.log(result.message)
         if not result.requeued:

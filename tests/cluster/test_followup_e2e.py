@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "supervisor" / "fixture_job.py"
+from tests.cluster.helpers import FIXTURE, emergency_step
+
 
 
 def run_until_usr1(tmp_path: Path, requeue_command: list[str], env_extra: dict) -> tuple[int, str]:
@@ -55,7 +55,7 @@ def test_requeue_runs_after_the_checkpoint_with_the_array_id(tmp_path):
     assert code == 75, out
     assert "SLURM job 1007 (array task 1000_7)" in out and "SLURM_RESTART_COUNT=2" in out
     assert record.read_text().strip() == "1000_7"
-    step = int(out.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    step = emergency_step(out)
     assert f"step-{step:09d}" in (tmp_path / "requeued.txt.ckpts").read_text().split()
     assert "requeued SLURM job 1000_7" in out
 

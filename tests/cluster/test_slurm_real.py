@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.helpers import FIXTURE, ROOT, emergency_step
 from tests.supervisor.fixture_job import advance
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "supervisor" / "fixture_job.py"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -123,7 +122,7 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm_cluster, tmp_
     assert f"requeued SLURM job {jid}" in log
     assert "SLURM_RESTART_COUNT=1 (rerun after 1 requeue(s))" in log
     first, rerun = log.split("SLURM_RESTART_COUNT=1 (rerun", 1)
-    emergency = int(first.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    emergency = emergency_step(first)
     assert f"resuming from step {emergency}" in rerun and f"from step {emergency}" in rerun
     assert "succeeded" in rerun
     assert_finished_exactly(run_dir, steps)
@@ -152,7 +151,7 @@ def test_preemption_by_high_partition_checkpoints_requeues_and_resumes(slurm_clu
     assert f"SLURM job {jid} stopped by preemption" in log
     assert f"requeued SLURM job {jid}" in log and "SLURM_RESTART_COUNT=1" in log
     first, rerun = log.split("SLURM_RESTART_COUNT=1 (rerun", 1)
-    emergency = int(first.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    emergency = emergency_step(first)
     assert 200 <= emergency < steps and f"resuming from step {emergency}" in rerun
     assert steps_done(run_dir) == list(range(1, steps + 1)), "a step was lost or repeated across the requeue"
     assert (run_dir / "checkpoints" / f"step-{steps:09d}" / "MANIFEST.json").is_file()
@@ -173,7 +172,7 @@ def test_scancel_checkpoints_and_does_not_requeue(slurm_cluster, tmp_path, jobs_
 
     log = (run_dir / f"slurm-{jid}.out").read_text()
     assert "stopped by cancelled" in log and "not requeuing" in log
-    step = int(log.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    step = emergency_step(log)
     assert (run_dir / "checkpoints" / f"step-{step:09d}" / "MANIFEST.json").is_file()
     assert show(jid).get("Restarts") == "0" and "requeued" not in log
 

@@ -178,3 +178,18 @@ def test_command_runner_reports_problems_as_values():
     assert slow.returncode is None and "timed out" in slow.error
     ok = r.run(["cat"], stdin="hello")
     assert ok.ok and ok.stdout == "hello"
+
+
+@pytest.mark.parametrize("policy,job,cause,requeue,code", [
+    ("auto", slurm.SlurmJob("1"), StopCause.TIME_LIMIT, True, 75),
+    ("auto", slurm.SlurmJob("1"), StopCause.PREEMPTION, True, 75),
+    ("auto", slurm.SlurmJob("1"), StopCause.UNKNOWN, True, 75),
+    ("auto", slurm.SlurmJob("1"), StopCause.CANCELLED, False, 75),
+    (True, slurm.SlurmJob("1"), StopCause.CANCELLED, True, 75),
+    (False, slurm.SlurmJob("1"), StopCause.PREEMPTION, False, 75),
+    ("auto", None, None, False, 75),
+    (True, None, None, False, 76),
+])
+def test_decide(policy, job, cause, requeue, code):
+    decision = slurm.decide(policy, job, cause)
+    assert (decision.requeue, decision.exit_code) == (requeue, code), decision.why

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.fakemeta import FakeMetadata
+from tests.cluster.helpers import FIXTURE, emergency_step
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "supervisor" / "fixture_job.py"
 WINDOW = {"aws": 120, "gcp": 30, "azure": 30}
 
 
@@ -63,5 +62,5 @@ def test_termination_notice_means_checkpoint_and_exit_75(provider, tmp_path):
     measured = re.search(rf"spot {provider}: termination notice to emergency checkpoint done in ([\d.]+) s", out)
     assert measured and float(measured.group(1)) < took, out
     assert "emergency checkpoint committed at step" in out
-    step = int(out.split("emergency checkpoint committed at step ")[1].split(";")[0])
+    step = emergency_step(out)
     assert (run_dir / "checkpoints" / f"step-{step:09d}" / "MANIFEST.json").is_file()
