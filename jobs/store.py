@@ -124,7 +124,9 @@ class _Snapshotter:
         used: dict[tuple, torch.Tensor] = {}
         self._saw_cuda = False
         self._host_copies = []
+        self._same: dict[tuple, torch.Tensor] = {}
         snap = self._copy(state, (), used)
+        self._same = {}
         self._buffers = used          # forget buffers of keys that went away
         self._run_host_copies()
         if self._saw_cuda:
@@ -178,6 +180,12 @@ class _Snapshotter:
     def _copy_tensor(self, t: torch.Tensor, key, used) -> torch.Tensor:
         if t.layout != torch.strided or t.is_quantized or t.is_nested:
             return t.detach().to("cpu", copy=True)       # rare kinds: a plain copy
+        # The same tensor reached twice (tied weights): one buffer, so torch.save still writes it
+        # once and the loaded state keeps the two entries tied, as a blocking save would.
+        identity = (t.device, t.dtype, t.data_ptr(), tuple(t.shape), t.stride(), t.is_conj(), t.is_neg())
+        if t.numel() and identity in self._same:
+            used[key] = self._same[identity]
+            return self._same[identity]
         buf = self._buffers.get(key)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             buf = _new_buffer(t, pin=self._pin and t.is_cuda)
@@ -187,6 +195,7 @@ class _Snapshotter:
         else:
             self._host_copies.append((buf, t.detach()))
         used[key] = buf
+        self._same[identity] = buf
         return buf
 
 

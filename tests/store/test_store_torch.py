@@ -217,3 +217,19 @@ def test_failing_on_commit_listener_does_not_fail_the_save(tmp_path):
         assert store.save(state, step=1, epoch=0).valid
         store.save(state, step=2, epoch=0, blocking=False)
         assert store.flush().step == 2
+
+
+def test_tied_weights_stay_tied_through_a_nonblocking_save(tmp_path):
+    emb = torch.nn.Embedding(1000, 64)
+    head = torch.nn.Linear(64, 1000, bias=False)
+    head.weight = emb.weight                                     # weight tying
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    sd = model.state_dict(keep_vars=True)
+    assert sd["emb.weight"] is sd["head.weight"]
+    with CheckpointStore(tmp_path) as store:
+        store.save({"state_dict": model.state_dict()}, step=1, epoch=0, blocking=False)
+        info = store.flush()
+        loaded = load_checkpoint(info.path)["state_dict"]
+    assert loaded["emb.weight"].data_ptr() == loaded["head.weight"].data_ptr()
+    assert torch.equal(loaded["emb.weight"], emb.weight.detach())
+    assert (info.path / "state.pt").stat().st_size < 1000 * 64 * 4 * 1.5   # written once
