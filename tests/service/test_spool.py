@@ -133,3 +133,18 @@ def test_submit_runs_the_supervisors_spec_checks(tmp_path):
 def test_serve_bad_options_are_one_line_exit_2(tmp_path, args, field):
     out = traind("serve", *args, state_dir=tmp_path / "state", timeout=30)
     assert out.returncode == 2 and out.stderr.startswith(f"traind: {field}") and out.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_group_members_may_submit_when_the_group_is_configured(tmp_path, serve):
+    s = serve(slots=1).start("--group", "nogroup")
+    sp = s.state_dir / "spool"
+    assert stat.S_IMODE(sp.stat().st_mode) == 0o2730 and sp.stat().st_gid == 65534
+    ledger = tmp_path / "ledger"
+    member = write_spec(tmp_path, "member", ledger, steps=1)
+    os.chown(member, 65534, 65534)            # another user, but the configured group
+    os.chmod(member, 0o640)
+    os.rename(member, sp / member.name)
+    wait_for(lambda: s.states().get("member") == "done", 60, "member's job done")
+    assert s.records()["member"]["owner_uid"] == 65534
