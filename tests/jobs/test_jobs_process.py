@@ -105,17 +105,27 @@ def test_control_channel_stop_before_first_step_then_resume_and_supervisor_eof(t
     (ckpt,) = checkpoints(run_dir)
     assert ckpt.name == "step-000000000"
 
-    # Resume from it (the supervisor's choice), with the spec's checkpoint policy; then vanish.
-    proc, sock = _supervised(run_dir, "--max-steps", 100000, resume_from=ckpt, policy={"every_steps": 10})
-    lines = protocol.LineBuffer()
-    seen = []
-    while not any(m["type"] == "checkpoint" and m["step"] >= 20 for m in seen):
-        seen += [protocol.decode(l) for l in lines.feed(sock.recv(65536))]
+    # Resume from it (the supervisor's choice) under the spec's policy (every 7 steps instead of
+    # the job's 50); ask for checkpoints off that grid (checkpoint_now) until one lands; vanish.
+    proc, sock = _supervised(run_dir, "--max-steps", 100000, resume_from=ckpt,
+                             policy={"every_steps": 7, "every_seconds": None, "keep_last": 3})
+    lines, seen = protocol.LineBuffer(), []
+
+    def saved(on_grid: bool) -> list[int]:
+        return [m["step"] for m in seen if m["type"] == "checkpoint" and (m["step"] % 7 == 0) == on_grid]
+
+    while not (saved(on_grid=False) and len(saved(on_grid=True)) >= 2):
+        data = sock.recv(65536)
+        assert data, f"the job closed the channel early: {seen}"
+        new = [protocol.decode(line) for line in lines.feed(data)]
+        seen += new
+        if not saved(on_grid=False) and any(m["type"] == "heartbeat" for m in new):
+            sock.sendall(protocol.encode(protocol.CHECKPOINT_NOW, reason="asked by the test"))
     sock.close()                                  # EOF: the supervisor is gone
     code, out = finish(proc)
     assert code == 75, out
     assert seen[0] == {"type": "hello", "pid": proc.pid, "resumed_step": 0}
-    assert [m["step"] for m in seen if m["type"] == "checkpoint"][:2] == [10, 20]
+    assert saved(on_grid=True)[:2] == [7, 14]
     assert any(m["type"] == "heartbeat" and m["metrics"].get("loss") for m in seen)
     assert "supervisor gone" in out
     assert checkpoints(run_dir)[-1].name == f"step-{last_step(run_dir):09d}"
