@@ -90,7 +90,7 @@ def _recorded_checkpoint_seconds(run_dir: Path, infos) -> list[tuple[float, str]
         status = json.loads((run_dir / "status.json").read_text())
         seconds = (status.get("last_checkpoint") or {}).get("seconds")
         if isinstance(seconds, (int, float)) and seconds >= 0:
-            found.append((float(seconds), str(run_dir / "status.json")))
+            found.append((float(seconds), f"checkpoint write in {run_dir / 'status.json'}"))
     except (OSError, ValueError, AttributeError):
         pass
     for info in infos[:5]:
@@ -99,7 +99,7 @@ def _recorded_checkpoint_seconds(run_dir: Path, infos) -> list[tuple[float, str]
         for key in ("save_seconds", "write_seconds", "seconds"):
             value = extra.get(key) if isinstance(extra, dict) else None
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                found.append((float(value), str(info.path / checkpoints.MANIFEST_NAME)))
+                found.append((float(value), f"checkpoint write in {info.path / checkpoints.MANIFEST_NAME}"))
                 break
     return found
 
@@ -107,7 +107,7 @@ def _recorded_checkpoint_seconds(run_dir: Path, infos) -> list[tuple[float, str]
 def measure_stop(run_dir: Path) -> StopMeasurement:
     """The longest emergency stop (or, failing that, checkpoint write) this run dir has recorded."""
     infos = checkpoints.list_checkpoints(run_dir, deep=False)
-    candidates = [(d, str(run_dir / "events.jsonl") + " (stop request to child exit)")
+    candidates = [(d, f"stop request -> child exit in {run_dir / 'events.jsonl'}")
                   for d in _stop_durations(run_dir / "events.jsonl")]
     candidates += _recorded_checkpoint_seconds(run_dir, infos)
     size = next((i.size for i in infos if i.valid), None)
