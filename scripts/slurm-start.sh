@@ -124,7 +124,7 @@ if [ "$(cat "$CONF" 2>/dev/null)" != "$wanted_conf" ]; then
   if running_pid /run/slurm/slurmctld.pid slurmctld >/dev/null; then
     say "WARNING: $CONF differs from what we want, but slurmctld runs already; run slurm-stop.sh first"
   else
-    if [ -s "$CONF" ]; then
+    if [ -s "$CONF" ] && ! head -1 "$CONF" | grep -q '^# written by traind'; then
       cp -p "$CONF" "$CONF.before-traind"   # someone's own config is never lost
       say "saved the previous $CONF as $CONF.before-traind"
     fi
