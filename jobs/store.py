@@ -24,7 +24,7 @@ import torch
 
 from daemon import checkpoints as ck
 from daemon.checkpoints import CheckpointInfo
-from daemon.errors import TraindError
+from daemon.errors import TraindError, UsageError
 
 log = logging.getLogger("traind.store")
 
@@ -199,14 +199,35 @@ class _Snapshotter:
         return buf
 
 
+def _checked_retention(keep_last, keep_best) -> tuple[int, dict | None]:
+    """Validate the retention policy up front (a bad one must not surface mid-run in prune)."""
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+        raise UsageError(f"checkpoint policy: field 'keep_last': {keep_last!r} is not an integer >= 1")
+    if keep_best is None:
+        return keep_last, None
+    if not isinstance(keep_best, dict):
+        raise UsageError(f"checkpoint policy: field 'keep_best': {keep_best!r} is not a mapping")
+    unknown = set(keep_best) - {"metric", "mode", "k"}
+    if unknown:
+        raise UsageError(f"checkpoint policy: field 'keep_best.{sorted(unknown)[0]}': unknown "
+                         "(valid: metric, mode, k)")
+    metric, mode, k = keep_best.get("metric"), keep_best.get("mode", "min"), keep_best.get("k", 1)
+    if not isinstance(metric, str) or not metric:
+        raise UsageError(f"checkpoint policy: field 'keep_best.metric': {metric!r} is not a metric name")
+    if mode not in ("min", "max"):
+        raise UsageError(f"checkpoint policy: field 'keep_best.mode': {mode!r} is not min or max")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise UsageError(f"checkpoint policy: field 'keep_best.k': {k!r} is not an integer >= 0")
+    return keep_last, {"metric": metric, "mode": mode, "k": k}
+
+
 class CheckpointStore:
     """The one writer of RUN_DIR/checkpoints (holds its WriterLock until close())."""
 
     def __init__(self, run_dir, *, keep_last: int = 3, keep_best: dict | None = None,
                  on_commit: Callable[[CheckpointInfo], None] | None = None):
         self.ckpt_dir = ck.checkpoints_dir(run_dir)
-        self.keep_last = keep_last
-        self.keep_best = keep_best
+        self.keep_last, self.keep_best = _checked_retention(keep_last, keep_best)
         self.on_commit = on_commit
         self._lock = ck.WriterLock(self.ckpt_dir).acquire()
         self._snap = _Snapshotter()

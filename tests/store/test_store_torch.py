@@ -233,3 +233,17 @@ def test_tied_weights_stay_tied_through_a_nonblocking_save(tmp_path):
     assert loaded["emb.weight"].data_ptr() == loaded["head.weight"].data_ptr()
     assert torch.equal(loaded["emb.weight"], emb.weight.detach())
     assert (info.path / "state.pt").stat().st_size < 1000 * 64 * 4 * 1.5   # written once
+
+
+@pytest.mark.parametrize("keep_last, keep_best, field", [
+    (0, None, "keep_last"), ("3", None, "keep_last"), (2, ["val_loss"], "keep_best"),
+    (2, {"metric": "val_loss", "mode": "lowest"}, "keep_best.mode"),
+    (2, {"metric": "", "k": 1}, "keep_best.metric"), (2, {"metric": "m", "k": -1}, "keep_best.k"),
+    (2, {"metric": "m", "top": 2}, "keep_best.top"),
+])
+def test_bad_retention_policy_is_a_usage_error_naming_the_field(tmp_path, keep_last, keep_best, field):
+    from daemon.errors import UsageError
+    with pytest.raises(UsageError, match=f"field '{field}'"):
+        CheckpointStore(tmp_path, keep_last=keep_last, keep_best=keep_best)
+    with CheckpointStore(tmp_path, keep_last=1, keep_best={"metric": "m"}):   # lock was not kept
+        pass
