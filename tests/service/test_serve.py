@@ -56,13 +56,8 @@ def test_twenty_jobs_two_slots_each_finishes_once_in_submit_order(tmp_path, serv
     assert max_concurrency(entries) <= 2
     assert {e["gpu"] for e in entries} == {"0", "1"}     # one CUDA_VISIBLE_DEVICES per slot
     recs = s.records()
-    assert sorted(names, key=lambda n: recs[n]["seq"]) == names   # accepted in submit order
-    first_start = {}
-    for e in entries:
-        first_start.setdefault(e["job"], e["t"])
-    started = sorted(names, key=first_start.get)
-    # Two slots: a job never starts before one submitted two places earlier.
-    assert all(names.index(n) <= i + 1 for i, n in enumerate(started)), started
+    assert sorted(names, key=lambda n: recs[n]["seq"]) == names       # accepted in submit order
+    assert sorted(names, key=lambda n: recs[n]["started"]) == names   # and launched in that order
     assert all(r["launches"] == 1 and r["exit_code"] == 0 for r in recs.values())
     assert s.stop() == 0
 
@@ -97,7 +92,7 @@ def test_twenty_jobs_survive_two_kill9_of_the_daemon(tmp_path, serve):
 def test_sigterm_checkpoints_running_jobs_in_parallel_then_restart_resumes(tmp_path, serve):
     s = serve(slots=2).start()
     ledger = tmp_path / "ledger"
-    names = submit_many(tmp_path, s, 3, ledger, steps=400, step_seconds=0.02, every=1000)
+    names = submit_many(tmp_path, s, 3, ledger, steps=400, step_seconds=0.02, every=1000, stop_seconds=1.5)
     wait_for(lambda: sum(e["what"] == "start 0" for e in read_ledger(ledger)) == 2, 60, "two jobs started")
     time.sleep(0.5)
     t0 = time.monotonic()
@@ -105,7 +100,7 @@ def test_sigterm_checkpoints_running_jobs_in_parallel_then_restart_resumes(tmp_p
     took = time.monotonic() - t0
     stops = [e for e in read_ledger(ledger) if e["what"].startswith("stop")]
     assert len(stops) == 2 and all(int(e["what"].split()[1]) > 0 for e in stops)
-    assert abs(stops[0]["t"] - stops[1]["t"]) < 1.0          # in parallel, not one after the other
+    assert abs(stops[0]["t"] - stops[1]["t"]) < 1.0   # 1.5 s checkpoints in parallel, not one after the other
     st = s.states()
     assert sorted(st.values()) == ["queued"] * 3, st          # checkpointed jobs wait for the next start
     print(f"graceful stop with 2 emergency checkpoints: {took:.2f}s")
