@@ -115,7 +115,7 @@ class DataModule(HyperparametersMixin):
     loader_kwargs: dict = {}
 
     def setup(self, stage: str) -> None:
-        """Called once before training ("fit"), after a restore."""
+        """Called once before training ("fit"), before the restore: build the datasets here."""
 
     def train_dataset(self) -> Dataset:
         raise NotImplementedError(f"{type(self).__name__} must implement train_dataset()")

@@ -219,7 +219,9 @@ class Session:
                                       num_workers=num_workers, drop_last=drop_last, **loader_kwargs)
             total = loader.batch_sampler.batches_per_epoch()
             if total == 0:
-                raise TraindError(f"dataset of {len(dataset)} samples gives no batch of {batch_size}")
+                with one_line_errors():
+                    raise TraindError(f"session.batches(): a dataset of {len(dataset)} samples "
+                                      f"gives no batch of {batch_size}")
             for batch in loader:
                 self.position.batches_consumed += 1
                 self._epoch_end_pending = self.position.batches_consumed >= total
