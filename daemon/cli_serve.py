@@ -16,7 +16,7 @@ from pathlib import Path
 from daemon import spool
 from daemon.errors import UsageError
 from daemon.jobqueue import FINAL_STATES, JobTable
-from daemon.serve import Daemon, ServeConfig, default_state_dir, parse_runner, request_cancel
+from daemon.serve import Daemon, ServeConfig, daemon_status, default_state_dir, parse_runner, request_cancel
 
 
 def register(sub):
@@ -119,9 +119,14 @@ def cmd_ls(args) -> int:
     state = _state(args)
     recs = JobTable(state).load_all()
     pending = sorted(p.name for p in (state / "spool").glob("*.yaml")) if (state / "spool").is_dir() else []
+    serving = daemon_status(state)
     if args.json:
-        print(json.dumps({"jobs": [r.to_json() for r in recs], "spool": pending}, indent=1))
+        print(json.dumps({"daemon": serving, "jobs": [r.to_json() for r in recs], "spool": pending}, indent=1))
         return 0
+    if serving is None:
+        print(f"daemon: not running on {state}")
+    else:
+        print(f"daemon: pid {serving.get('pid')}, {serving.get('status', '?')}")
     print(f"{'NAME':<24} {'STATE':<11} {'SLOT':>4} {'LAUNCHES':>8} {'EXIT':>4}  SUBMITTED")
     for r in recs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submitted))

@@ -53,6 +53,24 @@ def default_state_dir(environ=os.environ) -> Path:
     return Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "traind"
 
 
+def daemon_status(state_dir: Path) -> dict | None:
+    """serve.json of the daemon using state_dir if one holds serve.lock now, else None."""
+    try:
+        fd = os.open(Path(state_dir) / "serve.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None                 # we got the lock: nobody serves this state dir
+    except BlockingIOError:
+        try:
+            return json.loads((Path(state_dir) / "serve.json").read_text())
+        except (OSError, ValueError):
+            return {}
+    finally:
+        os.close(fd)
+
+
 def lookup_run_dir(name: str, state_dir: Path | None = None) -> Path | None:
     """RUN_DIR of the job NAME known to the daemon (for `traind status NAME`), or None."""
     if not spool.valid_name(name):

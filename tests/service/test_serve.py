@@ -171,9 +171,9 @@ def test_ls_logs_and_status_lookup(tmp_path, serve):
     wait_for(lambda: s.states().get("job00") == "done", 60, "done")
     assert read_ledger(ledger)[0]["gpu"] == "5,6"          # slot 0 of '5,6;7'
     ls = traind("ls", state_dir=s.state_dir, check=True).stdout
-    assert "job00" in ls and "done" in ls
+    assert "job00" in ls and "done" in ls and ls.startswith(f"daemon: pid {s.proc.pid}, 1 slot(s); 1 done")
     data = json.loads(traind("ls", "--json", state_dir=s.state_dir, check=True).stdout)
-    assert data["jobs"][0]["state"] == "done"
+    assert data["jobs"][0]["state"] == "done" and data["daemon"]["pid"] == s.proc.pid
     logs = traind("logs", "job00", "-f", state_dir=s.state_dir, check=True, timeout=30)
     assert logs.returncode == 0
     assert traind("logs", "../x", state_dir=s.state_dir).returncode == 2
@@ -181,6 +181,7 @@ def test_ls_logs_and_status_lookup(tmp_path, serve):
     assert (lookup_run_dir("job00", s.state_dir) / "steps.log").read_text().split() == ["1", "2", "3"]
     assert lookup_run_dir("nope", s.state_dir) is None and lookup_run_dir("../jobs", s.state_dir) is None
     assert s.stop() == 0
+    assert traind("ls", state_dir=s.state_dir, check=True).stdout.startswith("daemon: not running")
 
 
 def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path, serve):
