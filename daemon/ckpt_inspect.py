@@ -58,7 +58,8 @@ class _StorageType(str):
 
 
 def _rebuild_tensor(storage, offset, size, *rest):
-    return TensorStub(storage[0].dtype if isinstance(storage, tuple) else "?", tuple(size))
+    dtype = storage[0].dtype if isinstance(storage, tuple) and isinstance(storage[0], _StorageType) else "?"
+    return TensorStub(dtype, tuple(int(n) for n in size))   # a bad shape fails the load, as a reason
 
 
 def _rebuild_parameter(data, *rest):
@@ -113,6 +114,10 @@ def summarize_state(path: Path) -> StateSummary:
             raw = z.read(pkl_names[0])
     except zipfile.BadZipFile as err:
         raise ValueError(f"not a zip file: {err}") from None
+    except OSError:
+        raise
+    except Exception as err:   # odd zips (unsupported compression, encrypted, truncated stream)
+        raise ValueError(f"unreadable zip: {type(err).__name__}: {err}") from None
     tensors: list[TensorStub] = []
     try:
         obj = _InertUnpickler(io.BytesIO(raw)).load()
@@ -140,11 +145,13 @@ def _collect(obj, out: list, depth: int = 0) -> None:
             _collect(v, out, depth + 1)
 
 
-def jsonable(obj):
+def jsonable(obj, depth: int = 0):
+    if depth > 50:
+        return "..."
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
+        return [jsonable(v, depth + 1) for v in obj]
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):
