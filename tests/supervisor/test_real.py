@@ -111,14 +111,14 @@ def test_child_ignoring_the_stop_is_killed_at_the_deadline(tmp_path, reap):
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     elapsed = time.monotonic() - t0
-    assert p.returncode == 75 and 0.9 <= elapsed <= 3.0, (elapsed, err[-2000:])
+    assert p.returncode == 75 and 0.9 <= elapsed <= 6.0, (elapsed, err[-2000:])
     assert "grace period of 1s over: SIGKILL to the process group" in err
     assert "no emergency checkpoint committed; resume point step" in err
 
 
 def test_hanging_child_is_stopped_killed_and_restarted_as_a_failure(tmp_path, reap):
     spec = write_spec(tmp_path, job_args=["--steps", 8, "--every", 2, "--step-seconds", 0.02, "--mode", "hang-at-3"],
-                      health={"hang_timeout_seconds": 1.0}, preemption={"grace_seconds": 0.5})
+                      health={"hang_timeout_seconds": 2.0}, preemption={"grace_seconds": 0.5})
     out = traind("run", spec, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     events = read_events(Path(spec).parent / "run")
@@ -139,7 +139,7 @@ def test_crash_loop_at_start_gives_up_with_a_summary(tmp_path):
 
 def test_supervisor_sigkilled_child_checkpoints_alone_and_a_new_run_resumes(tmp_path, reap):
     spec = write_spec(tmp_path, job_args=["--steps", 100000, "--every", 1000, "--step-seconds", 0.02,
-                                          "--emergency-seconds", 1.5])
+                                          "--emergency-seconds", 4])
     run_dir = tmp_path / "run"
     p = start_traind("run", spec)
     reap(p)
