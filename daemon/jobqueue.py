@@ -14,6 +14,7 @@ State dir layout (all owner-only):
 Lifecycle (one transition function; every edge is named below and in `transition`):
     QUEUED  --launched-->         RUNNING
     QUEUED  --cancel-->           CANCELLED
+    QUEUED  --launch failed-->    FAILED      (its `traind run` could not even be started)
     RUNNING --exit 0-->           DONE
     RUNNING --exit 75-->          QUEUED      (emergency checkpoint written: resume later, same place in line)
     RUNNING --exit other-->       FAILED
@@ -51,6 +52,7 @@ FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 class Event(str, Enum):
     LAUNCHED = "launched"
+    LAUNCH_FAILED = "launch_failed"
     EXITED = "exited"            # with an exit code
     CANCEL = "cancel"
     INTERRUPTED = "interrupted"  # the daemon stopped supervising it (kill -9 of the daemon, stop deadline)
@@ -66,6 +68,8 @@ def transition(state: JobState, event: Event, exit_code: int | None = None) -> J
         return S.RUNNING                                   # QUEUED -> RUNNING
     if state is S.QUEUED and event is Event.CANCEL:
         return S.CANCELLED                                 # QUEUED -> CANCELLED
+    if state is S.QUEUED and event is Event.LAUNCH_FAILED:
+        return S.FAILED                                    # QUEUED -> FAILED
     if state is S.RUNNING and event is Event.EXITED:
         if exit_code == exitcodes.OK:
             return S.DONE                                  # RUNNING -> DONE

@@ -21,6 +21,7 @@ import queue
 import select
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -311,7 +312,10 @@ class Daemon:
             return
         job_dir = self.table.job_dir(verdict.name)
         job_dir.mkdir(mode=0o700, exist_ok=True)
-        os.rename(path, job_dir / "submitted.yaml")   # from here on the file is the daemon's
+        try:
+            os.rename(path, job_dir / "submitted.yaml")   # from here on the file is the daemon's
+        except FileNotFoundError:
+            return                                       # withdrawn by its owner meanwhile
         self._commit_accept(verdict.name, verdict)
 
     def _judge(self, path: Path) -> spool.Accepted | spool.Refused:
@@ -411,7 +415,12 @@ class Daemon:
         env["TRAIND_SERVE_SLOT"] = str(slot)
         env.pop("NOTIFY_SOCKET", None)  # jobs must not talk to systemd in the daemon's name
         env.pop("WATCHDOG_USEC", None)
-        proc = self.os.spawn([*self.cfg.runner, str(job_dir / "spec.yaml")], env, job_dir / "runner.log")
+        try:
+            proc = self.os.spawn([*self.cfg.runner, str(job_dir / "spec.yaml")], env, job_dir / "runner.log")
+        except OSError as err:  # a value, not a crash: the daemon keeps serving the other jobs
+            log.error("job %s: cannot start %s: %s", rec.name, self.cfg.runner[0], err)
+            self._set(rec, transition(rec.state, Event.LAUNCH_FAILED), reason=f"cannot start: {err}", finished=True)
+            return
         self.running[rec.name] = Running(proc, slot)
         rec.slot, rec.pid, rec.launches, rec.started = slot, proc.pid, rec.launches + 1, time.time()
         log.info("job %s: launched in slot %d (pid %d, launch %d)", rec.name, slot, proc.pid, rec.launches)
@@ -455,14 +464,17 @@ class Daemon:
 
     def _sweep(self) -> None:
         """Retention: refused files older than keep_refused_days, abandoned submit temp files."""
-        now = time.time()
         refused = self.cfg.spool_dir / spool.REFUSED_SUBDIR
-        old = [p for p in refused.iterdir() if now - p.lstat().st_mtime > self.cfg.keep_refused_days * 86400] \
-            if refused.is_dir() else []
-        old += [p for p in self.cfg.spool_dir.glob(".tmp-*") if now - p.lstat().st_mtime > 3600]
-        for p in old:
-            p.unlink(missing_ok=True)
-            log.info("retention sweep removed %s", p)
+        candidates = [(p, self.cfg.keep_refused_days * 86400) for p in refused.iterdir()] if refused.is_dir() else []
+        candidates += [(p, 3600.0) for p in self.cfg.spool_dir.glob(".tmp-*")]
+        for p, max_age in candidates:
+            try:
+                st = p.lstat()
+                if time.time() - st.st_mtime > max_age and not stat.S_ISDIR(st.st_mode):  # folders: left to a human
+                    p.unlink()
+                    log.info("retention sweep removed %s", p)
+            except FileNotFoundError:
+                pass
 
     def _test_hang_hook(self) -> None:
         # Test-only: a hung main loop, to prove systemd's watchdog restarts the daemon.

@@ -42,8 +42,9 @@ class Quiet:
 
 def make(tmp_path, records, slots=2, **cfg):
     table = JobTable(tmp_path)
+    table.jobs_dir.mkdir(parents=True, exist_ok=True)
     for rec in records:
-        table.job_dir(rec.name).mkdir(parents=True)
+        table.job_dir(rec.name).mkdir()
         table.save(rec)
     (tmp_path / "control").mkdir(exist_ok=True)
     osx = FakeOS()
@@ -84,3 +85,31 @@ def test_stop_signals_all_then_kills_at_the_deadline_and_keeps_them_queued(tmp_p
     d._reap()
     assert table.load("a").state is JobState.QUEUED and table.load("b").state is JobState.QUEUED
     assert d.stopping and not d.running
+
+
+def test_a_runner_that_cannot_start_fails_that_job_only(tmp_path):
+    d, osx, table = make(tmp_path, [JobRecord("a", 1), JobRecord("b", 2)], slots=1)
+
+    def broken_spawn(argv, env, log_path):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+    osx.spawn = broken_spawn
+    d._fill_slots()
+    assert table.load("a").state is JobState.FAILED and "cannot start" in table.load("a").reason
+    assert table.load("b").state is JobState.QUEUED     # tried next tick, the daemon keeps serving
+
+
+def test_retention_sweep_removes_only_old_refusals_and_stale_temp_files(tmp_path):
+    import os
+    import time
+    d, osx, table = make(tmp_path, [])
+    refused = tmp_path / "spool/.refused"
+    refused.mkdir(parents=True)
+    old, new, tmp_old, folder = refused / "old.yaml.1", refused / "new.yaml.2", tmp_path / "spool/.tmp-x-1", refused / "d"
+    for p in (old, new, tmp_old):
+        p.write_text("x")
+    folder.mkdir()
+    week = time.time() - 8 * 86400
+    for p in (old, tmp_old, folder):
+        os.utime(p, (week, week))
+    d._sweep()
+    assert sorted(p.name for p in refused.iterdir()) == ["d", "new.yaml.2"] and not tmp_old.exists()
