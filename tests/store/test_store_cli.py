@@ -107,3 +107,29 @@ def test_benchmark_script_runs_and_prints_every_row(tmp_path):
                   "(5) verify", "throughput vs floor"):
         assert label in out.stdout, out.stdout
     assert list(tmp_path.iterdir()) == []                # cleaned up after itself
+
+
+def test_inspect_survives_mangled_pickles(tmp_path):
+    """Random byte damage to data.pkl: a summary or a ValueError (a reason), never anything else."""
+    import pickle
+    import random
+    import zipfile
+    from collections import OrderedDict
+    from daemon.ckpt_inspect import summarize_state
+    good = pickle.dumps({"epoch": 1, "hyper_parameters": {"lr": 0.1, "layers": [1, 2]},
+                         "state_dict": OrderedDict(w=[1.0, 2.0])}, protocol=2)
+    rng = random.Random(3)
+    path = tmp_path / "state.pt"
+    outcomes = {"summary": 0, "reason": 0}
+    for _ in range(1500):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", bytes(data))
+        try:
+            summarize_state(path)
+            outcomes["summary"] += 1
+        except ValueError:
+            outcomes["reason"] += 1
+    assert outcomes["summary"] and outcomes["reason"], outcomes
