@@ -65,11 +65,15 @@ class Trainer:
         self.precision = Precision(precision, self.device.type)
         self.should_stop = False      # callbacks (early stopping) set it: normal end, final checkpoint
         self.session: Session | None = None
+        self._in_boundary = False
         self.callback_metrics: dict = {}
 
     @property
     def global_step(self) -> int:
-        return self.session.step if self.session is not None else 0
+        """Optimizer steps done (inside the step boundary: including the one that just finished)."""
+        if self.session is None:
+            return 0
+        return self.session.step + (1 if self._in_boundary else 0)
 
     @property
     def current_epoch(self) -> int:
@@ -121,9 +125,11 @@ class Trainer:
                 self.precision.step(optimizers, params, self.clip_val)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
+                self._in_boundary = True
                 metrics = self._step_boundary(module, datamodule, optimizers, schedulers,
                                               sum(micro_losses) / len(micro_losses), epoch_ended)
                 micro_losses.clear()
+                self._in_boundary = False
                 session.step_done(metrics, epoch_ended=epoch_ended)
                 if session.should_stop() or self.should_stop:
                     return
@@ -132,7 +138,7 @@ class Trainer:
 
     def _step_boundary(self, module, datamodule, optimizers, schedulers, loss: float,
                        epoch_ended: bool) -> dict:
-        step = self.session.step + 1          # the step that just finished
+        step = self.global_step               # the step that just finished
         metrics = {"loss": loss, **module.pop_logged(), "lr": optimizers[0].param_groups[0]["lr"]}
         for cfg in schedulers:
             if cfg.interval == "step":

@@ -199,3 +199,19 @@ def test_own_loop_example_runs_and_resumes_exactly(tmp_path):
     code, out = finish(own_loop(run_dir))
     assert code == 0 and "resumed from" in out, out
     assert_same_training(straight, run_dir, keys=("state_dict", "optimizer_states", "lr_schedulers"))
+
+
+@pytest.mark.slow
+def test_trainer_epochs_epoch_end_checkpoints_early_stopping_and_two_optimizers(tmp_path):
+    run_dir = tmp_path / "run"
+    code, out = finish(start("features_job", run_dir))
+    assert code == 0, out
+    per_epoch = 56                                  # 3584 training samples / 64
+    assert [c.name for c in checkpoints(run_dir)] == [f"step-{per_epoch:09d}", f"step-{2 * per_epoch:09d}"]
+    from jobs.checkpoint_io import load_state
+    state = load_state(run_dir)
+    assert (state["global_step"], state["epoch"]) == (2 * per_epoch, 2)
+    assert state["callbacks"]["EarlyStopping"] == {"best": state["callbacks"]["EarlyStopping"]["best"],
+                                                   "wait": 1, "stopped_step": 2 * per_epoch}
+    assert len(state["optimizer_states"]) == 2 and "best" in state["lr_schedulers"][0]
+    assert state["data_position"] == {"epoch": 2, "shuffle_seed": 3, "batches_consumed": 0}

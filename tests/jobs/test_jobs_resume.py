@@ -33,7 +33,7 @@ def test_six_interruptions_resume_bit_for_bit(uninterrupted, tmp_path):
 
     def kill_at_random_step(low, high):
         proc = launch()
-        target = last_step(run_dir) + rng.randint(low, high)    # mid-epoch: 54 batches an epoch
+        target = last_step(run_dir) + rng.randint(low, high)    # mid-epoch: 56 batches an epoch
         wait_until(lambda: last_step(run_dir) >= target, proc)
         proc.kill()
         assert finish(proc)[0] == -signal.SIGKILL
