@@ -30,14 +30,16 @@ from pathlib import Path
 
 import yaml
 
-from daemon import exitcodes, runfiles, spool
+from daemon import exitcodes, spool
 from daemon.errors import TraindError, UsageError
 from daemon.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, atomic_write, transition
 from daemon.sdnotify import Notifier
+from daemon.serve_os import ServeOS
 from daemon.spec import validate
 
 log = logging.getLogger("traind.serve")
 
+DEFAULT_RUNNER = (sys.executable, "-m", "daemon", "run")   # `traind run`, same interpreter
 TICK_SECONDS = 0.5
 SPOOL_SETTLE_SECONDS = 2.0     # a rescan leaves a freshly written (maybe half-copied) file alone
 
@@ -86,7 +88,7 @@ class ServeConfig:
     slots: int = 1
     gpus: list[str] | None = None          # CUDA_VISIBLE_DEVICES per slot; default: the slot index
     group: int | None = None               # gid whose members may also submit
-    runner: list[str] = field(default_factory=lambda: [sys.executable, "-m", "daemon", "run"])
+    runner: list[str] = field(default_factory=lambda: list(DEFAULT_RUNNER))
     stop_timeout: float = 300.0            # emergency checkpoints get this long on SIGTERM
     cancel_timeout: float = 120.0
     keep_refused_days: float = 7.0
@@ -104,49 +106,6 @@ class ServeConfig:
     @property
     def control_dir(self) -> Path:
         return self.state_dir / "control"
-
-
-class ServeOS:
-    """Every OS effect of the daemon: spawn, signal, poll, clock, lock probes. Tests may replace it."""
-
-    def spawn(self, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-        with open(log_path, "ab", buffering=0) as out:
-            # Own session: a stop can signal the whole group; deathsig: it dies with the daemon.
-            return subprocess.Popen([sys.executable, "-m", "daemon.deathsig", str(os.getpid()), "--", *argv],
-                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-
-    def signal(self, proc: subprocess.Popen, sig: int, group: bool = False) -> None:
-        try:
-            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    def poll(self, proc: subprocess.Popen) -> int | None:
-        rc = proc.poll()
-        return None if rc is None else (128 - rc if rc < 0 else rc)  # killed by N -> 128+N
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def kill_job_tree(self, proc: subprocess.Popen, run_dir: Path) -> None:
-        """SIGKILL a job's `traind run` (its process group) and the job itself: the supervisor runs
-        its child in a session of its own, so the child's group is found through the run lock."""
-        self.signal(proc, signal.SIGKILL, group=True)
-        child = runfiles.lock_holder(run_dir).get("child_pid") if runfiles.lock_is_held(run_dir) else None
-        if isinstance(child, int) and child > 1:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(child, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-    def run_dir_holder(self, run_dir: Path) -> str | None:
-        """Who still holds RUN_DIR/supervisor.lock (an old `traind run` or its child), None if free."""
-        if not runfiles.lock_is_held(run_dir):
-            return None
-        holder = runfiles.lock_holder(run_dir)
-        return f"supervisor pid {holder.get('supervisor_pid')}, child pid {holder.get('child_pid')}"
 
 
 @dataclass
@@ -496,4 +455,4 @@ def request_cancel(state_dir: Path, name: str) -> JobRecord:
 
 
 def parse_runner(text: str | None) -> list[str]:
-    return shlex.split(text) if text else [sys.executable, "-m", "daemon", "run"]
+    return shlex.split(text) if text else list(DEFAULT_RUNNER)

@@ -2,8 +2,6 @@
 exactly-once completion across kill -9 of the daemon, SIGTERM = parallel emergency checkpoints,
 cancel, ls/logs/status lookup."""
 import json
-import os
-import signal
 import time
 from collections import Counter
 

@@ -1,0 +1,55 @@
+"""The one object through which `traind serve` touches processes: spawn, signal, poll, clock, and
+the run-dir lock probes. Tests replace it with a scripted fake (tests/service/test_loop_fake_os.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon import runfiles
+
+
+class ServeOS:
+    """Every OS effect of the daemon: spawn, signal, poll, clock, lock probes. Tests may replace it."""
+
+    def spawn(self, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+        with open(log_path, "ab", buffering=0) as out:
+            # Own session: a stop can signal the whole group; deathsig: it dies with the daemon.
+            return subprocess.Popen([sys.executable, "-m", "daemon.deathsig", str(os.getpid()), "--", *argv],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def signal(self, proc: subprocess.Popen, sig: int, group: bool = False) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def poll(self, proc: subprocess.Popen) -> int | None:
+        rc = proc.poll()
+        return None if rc is None else (128 - rc if rc < 0 else rc)  # killed by N -> 128+N
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def kill_job_tree(self, proc: subprocess.Popen, run_dir: Path) -> None:
+        """SIGKILL a job's `traind run` (its process group) and the job itself: the supervisor runs
+        its child in a session of its own, so the child's group is found through the run lock."""
+        self.signal(proc, signal.SIGKILL, group=True)
+        child = runfiles.lock_holder(run_dir).get("child_pid") if runfiles.lock_is_held(run_dir) else None
+        if isinstance(child, int) and child > 1:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(child, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def run_dir_holder(self, run_dir: Path) -> str | None:
+        """Who still holds RUN_DIR/supervisor.lock (an old `traind run` or its child), None if free."""
+        if not runfiles.lock_is_held(run_dir):
+            return None
+        holder = runfiles.lock_holder(run_dir)
+        return f"supervisor pid {holder.get('supervisor_pid')}, child pid {holder.get('child_pid')}"
