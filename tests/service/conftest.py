@@ -1,5 +1,6 @@
 """Fixtures for the service tests: a real `traind serve` process on a temp state dir, driven
-through the real CLI, with the torch-free fake job (fakejob.py) so jobs take about a second."""
+through the real CLI; each job runs under the real `traind run`, and is the torch-free fake job
+(fakejob.py) so it takes about a second."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-STANDIN = [sys.executable, str(HERE / "standin_run.py")]
-
-
-def runner_argv() -> list[str] | None:
-    """The real `traind run` once part 3 has landed it, else the stand-in (same contract)."""
-    if os.environ.get("TRAIND_TEST_STANDIN") == "1":
-        return STANDIN
-    probe = subprocess.run([sys.executable, "-m", "daemon", "run", "--help"], capture_output=True, cwd=REPO)
-    return None if probe.returncode == 0 else STANDIN
 
 
 def traind(*args, state_dir=None, check=False, **kw):
@@ -60,11 +52,9 @@ class Serve:
         self.log = state_dir.parent / "serve.log"
 
     def start(self, *extra_args):
-        runner = runner_argv()
+        # The daemon's default runner: the real `traind run` of this checkout.
         args = [sys.executable, "-m", "daemon", "serve", "--state-dir", str(self.state_dir),
                 "--slots", str(self.slots), *extra_args]
-        if runner:
-            args += ["--runner", " ".join(runner)]
         env = dict(os.environ, OMP_NUM_THREADS="1", **self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
