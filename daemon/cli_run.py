@@ -99,7 +99,7 @@ def format_status(s: dict, *, now: float) -> str:
     if hb:
         rate = hb.get("steps_per_second")
         lines.append(f"heartbeat:   step {hb.get('step')}, {_age(now, hb.get('time'))} ago"
-                     + (f", {rate:g} steps/s" if rate else ""))
+                     + (f", {rate:.1f} steps/s" if rate else ""))
     ck = s.get("valid_checkpoint")
     lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {_age(now, ck.get('created'))} ago"))
     for skipped in (ck or {}).get("skipped_newer", []):

@@ -7,10 +7,11 @@ appends it to events.jsonl and rewrites status.json. Every OS effect goes throug
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -101,6 +102,7 @@ class Supervisor:
         self.attempt_base = 0
         self.status_dirty = False
         self.resume_cache = None                # (info, skipped) found when the last child exited
+        self.write_errors: set[str] = set()
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
 
     # --- public -----------------------------------------------------------------------------------
@@ -379,12 +381,15 @@ class Supervisor:
         if exit_status is not None:
             record["exit_code"], record["signal"] = exit_status.code, (
                 None if exit_status.signal is None else signal_name(exit_status.signal))
-        self.files.append_event(record, durable=durable)
+        try:
+            self.files.append_event(record, durable=durable)
+        except OSError as err:      # a full disk must not take the supervisor (and the child) down
+            self._record_failed("events.jsonl", err)
 
     def _write_status(self, durable: bool = False) -> None:
         self.status_dirty = False
         a = self.attempts[-1] if self.attempts else None
-        self.files.write_status({
+        status = {
             "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
             "state": self.state.value, "attempt": None if a is None else a.number,
             "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.failure_times),
@@ -393,7 +398,16 @@ class Supervisor:
             "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
             "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
             "attempts": [x.summary() for x in self.attempts[-20:]],
-        }, durable=durable)
+        }
+        try:
+            self.files.write_status(status, durable=durable)
+        except OSError as err:
+            self._record_failed("status.json", err)
+
+    def _record_failed(self, what: str, err: OSError) -> None:
+        if what not in self.write_errors:
+            self.write_errors.add(what)
+            self.say(f"cannot write {what} ({err.strerror or err}); supervising on without it")
 
     def say(self, text: str) -> None:
         a = self.attempts[-1] if self.attempts else None
@@ -419,8 +433,5 @@ def _fmt_seconds(value) -> str:
 
 
 def _json(obj) -> str:
-    import json
     return json.dumps(obj, separators=(",", ":"))
 
-
-__all__ = ["Supervisor", "Outcome", "RunResult", "default_followup", "asdict"]

@@ -1,6 +1,4 @@
 """Spec mistakes: each one line naming the file and the field, exit 2, never a traceback."""
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -86,6 +84,6 @@ def test_nonexistent_command_is_a_clear_usage_error(tmp_path):
     out = traind("run", spec)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{spec}: command[0]: 'no-such-trainer-xyz' not found on PATH" in out.stderr
-    spec.write_text(f"name: x\ncommand: [./missing.sh]\n")
+    spec.write_text("name: x\ncommand: [./missing.sh]\n")
     out = traind("run", spec)
     assert out.returncode == 2 and "command[0]: './missing.sh' is not an executable file" in out.stderr
