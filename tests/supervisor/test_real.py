@@ -193,3 +193,28 @@ def test_status_and_a_second_supervisor_refused(tmp_path, reap):
     assert "state:       preempted" in traind("status", run_dir).stdout
     bad = traind("status", tmp_path / "nothing-here")
     assert bad.returncode == 2 and "no such run dir" in bad.stderr
+
+
+def test_a_command_that_does_not_speak_is_stopped_with_sigterm_to_its_group(tmp_path, reap):
+    spec = write_spec(tmp_path, job_args=["--steps", 100000, "--every", 5, "--step-seconds", 0.02, "--mode", "silent"])
+    run_dir = tmp_path / "run"
+    p = start_traind("run", spec)
+    reap(p)
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 12, what="12 steps")
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 75, err[-2000:]
+    assert "sent SIGTERM to the group (child has not spoken yet)" in err
+    done = metrics(run_dir)[-1]["step"]
+    assert f"emergency checkpoint committed at step {done}" in err      # it exited 75: its word for it
+    (tmp_path / "plain").mkdir()
+    plain = write_spec(tmp_path / "plain", command=["sh", "-c", "sleep 30 & sleep 30; echo never"])
+    t0 = time.monotonic()
+    p = start_traind("run", plain)
+    reap(p)
+    wait_for(lambda: lock_holder(tmp_path / "plain" / "run").get("child_pid"), what="the child")
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 75 and time.monotonic() - t0 < 10
+    assert "killed by SIGTERM" in err and "no emergency checkpoint committed" in err
