@@ -227,16 +227,12 @@ class RealOS:
         try:
             with open(child.log_path, "rb") as f:
                 f.seek(child.log_offset)
-                data = f.read(1 << 20)
-        except OSError:
-            return
-        if data:
-            child.log_offset += len(data)
-            try:
-                self._echo_to.buffer.write(data)
+                while data := f.read(1 << 20):
+                    child.log_offset += len(data)
+                    self._echo_to.buffer.write(data)
                 self._echo_to.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
+        except (OSError, ValueError, AttributeError):
+            pass   # echo is a courtesy; the attempt log has everything
 
     def close(self) -> None:
         self.restore_signal_handlers()
