@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import pickletools
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice
                   "bytearray": bytearray, "list": list, "dict": dict, "tuple": tuple}
 _ELEMENT_SIZE = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
                  "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
+
+
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,11 @@ def summarize_state(path: Path) -> StateSummary:
         raise ValueError(f"unreadable zip: {type(err).__name__}: {err}") from None
     tensors: list[TensorStub] = []
     try:
+        # Walk the opcodes first: a damaged length field then fails here, cheaply, instead of
+        # making the unpickler allocate gigabytes for a string that is not there.
+        for op, arg, _ in pickletools.genops(raw):
+            if op.name in _MEMO_OPS and isinstance(arg, int) and arg > len(raw):
+                raise ValueError(f"memo index {arg} out of range")   # would size the memo table
         obj = _InertUnpickler(io.BytesIO(raw)).load()
     except Exception as err:   # any malformed pickle is a reason, not a crash
         raise ValueError(f"unreadable pickle: {type(err).__name__}: {err}") from None
