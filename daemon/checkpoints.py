@@ -32,7 +32,8 @@ import xxhash
 from daemon import __version__
 from daemon import ckpt_hash
 from daemon.ckpt_hash import HashingWriter
-from daemon.ckpt_fs import ExclusiveFileLock, fsync_dir, fsync_file, remove_tree, swap_into_place, write_all
+from daemon.ckpt_fs import (ExclusiveFileLock, fsync_dir, fsync_file, make_dirs_durable, remove_tree,
+                            swap_into_place, write_all)
 from daemon.errors import TraindError
 
 __all__ = [
@@ -273,7 +274,7 @@ def free_bytes(path: Path) -> int:
 def begin(ckpt_dir, step: int, expected_bytes: int) -> "PendingCheckpoint":
     """Check free space, then make the temp dir a checkpoint is written into."""
     ckpt_dir = checkpoints_dir(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs_durable(ckpt_dir)
     need = int(expected_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
     have = free_bytes(ckpt_dir)
     if have < need:

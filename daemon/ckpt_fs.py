@@ -47,6 +47,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs_durable(path: Path) -> None:
+    """mkdir -p, then fsync the parent of every directory it created, so that after a power loss
+    the checkpoints dir itself (not only its contents) is still there."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
+
+
 def remove_tree(path: Path) -> None:
     """rmtree that tolerates entries vanishing under it (another cleaner got there first)."""
     def onerror(func, p, exc_info):

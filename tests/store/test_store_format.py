@@ -1,5 +1,6 @@
 """The on-disk format (torch-free): commit, verify, discovery, corruption, lock, cleanup, retention."""
 import json
+from pathlib import Path
 import os
 import shutil
 import signal
@@ -248,3 +249,15 @@ def test_flip_names_the_damaged_block(ckpt_dir, monkeypatch):
     (info.path / "state.pt").write_bytes(bytes(data))
     got = ck.verify(info.path)
     assert not got.valid and "in 1 block(s), first at bytes 28672-32768" in got.error, got.error
+
+
+def test_first_begin_makes_the_new_checkpoints_dir_durable(tmp_path, monkeypatch):
+    from daemon import ckpt_fs
+    synced = []
+    real = ckpt_fs.fsync_dir
+    monkeypatch.setattr(ckpt_fs, "fsync_dir", lambda p: (synced.append(Path(p)), real(p)))
+    ck.begin(tmp_path / "a" / "run" / "checkpoints", 1, 0).abort()
+    assert synced == [tmp_path, tmp_path / "a", tmp_path / "a" / "run"]
+    synced.clear()
+    ck.begin(tmp_path / "a" / "run" / "checkpoints", 2, 0).abort()
+    assert synced == []                                   # nothing new: no extra fsync
