@@ -330,7 +330,7 @@ class Supervisor:
         self.lock.record(child_pid=pid)
         where = "fresh start" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
-        self._event("spawned", reason=where, checkpoint_step=a.resume_step)
+        self._event("spawned", reason=where, checkpoint_step=a.resume_step, pid=pid)
 
     def _resume_point(self, *, quiet: bool):
         info, skipped = self.resume_cache or self.find_resume(self.spec.run_dir)
