@@ -125,12 +125,15 @@ def test_sigkill_at_every_protocol_point_and_random_times(tmp_path):
 
     # 2. random-time kills over a larger save, blocking and non-blocking.
     rng = random.Random(1234)
-    t0 = time.perf_counter()
-    step += 1
-    pid = fork_writer(ckpt_dir, step=step, tag=latest_tag + 1, big=True)
-    assert wait_for(pid) == "finished"
-    latest_tag += 1
-    span = (time.perf_counter() - t0) * 1.3
+    durations = []
+    for _ in range(3):          # the median of three uninterrupted saves sets the kill window
+        t0 = time.perf_counter()
+        step += 1
+        pid = fork_writer(ckpt_dir, step=step, tag=latest_tag + 1, big=True)
+        assert wait_for(pid) == "finished"
+        durations.append(time.perf_counter() - t0)
+        latest_tag += 1
+    span = sorted(durations)[1] * 1.3
     outcomes = collections.Counter()
     for i in range(50):
         step += 1
