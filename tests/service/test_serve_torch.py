@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO, traind, wait_for
 
 pytestmark = pytest.mark.slow
-STEPS = 1500
+STEPS = 1000
 
 
 def losses(run_dir):
