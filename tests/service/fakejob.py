@@ -30,6 +30,7 @@ signal.signal(signal.SIGUSR1, lambda *_: stop.set())
 
 
 def ledger(what):
+    print(f"fakejob {name}: {what}", flush=True)        # the job's own output (`traind logs`)
     with open(a.ledger, "a") as f:
         f.write(json.dumps({"job": name, "what": what, "pid": os.getpid(), "t": time.time(),
                             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")

@@ -2,6 +2,8 @@
 exactly-once completion across kill -9 of the daemon, SIGTERM = parallel emergency checkpoints,
 cancel, ls/logs/status lookup."""
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -151,6 +153,8 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     ledger = tmp_path / "ledger"
     submit_many(tmp_path, s, 2, ledger, steps=1000, step_seconds=0.02)
     wait_for(lambda: s.states().get("job00") == "running" and read_ledger(ledger), 60, "job00 running")
+    follow = subprocess.Popen([sys.executable, "-m", "daemon", "logs", "job00", "-f", "--state-dir", str(s.state_dir)],
+                              stdout=subprocess.PIPE, text=True)
     out = traind("cancel", "job01", state_dir=s.state_dir, check=True)
     assert "queued" in out.stdout
     traind("cancel", "job00", state_dir=s.state_dir, check=True)
@@ -158,6 +162,8 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     entries = read_ledger(ledger)
     assert [e["what"].split()[0] for e in entries] == ["start", "emergency", "stop"]   # never job01
     assert s.records()["job00"]["exit_code"] == 75
+    followed = follow.communicate(timeout=30)[0]           # `logs -f` ends by itself with the job
+    assert "fakejob job00: start 0" in followed and "fakejob job00: stop" in followed
     assert traind("cancel", "nope", state_dir=s.state_dir).returncode == 2
     assert s.stop() == 0
 
