@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 METRICS_NAME = "metrics.jsonl"
@@ -59,6 +60,8 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 class Console:
+    """Progress for people. Thread-safe: checkpoint commits are reported from the store's thread."""
+
     def __init__(self, max_steps: int | None, stream=None, every_steps: int = 50,
                  every_seconds: float = 10.0) -> None:
         self.stream = stream or sys.stderr
@@ -66,27 +69,41 @@ class Console:
         self.max_steps = max_steps
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self._last_print = -math.inf
+        self._bar = ""                  # the progress line currently drawn (terminal only)
+        self._lock = threading.Lock()
 
     def step(self, step: int, epoch: int, metrics: dict, rate: float, now: float) -> None:
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         total = f"/{self.max_steps}" if self.max_steps else ""
         if self.tty:
-            width = 24
             bar = ""
             if self.max_steps:
+                width = 24
                 filled = int(width * min(step, self.max_steps) / self.max_steps)
                 bar = "[" + "#" * filled + "." * (width - filled) + "] "
-            self.stream.write(f"\r{bar}step {step}{total} epoch {epoch} {shown} {rate:.1f} it/s\033[K")
-            self.stream.flush()
+            with self._lock:
+                self._bar = f"{bar}step {step}{total} epoch {epoch} {shown} {rate:.1f} it/s"
+                self.stream.write(f"\r{self._bar}\033[K")
+                self.stream.flush()
         elif step % self.every_steps == 0 or now - self._last_print >= self.every_seconds:
             self._last_print = now
             self.line(f"step {step}{total} epoch {epoch} {shown} {rate:.1f} steps/s")
 
     def line(self, text: str) -> None:
-        if self.tty:
-            text = "\r\033[K" + text
-        self.stream.write(f"traind: {text}\n" if not self.tty else text + "\n")
-        self.stream.flush()
+        """A message line; on a terminal it goes above the progress line, which is redrawn."""
+        with self._lock:
+            if self.tty:
+                self.stream.write(f"\r\033[Ktraind: {text}\n{self._bar}")
+            else:
+                self.stream.write(f"traind: {text}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.tty and self._bar:
+                self.stream.write("\n")       # keep the last progress line on screen
+                self._bar = ""
+                self.stream.flush()
 
 
 def _fmt(value) -> str:

@@ -362,6 +362,7 @@ class Session:
         try:
             self.store.close()
         finally:
+            self.console.close()
             self.metrics_log.close()
             if self.control is not None:
                 self.control.close()
