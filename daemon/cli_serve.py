@@ -55,6 +55,7 @@ def register(sub):
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("systemd", help="systemd integration")
+    p.set_defaults(func=lambda _args, parser=p: parser.print_usage(sys.stderr) or 2)  # no subcommand
     ssub = p.add_subparsers(dest="systemd_command", metavar="SUBCOMMAND")
     i = ssub.add_parser("install", help="install traind.service and traind@.service")
     i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
