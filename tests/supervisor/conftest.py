@@ -37,18 +37,27 @@ def traind(*args, timeout=60, cwd=None) -> subprocess.CompletedProcess:
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
+        stop(p)
         out, err = p.communicate()
         raise AssertionError(f"traind {args} did not finish in {timeout}s:\n{err}")
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def stop(p: subprocess.Popen) -> None:
+    """SIGTERM first, so the supervisor stops its child group too; SIGKILL if that takes too long."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture
 def reap():
-    """Processes a test started; any still alive at the end are killed (tests must not leak)."""
+    """Processes a test started; any still alive at the end are stopped (tests must not leak)."""
     procs = []
     yield procs.append
     for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+        stop(p)
