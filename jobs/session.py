@@ -186,14 +186,20 @@ class Session:
                 raise TraindError(f"{where}: field '{key}' holds {len(stored)} entries, "
                                   f"this job has {len(live)}; the job's code does not match the checkpoint")
             return stored
+        def load_into(key, target, value):
+            try:
+                target.load_state_dict(value)
+            except (RuntimeError, ValueError, KeyError) as err:   # another model, another optimizer
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise TraindError(f"{where}: field '{key}' does not fit this job ({first})") from None
         if self.model is not None:
-            self.model.load_state_dict(state["state_dict"])
-        for opt, s in zip(self.optimizers, check_count("optimizer_states", self.optimizers)):
-            opt.load_state_dict(s)
-        for sched, s in zip(self.schedulers, check_count("lr_schedulers", self.schedulers)):
-            sched.load_state_dict(s)
+            load_into("state_dict", self.model, state["state_dict"])
+        for i, (opt, s) in enumerate(zip(self.optimizers, check_count("optimizer_states", self.optimizers))):
+            load_into(f"optimizer_states[{i}]", opt, s)
+        for i, (sched, s) in enumerate(zip(self.schedulers, check_count("lr_schedulers", self.schedulers))):
+            load_into(f"lr_schedulers[{i}]", sched, s)
         if self.scaler is not None and state.get("MixedPrecision"):
-            self.scaler.load_state_dict(state["MixedPrecision"])
+            load_into("MixedPrecision", self.scaler, state["MixedPrecision"])
         stored_callbacks = state.get("callbacks") or {}
         for cb in self.callbacks:
             if cb.state_key in stored_callbacks:

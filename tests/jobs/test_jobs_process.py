@@ -215,3 +215,14 @@ def test_trainer_epochs_epoch_end_checkpoints_early_stopping_and_two_optimizers(
                                                    "wait": 1, "stopped_step": 2 * per_epoch}
     assert len(state["optimizer_states"]) == 2 and "best" in state["lr_schedulers"][0]
     assert state["data_position"] == {"epoch": 2, "shuffle_seed": 3, "batches_consumed": 0}
+
+
+@pytest.mark.slow
+def test_resuming_a_run_dir_of_another_model_is_one_line_naming_the_field(tmp_path):
+    run_dir = tmp_path / "run"
+    assert finish(start(TINY, "--run-dir", run_dir, "--max-steps", 5))[0] == 0
+    code, out = finish(start_function("jobs.examples.own_loop", "main", str(run_dir), 10))
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    (line,) = [l for l in out.splitlines() if l.startswith("traind: ") and "resumed" not in l]
+    assert "step-000000005: field 'state_dict' does not fit this job (Error(s) in loading" in line
