@@ -184,6 +184,7 @@ class Daemon:
         scheduler = (scheduler_factory or start_scheduler)(self.post)
         try:
             self._rescan(settle=0)
+            self._handle_cancel_requests()  # made while the daemon was down: before relaunching
             self._fill_slots()          # running jobs resumed (or waiting on their old process)
             self._write_serve_state()
             self.notify.ready(self._summary())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.errors import UsageError
+from daemon.errors import TraindError, UsageError
 from daemon.spec import validate
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # same rule as the spec's `name:`
@@ -151,15 +151,28 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
 
 
 def submit(spool: Path, name: str, data: bytes) -> Path:
-    """Atomically drop a spec into the spool: temp file, fsync, rename, dir fsync."""
+    """Atomically drop a spec into the spool: temp file, fsync, rename, dir fsync.
+
+    Run as root, the file is handed to the spool's owner (the daemon's user) before it appears:
+    root is trusted anyway, and the daemon accepts only files its own user owns.
+    """
     if not spool.is_dir():
         raise UsageError(f"{spool}: spool directory does not exist (is `traind serve` set up?)")
     final = spool / f"{name}{SPEC_SUFFIX}"
     tmp = spool / f".tmp-{name}-{os.getpid()}-{time.time_ns()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except PermissionError:
+        raise TraindError(f"{spool}: no permission to submit (run as the daemon's user, or join its --group)") from None
+    try:
+        if os.geteuid() == 0:
+            owner = os.stat(spool)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         os.write(fd, data)
         os.fsync(fd)
+    except OSError as err:
+        os.unlink(tmp)
+        raise TraindError(f"{tmp}: cannot write: {err.strerror}") from None
     finally:
         os.close(fd)
     if final.exists():

@@ -113,3 +113,11 @@ def test_retention_sweep_removes_only_old_refusals_and_stale_temp_files(tmp_path
         os.utime(p, (week, week))
     d._sweep()
     assert sorted(p.name for p in refused.iterdir()) == ["d", "new.yaml.2"] and not tmp_old.exists()
+
+
+def test_cancel_requested_while_the_daemon_was_down_is_applied_before_any_relaunch(tmp_path):
+    d, osx, table = make(tmp_path, [JobRecord("r1", 1, state=JobState.RUNNING), JobRecord("q2", 2)])
+    (tmp_path / "control/cancel-r1").write_text("")
+    d._handle_cancel_requests()             # serve_forever's order: cancels, then fill the slots
+    d._fill_slots()
+    assert [n for n, _, _ in osx.spawned] == ["q2"] and table.load("r1").state is JobState.CANCELLED

@@ -1,13 +1,16 @@
 """The spool is the trust boundary: each refusal case for real (chown, symlink, chmod, names),
 checked on the function and through a running daemon, plus `traind submit`'s own checks."""
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import traind, wait_for, write_spec
+from conftest import REPO, traind, wait_for, write_spec
 from daemon import spool
 
 GOOD = b"name: ok\ncommand: ['true']\n"
@@ -148,3 +151,20 @@ def test_group_members_may_submit_when_the_group_is_configured(tmp_path, serve):
     os.rename(member, sp / member.name)
     wait_for(lambda: s.states().get("member") == "done", 60, "member's job done")
     assert s.records()["member"]["owner_uid"] == 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_root_submits_on_behalf_of_the_daemons_user_and_others_get_one_line(tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700)
+    os.chown(spool_dir, 65534, 65534)              # the daemon's user owns its spool
+    final = spool.submit(spool_dir, "j", b"name: j\n")
+    assert (final.stat().st_uid, final.stat().st_gid) == (65534, 65534)
+    assert isinstance(spool.check_and_read(final, uid=65534), spool.Accepted)
+    # Without the right to write the spool (root minus CAP_DAC_OVERRIDE here): one line, exit 1.
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: k\ncommand: ['true']\n")
+    out = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+                          sys.executable, "-m", "daemon", "submit", str(spec), "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1 and "no permission to submit" in out.stderr and out.stderr.count("\n") == 1
