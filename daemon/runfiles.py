@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from daemon.errors import TraindError
@@ -19,6 +20,7 @@ EVENTS_NAME = "events.jsonl"
 STATUS_NAME = "status.json"
 LOCK_NAME = "supervisor.lock"
 LOGS_SUBDIR = "logs"
+LOCK_TRIES, LOCK_RETRY_SECONDS = 5, 0.05
 
 
 class RunFiles:
@@ -98,13 +100,18 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise TraindError(f"{self.path}: cannot lock: {err.strerror}") from None
-            raise TraindError(self._held_message()) from None
+        for attempt in range(LOCK_TRIES):   # a reader's brief probe must not refuse a real start
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise TraindError(f"{self.path}: cannot lock: {err.strerror}") from None
+                if attempt == LOCK_TRIES - 1:
+                    os.close(fd)
+                    raise TraindError(self._held_message()) from None
+                time.sleep(LOCK_RETRY_SECONDS)
         self.fd = fd
         self.record(child_pid=None)
         return self
@@ -140,7 +147,19 @@ def lock_holder(run_dir: Path) -> dict:
 
 
 def lock_is_held(run_dir: Path) -> bool:
+    """Is a supervisor (or its orphaned child) holding the run? Read from /proc/locks, so asking
+    never takes the lock itself; a brief shared-lock probe where /proc/locks cannot be read."""
     path = Path(run_dir) / LOCK_NAME
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            return any(" FLOCK " in line and line.split()[5] == key for line in f if len(line.split()) > 5)
+    except OSError:
+        pass
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
