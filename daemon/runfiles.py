@@ -157,7 +157,12 @@ def lock_is_held(run_dir: Path) -> bool:
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as f:
-            return any(" FLOCK " in line and line.split()[5] == key for line in f if len(line.split()) > 5)
+            held = [line.split()[5] for line in f if line.split()[1:2] == ["FLOCK"] and len(line.split()) > 5]
+        if key in held:
+            return True
+        if not any(h.endswith(f":{st.st_ino}") for h in held):
+            return False
+        # same inode, other device numbering (btrfs subvolumes, ...): ask the lock itself
     except OSError:
         pass
     try:
