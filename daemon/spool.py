@@ -12,7 +12,6 @@ so the daemon never sees half a spec. Names starting with "." are temp files and
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ from pathlib import Path
 import yaml
 
 from daemon.errors import TraindError, UsageError
-from daemon.spec import validate
+from daemon.spec import NAME_RE, validate  # one rule for job names, the spec's
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # same rule as the spec's `name:`
 SPEC_SUFFIX = ".yaml"
 MAX_SPEC_BYTES = 256 * 1024
 REFUSED_SUBDIR = ".refused"
