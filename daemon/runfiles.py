@@ -43,8 +43,11 @@ class RunFiles:
         """One JSON line, appended with one write (O_APPEND). A supervisor crash loses nothing (the
         page cache has it); only the final record is fsynced, so a restart is not slowed by a disk flush."""
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.events_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                line = b"\n" + line        # a torn last line (a crash mid-write) stays on its own
             os.write(fd, line)
             if durable:
                 os.fsync(fd)
