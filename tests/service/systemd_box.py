@@ -74,7 +74,7 @@ class SystemdBox:
         init.chmod(0o755)
         subprocess.run(["chmod", "-R", "a+rX", str(self.w)], check=True)
         cg2 = Path("/sys/fs/cgroup")
-        if subprocess.run(["stat", "-fc", "%T", str(cg2)], capture_output=True, text=True).stdout.strip() != "cgroup2fs":
+        if not (cg2 / "cgroup.controllers").exists():   # hybrid hierarchy: cgroup2 lives in unified/
             cg2 = cg2 / "unified"
         self.cgroup = cg2 / f"traind-sdtest-{os.getpid()}-{time.time_ns()}"
         self.cgroup.mkdir()
@@ -86,10 +86,18 @@ class SystemdBox:
                    timeout, "systemd running")
 
     def _find_pid1(self) -> bool:
-        out = subprocess.run(["pgrep", "-P", str(self.launcher.pid)], capture_output=True, text=True).stdout.split()
-        if out:
-            self.pid1 = int(out[0])
-        return bool(out)
+        """The launcher's child (unshare forks it): PID 1 inside. /proc only (no procps needed)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.launcher.pid:
+                self.pid1 = int(entry.name)
+                return True
+        return False
 
     def sd(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["nsenter", "-t", str(self.pid1), "-a", "--", *cmd],
