@@ -1,5 +1,6 @@
 """The spool is the trust boundary: each refusal case for real (chown, symlink, chmod, names),
 checked on the function and through a running daemon, plus `traind submit`'s own checks."""
+import grp
 import os
 import shutil
 import stat
@@ -141,7 +142,8 @@ def test_serve_bad_options_are_one_line_exit_2(tmp_path, args, field):
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 def test_group_members_may_submit_when_the_group_is_configured(tmp_path, serve):
-    s = serve(slots=1).start("--group", "nogroup")
+    group = grp.getgrgid(65534).gr_name             # nogroup on Debian
+    s = serve(slots=1).start("--group", group)
     sp = s.state_dir / "spool"
     assert stat.S_IMODE(sp.stat().st_mode) == 0o2730 and sp.stat().st_gid == 65534
     ledger = tmp_path / "ledger"
