@@ -271,8 +271,8 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def begin(ckpt_dir, step: int, expected_bytes: int) -> "PendingCheckpoint":
-    """Check free space, then make the temp dir a checkpoint is written into."""
+def check_free_space(ckpt_dir, step: int, expected_bytes: int) -> None:
+    """Raise a clear TraindError, before anything is written, if the state will not fit."""
     ckpt_dir = checkpoints_dir(ckpt_dir)
     make_dirs_durable(ckpt_dir)
     need = int(expected_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
@@ -281,6 +281,12 @@ def begin(ckpt_dir, step: int, expected_bytes: int) -> "PendingCheckpoint":
         raise TraindError(
             f"{ckpt_dir}: not enough free space for checkpoint step {step}: need {_mib(need)} "
             f"(state {_mib(expected_bytes)} + margin), {_mib(have)} free; existing checkpoints untouched")
+
+
+def begin(ckpt_dir, step: int, expected_bytes: int) -> "PendingCheckpoint":
+    """Check free space, then make the temp dir a checkpoint is written into."""
+    ckpt_dir = checkpoints_dir(ckpt_dir)
+    check_free_space(ckpt_dir, step, expected_bytes)
     tmp = ckpt_dir / _tmp_name(step)
     tmp.mkdir()
     _reach("begin:mkdir")

@@ -248,18 +248,14 @@ class CheckpointStore:
         self.flush()
         args = (int(step), epoch, reason, dict(metrics or {}))
         started = time.monotonic()
-        # The free-space check runs here, in the caller, for both kinds: a full disk is reported
-        # by this call, not one save later.
-        pending = ck.begin(self.ckpt_dir, int(step), tensor_bytes(state))
         if blocking:
-            return self._persist(pending, state, *args, started=started)
-        try:
-            snapshot = self._snap.take(state)
-        except BaseException:
-            pending.abort()
-            raise
+            return self._persist(state, *args, started=started)
+        # The free-space check also runs here, in the caller: a full disk is reported by this
+        # call, not one save later. The temp dir is made by the background writer.
+        ck.check_free_space(self.ckpt_dir, int(step), tensor_bytes(state))
+        snapshot = self._snap.take(state)
         self._thread = threading.Thread(
-            target=self._persist_in_background, args=(pending, snapshot, *args),
+            target=self._persist_in_background, args=(snapshot, *args),
             kwargs={"started": started, "snapshot_seconds": time.monotonic() - started},
             name=f"traind-ckpt-{step}", daemon=False)
         self._thread.start()
@@ -271,8 +267,9 @@ class CheckpointStore:
         except BaseException as err:  # handed to the caller at the next save/flush/close
             self._error = err
 
-    def _persist(self, pending: ck.PendingCheckpoint, state: dict, step: int, epoch, reason: str,
-                 metrics: dict, *, started: float, snapshot_seconds: float | None = None) -> CheckpointInfo:
+    def _persist(self, state: dict, step: int, epoch, reason: str, metrics: dict, *,
+                 started: float, snapshot_seconds: float | None = None) -> CheckpointInfo:
+        pending = ck.begin(self.ckpt_dir, step, tensor_bytes(state))
         try:
             write_state(pending, state)
             extra = {"versions": {"torch": torch.__version__},
