@@ -8,6 +8,7 @@ Legal edges (each branch of `transition` names the one it takes):
     STARTING|RUNNING|STOPPING -> SUCCEEDED   the child exited 0
     STOPPING    -> PREEMPTED     the child exited after a requested stop (checkpoint or not)
     STARTING|RUNNING -> STARTING     the child exited 75 on its own (preempted directly): restart now
+                                     (unless it keeps doing so without progress: then it is a crash)
     STARTING|RUNNING|STOPPING -> BACKING_OFF  a crash (or a hang) with restart budget left
     STARTING|RUNNING|STOPPING -> FAILED       a crash with a do-not-retry code, or no budget left
     BACKING_OFF -> STARTING      the backoff delay elapsed
@@ -55,6 +56,7 @@ class Facts:
     stop_requested: bool = False      # a signal or request_stop asked for this stop (not a hang)
     no_retry: bool = False            # exit code is in restart.no_retry_exit_codes
     budget_left: bool = True          # failures in the window (this one included) <= max_restarts
+    self_stop_ok: bool = True         # an unasked exit 75 may restart at once (False: it loops)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def _child_exited(state: State, f: Facts, edge) -> Transition:
         return edge(State.SUCCEEDED, "child finished")                         # * -> SUCCEEDED
     if state is State.STOPPING and f.stop_requested:
         return edge(State.PREEMPTED, "child stopped on request")               # STOPPING -> PREEMPTED
-    if f.exit_code == PREEMPTED_EXIT and state is not State.STOPPING:
+    if f.exit_code == PREEMPTED_EXIT and state is not State.STOPPING and f.self_stop_ok:
         return edge(State.STARTING, "child preempted itself: restart at once")  # -> STARTING
     if f.no_retry:
         return edge(State.FAILED, "do-not-retry exit code")                    # * -> FAILED

@@ -24,6 +24,7 @@ from daemon.spec import JobSpec, signal_numbers
 from daemon.states import TERMINAL, Facts, State, Transition, Trigger, transition
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
+MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Supervisor:
         self.status_dirty = False
         self.resume_cache = None                # (info, skipped) found when the last child exited
         self.write_errors: set[str] = set()
+        self.idle_self_stops = 0
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
 
     # --- public -----------------------------------------------------------------------------------
@@ -271,7 +273,12 @@ class Supervisor:
         newest = self.resume_cache[0]
         newest_step = None if newest is None else newest.step
         progressed = newest_step is not None and (a.resume_step is None or newest_step > a.resume_step)
-        crash = status.code != 0 and not (status.code == PREEMPTED and self.state is not State.STOPPING) \
+        # A job may stop itself with 75 (it was preempted directly): restart at once, no failure.
+        # Twice in a row without a newer checkpoint is a loop, not a preemption: count it.
+        self_stop = status.code == PREEMPTED and self.state is not State.STOPPING
+        self.idle_self_stops = 0 if not self_stop or progressed else self.idle_self_stops + 1
+        self_stop_ok = self_stop and self.idle_self_stops < MAX_IDLE_SELF_STOPS
+        crash = status.code != 0 and not self_stop_ok \
             and not (self.state is State.STOPPING and self.stop_trigger is not None)
         if crash:
             self.failure_times = [t for t in self.failure_times if now - t <= self.spec.restart.window_seconds]
@@ -279,7 +286,7 @@ class Supervisor:
             self.last_failure = {"attempt": a.number, "exit": status.describe(), "reason": a.reason,
                                  "time": self.os.wall()}
             self.consecutive_failures = 0 if progressed else self.consecutive_failures
-        facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None,
+        facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None, self_stop_ok=self_stop_ok,
                       no_retry=status.code in self.spec.restart.no_retry_exit_codes,
                       budget_left=len(self.failure_times) <= self.spec.restart.max_restarts)
         t = transition(self.state, Trigger.CHILD_EXITED, facts)

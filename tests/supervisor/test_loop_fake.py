@@ -80,11 +80,24 @@ def test_restart_window_forgets_old_failures(tmp_path):
 
 
 def test_exit_75_without_stop_restarts_at_once_and_is_not_a_failure(tmp_path):
-    fake = FakeOS(on_spawn=lambda n: [(1, exited(code=75 if n < 6 else 0))])
-    sup, result, _ = run(tmp_path, fake, restart={"max_restarts": 0})
+    resume = Resume()
+
+    def on_spawn(n):
+        resume.step = n * 10          # each self-stop left a newer (emergency) checkpoint
+        return [(1, exited(code=75 if n < 6 else 0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    sup, result, _ = run(tmp_path, fake, resume=resume, restart={"max_restarts": 0})
     assert result.state is State.SUCCEEDED and len(fake.spawns) == 6
     assert [b - a for a, b in zip(fake.spawns, fake.spawns[1:])] == pytest.approx([1] * 5)
     assert sup.failure_times == []
+
+
+def test_exit_75_again_and_again_without_progress_is_a_crash_loop(tmp_path):
+    fake = FakeOS(on_spawn=lambda n: [(1, exited(code=75))])
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 2})
+    assert result.state is State.FAILED and "restart budget exhausted" in result.message
+    # 1st unasked 75: at once; from the 2nd on: counted, with backoff 1, 2
+    assert [b - a for a, b in zip(fake.spawns, fake.spawns[1:])] == pytest.approx([1, 1 + 1, 1 + 2])
 
 
 def test_do_not_retry_exit_code(tmp_path):

@@ -19,6 +19,7 @@ S, T = State, Trigger
     (S.STOPPING, T.CHILD_EXITED, Facts(exit_code=75, stop_requested=True), S.PREEMPTED),
     (S.STOPPING, T.CHILD_EXITED, Facts(exit_code=None, stop_requested=True), S.PREEMPTED),
     (S.RUNNING, T.CHILD_EXITED, Facts(exit_code=75), S.STARTING),
+    (S.RUNNING, T.CHILD_EXITED, Facts(exit_code=75, self_stop_ok=False), S.BACKING_OFF),
     (S.RUNNING, T.CHILD_EXITED, Facts(exit_code=1), S.BACKING_OFF),
     (S.STARTING, T.CHILD_EXITED, Facts(exit_code=None), S.BACKING_OFF),
     (S.STOPPING, T.CHILD_EXITED, Facts(exit_code=None), S.BACKING_OFF),        # a hang, killed
