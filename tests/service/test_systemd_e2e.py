@@ -39,7 +39,7 @@ def box(tmp_path):
     w = tmp_path
     b.add_dropin(S, f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon serve --state-dir {w}/state "
                     f"--slots 1\n{_common(w)}Environment=TRAIND_TEST_HOOKS=1\n"
-                    "WatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=60s\n")
+                    "WatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=1s\n")
     b.add_dropin("traind@.service", f"[Unit]\nAssertPathExists=\nAssertPathExists={w}/jobs/%i.yaml\n"
                  f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon run {w}/jobs/%i.yaml "
                  f"--set run_dir={w}/unit-runs/%i\n{_common(w)}")
@@ -65,7 +65,9 @@ def test_units_under_real_systemd(tmp_path, box):
     assert box.prop(S, "SubState") == "running" and "slot" in box.prop(S, "StatusText"), box.journal(S)
 
     # 2. a submitted job trains (checkpoint every 5 steps).
-    spec = write_spec(tmp_path, "sdjob", ledger, steps=100000, step_seconds=0.05, every=5)
+    # Its emergency checkpoint takes 3 s, longer than the drop-in's TimeoutStopSec=1s: only the
+    # daemon's EXTEND_TIMEOUT_USEC keeps systemd from killing it at `systemctl stop`.
+    spec = write_spec(tmp_path, "sdjob", ledger, steps=100000, step_seconds=0.05, every=5, stop_seconds=3)
     traind("submit", str(spec), state_dir=state, check=True)
     steps = state / "jobs/sdjob/run/steps.log"
     wait_for(lambda: len(steps.read_text().split()) >= 12, 90, "job trained 12 steps")
@@ -92,9 +94,10 @@ def test_units_under_real_systemd(tmp_path, box):
     n = len(steps.read_text().split())
     wait_for(lambda: len(steps.read_text().split()) >= n + 3, 30, "training again")
     before = len(read_ledger(ledger))
+    t_stop = time.monotonic()
     out = box.sd("systemctl", "stop", S)
     mark("stop")
-    assert out.returncode == 0
+    assert out.returncode == 0 and time.monotonic() - t_stop >= 3.0
     stops = [e for e in read_ledger(ledger)[before:] if e["what"].startswith("stop")]
     assert stops and int(stops[-1]["what"].split()[1]) > 0, read_ledger(ledger)
     assert box.prop(S, "Result") == "success" and box.prop(S, "ActiveState") == "inactive"
