@@ -122,15 +122,15 @@ class _Snapshotter:
 
     def take(self, state):
         used: dict[tuple, torch.Tensor] = {}
-        self._saw_cuda = False
+        self._cuda_devices: set = set()
         self._host_copies = []
         self._same: dict[tuple, torch.Tensor] = {}
         snap = self._copy(state, (), used)
         self._same = {}
         self._buffers = used          # forget buffers of keys that went away
         self._run_host_copies()
-        if self._saw_cuda:
-            torch.cuda.synchronize()  # the non_blocking copies must land before the writer reads
+        for device in self._cuda_devices:   # the async copies must land before the writer reads
+            torch.cuda.synchronize(device)
         return snap
 
     def _run_host_copies(self) -> None:
@@ -190,7 +190,7 @@ class _Snapshotter:
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             buf = _new_buffer(t, pin=self._pin and t.is_cuda)
         if t.is_cuda:
-            self._saw_cuda = True
+            self._cuda_devices.add(t.device)
             buf.copy_(t.detach(), non_blocking=True)      # async on the copy engine
         else:
             self._host_copies.append((buf, t.detach()))
