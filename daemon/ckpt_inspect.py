@@ -12,6 +12,7 @@ import io
 import math
 import pickle
 import pickletools
+import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def summarize_state(path: Path) -> StateSummary:
                 raise ValueError("no data.pkl record (not a torch.save zip file)")
             prefix = pkl_names[0][: -len("data.pkl")]
             storage_bytes = sum(i.file_size for i in z.infolist() if i.filename.startswith(prefix + "data/"))
-            raw = z.read(pkl_names[0])
+            raw = _read_member(path, z.getinfo(pkl_names[0]), z)
     except zipfile.BadZipFile as err:
         raise ValueError(f"not a zip file: {err}") from None
     except OSError:
@@ -139,6 +140,31 @@ def summarize_state(path: Path) -> StateSummary:
         global_step=top.get("global_step"), hyper_parameters=jsonable(top.get("hyper_parameters")),
         tensor_count=len(tensors), tensor_bytes=sum(t.nbytes for t in tensors),
         storage_bytes=storage_bytes)
+
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")   # zip local file header, 30 bytes
+
+
+def _read_member(path: Path, info: zipfile.ZipInfo, z: zipfile.ZipFile) -> bytes:
+    """A member's bytes without the zip CRC check.
+
+    traind writes state.pt with torch's per-record crc32 turned off (the manifest's block checksums
+    already cover every byte, and torch.load never reads the crc), so zipfile's CRC check would
+    reject every one of our checkpoints. torch stores records uncompressed: read them raw.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return z.read(info)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header for {info.filename!r}")
+        name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
+        f.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
+        data = f.read(info.compress_size)
+    if len(data) != info.compress_size:
+        raise zipfile.BadZipFile(f"{info.filename!r} is truncated")
+    return data
 
 
 def _collect(obj, out: list, depth: int = 0) -> None:

@@ -86,6 +86,21 @@ def test_inspect_reads_state_without_torch_or_running_code(tmp_path):
     assert subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True).returncode == 0
 
 
+def test_inspect_reads_what_the_store_writes(tmp_path):
+    """The store writes state.pt with torch's zip crc32 off; inspect must still read it."""
+    import torch
+    from jobs.store import CheckpointStore
+    store = CheckpointStore(tmp_path)
+    store.save({"epoch": 1, "global_step": 7, "state_dict": torch.nn.Linear(3, 2).state_dict(),
+                "hyper_parameters": {"width": 3}}, step=7, epoch=1, reason="final")
+    store.close()
+    out = traind("inspect", tmp_path, "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got.get("state_error") is None, got.get("state_error")
+    assert (got["global_step"], got["hyper_parameters"], got["tensor_count"]) == (7, {"width": 3}, 2)
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
