@@ -21,10 +21,13 @@ def register(sub) -> None:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                      help="override a spec field (value parsed as YAML), e.g. --set restart.max_restarts=3")
     run.set_defaults(func=cmd_run)
-    st = sub.add_parser("status", help="state of a supervised run",
+    st = sub.add_parser("status", help="state of a supervised run (a run dir, or a job name of `traind serve`)",
                         description="State, attempt, restarts, pid, last heartbeat, last valid checkpoint, "
-                                    "last failure of the run in RUN_DIR.")
-    st.add_argument("run_dir", metavar="RUN_DIR")
+                                    "last failure of the run in RUN_DIR, or of the job NAME submitted to "
+                                    "`traind serve`.")
+    st.add_argument("run_dir", metavar="RUN_DIR|NAME")
+    st.add_argument("--state-dir", type=Path, default=None,
+                    help="with a job NAME: the daemon's state dir (default as for `traind serve`)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=cmd_status)
 
@@ -60,10 +63,20 @@ def cmd_run(args) -> int:
     return result.exit_code
 
 
+def resolve_run_dir(arg: str, state_dir: Path | None) -> Path:
+    """A run dir as given, else the run dir of the `traind serve` job of that name."""
+    run_dir = Path(arg)
+    if run_dir.is_dir():
+        return run_dir
+    from daemon.serve import lookup_run_dir
+    found = lookup_run_dir(arg, state_dir)
+    if found is None:
+        raise UsageError(f"{arg}: no such run dir, nor a job of that name in the traind state dir")
+    return found
+
+
 def cmd_status(args) -> int:
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run dir")
+    run_dir = resolve_run_dir(args.run_dir, args.state_dir)
     status = read_status(run_dir)
     if status is None:
         raise UsageError(f"{run_dir}: not a traind run dir (no status.json)")

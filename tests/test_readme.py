@@ -22,3 +22,14 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_example_spec_exists():
     assert (ROOT / "jobs" / "examples" / "tiny.yaml").is_file()
+
+
+def test_readme_own_loop_example_is_the_file_the_tests_run():
+    """README's plain-PyTorch example is jobs/examples/own_loop.py verbatim; tests/jobs runs,
+    interrupts and resumes that file."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- own-loop-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md lost its own-loop example"
+    source = (ROOT / "jobs" / "examples" / "own_loop.py").read_text()
+    assert block.group(1).strip() in source
+    assert len(block.group(1).strip().splitlines()) >= 15

@@ -184,6 +184,10 @@ def test_ls_logs_and_status_lookup(tmp_path, serve):
     assert lookup_run_dir("job00", s.state_dir) == s.state_dir / "jobs" / "job00" / "run"
     assert (lookup_run_dir("job00", s.state_dir) / "steps.log").read_text().split() == ["1", "2", "3"]
     assert lookup_run_dir("nope", s.state_dir) is None and lookup_run_dir("../jobs", s.state_dir) is None
+    status = json.loads(traind("status", "job00", "--json", state_dir=s.state_dir, check=True).stdout)
+    assert status["state"] == "succeeded" and status["name"] == "job00"
+    missing = traind("status", "nope", state_dir=s.state_dir)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
     assert s.stop() == 0
     assert traind("ls", state_dir=s.state_dir, check=True).stdout.startswith("daemon: not running")
 
