@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,18 @@ class _Checker:
         return tuple(out)
 
 
+PYTHON_NAMES = ("python", "python3")
+
+
+def own_interpreter(command: tuple[str, ...]) -> tuple[str, ...]:
+    """A bare `python`/`python3` means the interpreter traind runs under: the one whose
+    environment has traind and torch installed (a fresh Debian has no `python` on PATH at all,
+    and under systemd PATH rarely points at the venv)."""
+    if command[0] in PYTHON_NAMES:
+        return (sys.executable, *command[1:])
+    return command
+
+
 TOP_FIELDS = ("name", "command", "workdir", "run_dir", "env", "checkpoint", "restart", "preemption",
               "health", "slurm")
 
@@ -223,7 +236,7 @@ def validate(raw: dict, source: Path) -> JobSpec:
         raise c.fail("name", "a job name matching [A-Za-z0-9][A-Za-z0-9._-]{0,63}", name)
     if "command" not in raw:
         raise c.fail("command", "a non-empty list of strings, e.g. [python, train.py] (the field is missing)")
-    command = c.argv(raw["command"], "command")
+    command = own_interpreter(c.argv(raw["command"], "command"))
     spec_dir = source.resolve().parent
     workdir = spec_dir / c.string(raw.get("workdir", "."), "workdir")
     run_dir = workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir")

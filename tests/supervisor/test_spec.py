@@ -87,3 +87,13 @@ def test_nonexistent_command_is_a_clear_usage_error(tmp_path):
     spec.write_text("name: x\ncommand: [./missing.sh]\n")
     out = traind("run", spec)
     assert out.returncode == 2 and "command[0]: './missing.sh' is not an executable file" in out.stderr
+
+
+def test_bare_python_means_traind_s_own_interpreter(tmp_path):
+    import sys
+    from daemon.spec import load_spec
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("name: j\ncommand: [python3, -m, jobs.examples.tiny]\n")
+    assert load_spec(spec_file, []).command == (sys.executable, "-m", "jobs.examples.tiny")
+    spec_file.write_text("name: j\ncommand: [/usr/bin/env, python]\n")
+    assert load_spec(spec_file, []).command == ("/usr/bin/env", "python")
