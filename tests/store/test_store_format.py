@@ -261,3 +261,24 @@ def test_first_begin_makes_the_new_checkpoints_dir_durable(tmp_path, monkeypatch
     synced.clear()
     ck.begin(tmp_path / "a" / "run" / "checkpoints", 2, 0).abort()
     assert synced == []                                   # nothing new: no extra fsync
+
+
+def test_commit_makes_every_step_durable_in_order(ckpt_dir, durability_trace):
+    """files fsynced -> manifest written last and fsynced -> temp dir fsynced -> rename -> parent
+    fsynced. Removing any one of these fsyncs (or reordering them) fails here."""
+    from .conftest import assert_commit_order
+    info = commit_bytes(ckpt_dir, 4, payload(4, 10000), extra_files={"extra.bin": b"abc"})
+    assert_commit_order(durability_trace, ckpt_dir, 4, ["state.pt", "extra.bin"])
+    assert ck.verify(info.path).valid
+
+
+def test_prune_trashes_then_syncs_then_deletes(ckpt_dir, durability_trace):
+    for step in (1, 2, 3):
+        commit_bytes(ckpt_dir, step, payload(step, 100))
+    durability_trace.clear()
+    ck.prune(ckpt_dir, keep_last=1)
+    real = os.path.realpath(ckpt_dir)
+    kinds = [e[0] for e in durability_trace]
+    assert kinds == ["rename", "rename", "fsync", "rmtree", "rmtree"], durability_trace
+    assert all(os.path.basename(e[2]).startswith(ck.TRASH_PREFIX) for e in durability_trace[:2])
+    assert durability_trace[2] == ("fsync", real)

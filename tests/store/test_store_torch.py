@@ -247,3 +247,23 @@ def test_bad_retention_policy_is_a_usage_error_naming_the_field(tmp_path, keep_l
         CheckpointStore(tmp_path, keep_last=keep_last, keep_best=keep_best)
     with CheckpointStore(tmp_path, keep_last=1, keep_best={"metric": "m"}):   # lock was not kept
         pass
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_store_commits_durably_before_pruning_the_predecessor(tmp_path, blocking, durability_trace):
+    """Through the torch store: state.pt is fsynced before the manifest, the new checkpoint is
+    renamed and its parent fsynced before the old one is touched (nothing is deleted before its
+    successor commits)."""
+    from .conftest import assert_commit_order
+    _, _, state = make_state(1)
+    with CheckpointStore(tmp_path / "run", keep_last=1) as store:
+        store.save(state, step=1, epoch=0)
+        durability_trace.clear()
+        store.save(state, step=2, epoch=0, blocking=blocking)
+        store.flush()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    committed = assert_commit_order(durability_trace, ckpt_dir, 2, ["state.pt"])
+    old = os.path.realpath(ckpt_dir / "step-000000001")
+    touches = [i for i, e in enumerate(durability_trace) if e[0] == "rename" and e[1] == old]
+    assert len(touches) == 1 and touches[0] > committed, durability_trace
+    assert [p.name for p in ckpt_dir.iterdir() if p.name.startswith("step-")] == ["step-000000002"]
