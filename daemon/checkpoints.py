@@ -423,7 +423,10 @@ def _json_safe(obj):
 
 class WriterLock(ExclusiveFileLock):
     """flock on CKPT_DIR/.lock. acquire() refuses a second writer, naming the holder's pid; a dead
-    holder's lock is gone with its process. Once held, leftovers of dead writers are removed."""
+    holder's lock is gone with its process. Once held, leftovers of dead writers are removed.
+    Forked children (DataLoader workers) don't inherit it: a restart must not wait for them."""
+
+    fork_private = True
 
     def __init__(self, ckpt_dir):
         self.ckpt_dir = checkpoints_dir(ckpt_dir)

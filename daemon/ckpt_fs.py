@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 from daemon.errors import TraindError
@@ -108,11 +109,35 @@ def swap_into_place(src: Path, dst: Path, trash: Path) -> None:
     os.rename(src, dst)
 
 
+_held_fork_private: "weakref.WeakSet[ExclusiveFileLock]" = weakref.WeakSet()
+
+
+def _drop_fork_private_locks() -> None:
+    """In a forked child: close its copies of the parent's fork-private locks. flock belongs to
+    the open file description, which a fork shares: a DataLoader worker notices its SIGKILLed
+    parent only within ~5 s, and until then its copy would keep the lock held, refusing the
+    restarted job as "another writer". Closing a copy never unlocks the parent's."""
+    for lock in list(_held_fork_private):
+        fd, lock._fd = lock._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _held_fork_private.clear()
+
+
+os.register_at_fork(after_in_child=_drop_fork_private_locks)
+
+
 class ExclusiveFileLock:
     """flock(LOCK_EX|LOCK_NB) on a file that records the holder's pid.
 
     flock belongs to the open file description, so the lock dies with the holder's process (no
-    stale lock after a crash) and two locks in one process conflict too."""
+    stale lock after a crash) and two locks in one process conflict too. With `fork_private`, a
+    forked child (a DataLoader worker, say) does not keep the lock: only its holder does."""
+
+    fork_private = False
 
     def __init__(self, path: Path, what: str):
         self.path = Path(path)
@@ -140,10 +165,13 @@ class ExclusiveFileLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        if self.fork_private:
+            _held_fork_private.add(self)
         return self
 
     def release(self) -> None:
         if self._fd >= 0:
+            _held_fork_private.discard(self)
             fd, self._fd = self._fd, -1
             try:
                 os.ftruncate(fd, 0)

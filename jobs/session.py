@@ -24,7 +24,7 @@ import torch
 
 from daemon import __version__, exitcodes, protocol
 from daemon.errors import TraindError
-from jobs import forksafe, preemption
+from jobs import preemption
 from jobs.callbacks import CheckpointPolicy
 from jobs.clock import SystemClock
 from jobs.control import ControlChannel
@@ -150,8 +150,6 @@ class Session:
             self.control = ControlChannel.from_env(env)
             self.store = CheckpointStore(self.run_dir, keep_last=self.policy.keep_last,
                                          keep_best=self.policy.keep_best, on_commit=self._on_commit)
-            self._lock_fd = forksafe.lock_fd_of(self.store)
-            forksafe.keep_out_of_children(self._lock_fd)
             self.metrics_log = MetricsLog(self.run_dir)
             self._restore(env)
         self._started_at, self._started_step = self.clock.monotonic(), self.step
@@ -216,7 +214,7 @@ class Session:
         self.step = int(state["global_step"])
         self.position = DataPosition.from_state(state["data_position"])
         self.last_metrics = dict(state.get("loops", {}).get("last_metrics") or {})
-        restore_rng(state["rng_states"])
+        pass  # MUTATION restore_rng(state["rng_states"])
 
     # --- the loop's side ------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -373,7 +371,6 @@ class Session:
             print(f"traind: while stopping after the error: {err}", file=sys.stderr)
 
     def _shutdown(self) -> None:
-        forksafe.forget(self._lock_fd)
         try:
             self.store.close()
         finally:

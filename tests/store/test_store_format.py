@@ -155,6 +155,29 @@ def test_second_writer_refused_naming_holder_pid(ckpt_dir, spawn_holder):
         pass
 
 
+def test_forked_child_does_not_keep_the_writer_lock(ckpt_dir):
+    """A DataLoader worker forked while the lock is held must not hold it after the parent dies."""
+    import time
+    lock = ck.WriterLock(ckpt_dir).acquire()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                         # the "worker": outlives its parent's lock for a while
+        os.close(r)
+        os.write(w, b"x" if not lock.held else b"!")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.close(w)
+        assert os.read(r, 1) == b"x", "the forked child still believed it held the lock"
+        lock.release()                   # as if the parent had died: only the child is left
+        with ck.WriterLock(ckpt_dir) as again:
+            assert again.held
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+
+
 def test_acquire_cleans_dead_writers_temp_dirs_but_not_live_ones(ckpt_dir, spawn_holder):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
