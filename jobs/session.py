@@ -214,7 +214,7 @@ class Session:
         self.step = int(state["global_step"])
         self.position = DataPosition.from_state(state["data_position"])
         self.last_metrics = dict(state.get("loops", {}).get("last_metrics") or {})
-        pass  # MUTATION restore_rng(state["rng_states"])
+        restore_rng(state["rng_states"])
 
     # --- the loop's side ------------------------------------------------------------------
     def should_stop(self) -> bool:
