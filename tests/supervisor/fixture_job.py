@@ -93,7 +93,7 @@ def main() -> int:
         step += 1
         x = advance(x, step)
         with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "x": x}) + "\n")
+            f.write(json.dumps({"step": step, "x": x, "attempt": os.environ.get(protocol.ENV_ATTEMPT)}) + "\n")
         if args.mode == "hang-at-3" and step == 3 and os.environ.get(protocol.ENV_ATTEMPT) == "1":
             print("fixture: hanging", flush=True)
             while True:

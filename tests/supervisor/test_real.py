@@ -51,6 +51,43 @@ def heartbeat_step(run_dir: Path) -> int:
     return hb.get("step") or 0
 
 
+def child_resume_step(run_dir: Path, attempt: int) -> int | None:
+    """The step the child itself says it resumed from (its own first line), None if it never said."""
+    for line in (run_dir / "logs" / f"attempt-{attempt}.log").read_text().splitlines():
+        if line.startswith("fixture: pid ") and f" attempt {attempt} from step " in line:
+            return int(line.rsplit(" ", 1)[1])
+    return None
+
+
+def assert_each_attempt_resumed_from_the_latest_checkpoint(run_dir: Path, every: int) -> int:
+    """Every attempt was handed the newest checkpoint committed before it started, and the child
+    really resumed there (not only the supervisor's log line saying so). Returns how many attempts
+    were checked. The fixture saves right after writing the metrics line of each `every`-th step,
+    so after an attempt whose last line is step L the newest checkpoint is L rounded down to
+    `every`, or one interval earlier when L itself was being saved at the kill."""
+    last_line: dict[int, int] = {}
+    for m in metrics(run_dir):
+        last_line[int(m["attempt"])] = m["step"]
+    spawned = [e for e in read_events(run_dir) if e["event"] == "spawned"]
+    checked, previous = 0, 0
+    for event in spawned:
+        n, resumed = event["attempt"], event["checkpoint_step"] or 0
+        said = child_resume_step(run_dir, n)
+        if said is not None:
+            assert said == resumed, (n, said, resumed)
+            checked += 1
+        if n > 1:
+            last = last_line.get(n - 1)
+            if last is None:                 # killed before it finished a step: nothing new saved
+                assert resumed == previous, (n, resumed, previous)
+            elif last % every:
+                assert resumed == last - last % every, (n, resumed, last)
+            else:
+                assert resumed in (last, last - every), (n, resumed, last)
+        previous = resumed
+    return checked
+
+
 def test_twenty_random_sigkills_end_equal_to_an_uninterrupted_run(tmp_path, reap):
     steps = 150
     spec = write_spec(tmp_path, job_args=["--steps", steps, "--every", 5, "--step-seconds", 0.02],
@@ -77,6 +114,7 @@ def test_twenty_random_sigkills_end_equal_to_an_uninterrupted_run(tmp_path, reap
     attempts = [e for e in read_events(run_dir) if e["event"] == "spawned"]
     kills = [e for e in read_events(run_dir) if e["event"] == "transition" and e.get("signal") == "SIGKILL"]
     assert len(attempts) == 21 and len(kills) == 20 and all(e["target"] == "backing_off" for e in kills)
+    assert assert_each_attempt_resumed_from_the_latest_checkpoint(run_dir, every=5) >= 5
 
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGUSR1])
@@ -95,6 +133,7 @@ def test_stop_signal_checkpoints_the_current_step_and_rerun_resumes_at_the_next(
     again = traind("run", spec, "--set", f"env.FIXTURE_STEPS={done + 5}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from step {done}" in again.stderr
+    assert child_resume_step(run_dir, 2) == done            # the child's own word, not only the log
     assert [m["step"] for m in metrics(run_dir)][-5:] == list(range(done + 1, done + 6))
     assert json.loads((run_dir / "result.json").read_text())["x"] == expected_x(done + 5)
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["attempt-1.log", "attempt-2.log"]
@@ -156,6 +195,7 @@ def test_supervisor_sigkilled_child_checkpoints_alone_and_a_new_run_resumes(tmp_
     assert manifest["reason"] == "emergency"
     again = traind("run", spec, "--set", f"env.FIXTURE_STEPS={stopped_at + 3}")
     assert again.returncode == 0 and f"resuming from step {stopped_at}" in again.stderr
+    assert child_resume_step(run_dir, 2) == stopped_at
     assert json.loads((run_dir / "result.json").read_text())["x"] == expected_x(stopped_at + 3)
 
 
@@ -168,6 +208,7 @@ def test_corrupted_newest_checkpoint_resumes_from_the_one_before(tmp_path):
     out = traind("run", spec, "--set", "env.FIXTURE_STEPS=25")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "skipping checkpoint step-000000020:" in out.stderr and "resuming from step 15" in out.stderr
+    assert child_resume_step(run_dir, 2) == 15
     skipped = [e for e in read_events(run_dir) if e["event"] == "checkpoint_skipped"]
     assert skipped and skipped[0]["checkpoint_step"] == 20 and skipped[0]["reason"].startswith("step-000000020: ")
     assert json.loads((run_dir / "result.json").read_text())["x"] == expected_x(25)
