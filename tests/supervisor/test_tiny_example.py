@@ -69,6 +69,11 @@ def test_tiny_killed_three_times_matches_an_uninterrupted_run(tmp_path, reap):
     assert p.returncode == 0, err[-3000:]
     kills = [e for e in read_events(run_dir) if e.get("signal") == "SIGKILL"]
     assert len(kills) >= 2
+    for event in read_events(run_dir):       # each restart really resumed (not a fresh start)
+        if event["event"] == "spawned" and event["attempt"] > 1:
+            assert event["checkpoint_step"], event
+            log = (run_dir / "logs" / f"attempt-{event['attempt']}.log").read_text()
+            assert f"(step {event['checkpoint_step']}, epoch" in log, log[-2000:]
     assert per_step(run_dir) == per_step(alone)
     supervised, unsupervised = final_state(run_dir), final_state(alone)
     for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "data_position", "rng_states"):
