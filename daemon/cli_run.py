@@ -36,6 +36,8 @@ def check_runnable(spec: JobSpec) -> None:
     """Mistakes that would make every attempt fail the same way: say so once, exit 2."""
     if not spec.workdir.is_dir():
         raise UsageError(f"{spec.source}: workdir: directory {spec.workdir} does not exist")
+    if spec.run_dir.exists() and not spec.run_dir.is_dir():
+        raise UsageError(f"{spec.source}: run_dir: {spec.run_dir} is not a directory")
     exe = spec.command[0]
     if "/" in exe:
         path = spec.workdir / exe

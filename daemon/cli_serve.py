@@ -72,7 +72,10 @@ def _state_dir_arg(p):
 
 
 def _state(args) -> Path:
-    return args.state_dir or default_state_dir()
+    state = args.state_dir or default_state_dir()
+    if state.exists() and not state.is_dir():
+        raise UsageError(f"{state}: --state-dir: not a directory")
+    return state
 
 
 # ------------------------------------------------------------------------------ serve
@@ -94,8 +97,13 @@ def cmd_serve(args) -> int:
             group = grp.getgrnam(args.group).gr_gid
         except KeyError:
             raise UsageError(f"--group: no group named {args.group!r}") from None
-    cfg = ServeConfig(state_dir=_state(args), slots=slots, gpus=gpus, group=group,
-                      runner=parse_runner(args.runner or os.environ.get("TRAIND_RUNNER")),
+    if not args.stop_timeout > 0 or args.stop_timeout == float("inf"):
+        raise UsageError(f"--stop-timeout: expected a number of seconds > 0, got {args.stop_timeout}")
+    try:
+        runner = parse_runner(args.runner or os.environ.get("TRAIND_RUNNER"))
+    except ValueError as err:
+        raise UsageError(f"--runner (or $TRAIND_RUNNER): cannot split into a command: {err}") from None
+    cfg = ServeConfig(state_dir=_state(args), slots=slots, gpus=gpus, group=group, runner=runner,
                       stop_timeout=args.stop_timeout,
                       test_hooks=os.environ.get("TRAIND_TEST_HOOKS") == "1")
     daemon = Daemon(cfg)

@@ -31,7 +31,10 @@ class RunFiles:
         self.status_path = self.run_dir / STATUS_NAME
 
     def create(self) -> None:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:   # a file where the run dir should be, a read-only mount
+            raise TraindError(f"{self.logs_dir}: cannot create the run dir: {err.strerror or err}") from None
 
     def attempt_log(self, attempt: int) -> Path:
         return self.logs_dir / f"attempt-{attempt}.log"
@@ -73,11 +76,16 @@ def write_json_atomic(path: Path, obj: dict, *, durable: bool) -> None:
 
 def read_status(run_dir: Path) -> dict | None:
     try:
-        return json.loads((Path(run_dir) / STATUS_NAME).read_text())
+        status = json.loads((Path(run_dir) / STATUS_NAME).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        raise TraindError(f"{Path(run_dir) / STATUS_NAME}: unreadable: {err.strerror or err}") from None
+    except ValueError as err:
         raise TraindError(f"{Path(run_dir) / STATUS_NAME}: unreadable: {err}") from None
+    if not isinstance(status, dict):
+        raise TraindError(f"{Path(run_dir) / STATUS_NAME}: unreadable: not a JSON object")
+    return status
 
 
 def read_events(run_dir: Path) -> list[dict]:

@@ -6,6 +6,7 @@ raw mapping first (the value parsed as YAML), so they are validated by exactly t
 """
 from __future__ import annotations
 
+import math
 import re
 import signal
 import sys
@@ -21,6 +22,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
 SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
+REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/slurm.requeue_argv
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         text = path.read_text()
     except OSError as err:
         raise UsageError(f"{path}: cannot read the spec: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -184,7 +188,15 @@ class _Checker:
             raise self.fail(where, expected, value)
         if value < minimum or (strict and value == minimum) or value != value:
             raise self.fail(where, expected, value)
-        return value if integer else float(value)
+        if integer:
+            return value
+        try:
+            number = float(value)
+        except OverflowError:      # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):   # .inf or 1e999 would overflow the sleeps and deadlines
+            raise self.fail(where, "a finite " + expected[2:], value)
+        return number
 
     def choice(self, value: Any, where: str, choices: tuple) -> Any:
         if not any(type(value) is type(c) and value == c for c in choices):  # 1 is not True here
@@ -197,6 +209,8 @@ class _Checker:
             return None
         if not isinstance(value, str) or not value:
             raise self.fail(where, "a non-empty string" + (" or null" if nullable else ""), value)
+        if "\0" in value:     # would fail much later, in a path or exec call, as a traceback
+            raise self.fail(where, "a string without NUL bytes", value)
         return value
 
     def argv(self, value: Any, where: str) -> tuple[str, ...]:
@@ -206,6 +220,8 @@ class _Checker:
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item == "":
                 raise self.fail(f"{where}[{i}]", "a non-empty string", item)
+            if "\0" in str(item):
+                raise self.fail(f"{where}[{i}]", "a string without NUL bytes", item)
             out.append(str(item))
         return tuple(out)
 
@@ -258,6 +274,8 @@ def _env(c: _Checker, value: Any) -> dict[str, str]:
             raise c.fail(f"env.{key}", "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
             raise c.fail(f"env.{key}", "a string (quote it: \"1\")", val)
+        if "\0" in str(val):
+            raise c.fail(f"env.{key}", "a string without NUL bytes", val)
         env[key] = str(val)
     return env
 
@@ -329,6 +347,12 @@ def _health(c: _Checker, value: Any) -> Health:
 def _slurm(c: _Checker, value: Any) -> Slurm:
     d = c.section(value, "slurm", ("requeue_command", "lead_seconds"))
     cmd = c.argv(d.get("requeue_command", ["scontrol", "requeue", "{job_id}"]), "slurm.requeue_command")
+    for i, part in enumerate(cmd):   # filled in only after the emergency checkpoint: check it now
+        try:
+            part.format_map({k: "" for k in REQUEUE_PLACEHOLDERS})
+        except (KeyError, IndexError, ValueError) as err:
+            raise c.fail(f"slurm.requeue_command[{i}]", "placeholders among {" + "}, {".join(REQUEUE_PLACEHOLDERS)
+                         + "} (write {{ }} for a literal brace)", part) from None
     return Slurm(requeue_command=cmd,
                  lead_seconds=c.number(d.get("lead_seconds"), "slurm.lead_seconds", strict=True, nullable=True))
 
@@ -344,6 +368,6 @@ def _kind(value: Any) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return _kind(value)
-    text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    text = "null" if value is None else repr(value) if not isinstance(value, bool) else str(value).lower()
     return text if len(text) <= 60 else text[:57] + "..."
 

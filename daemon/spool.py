@@ -132,6 +132,8 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
         spec = yaml.safe_load(spec_path.read_text())
     except OSError as err:
         raise UsageError(f"{spec_path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{spec_path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
     except yaml.YAMLError as err:
         raise UsageError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(spec, dict):
@@ -142,9 +144,9 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
     if not valid_name(job):
         raise UsageError(f"{spec_path}: field 'name': {job!r} must match {NAME_RE.pattern}")
     spec["name"] = job
-    workdir = Path(str(spec.get("workdir", ".")))
-    spec["workdir"] = str((spec_path.resolve().parent / workdir).resolve())
     validate(spec, spec_path)  # the supervisor's own checks: a mistake is reported now, not in a log
+    workdir = Path(spec.get("workdir", "."))
+    spec["workdir"] = str((spec_path.resolve().parent / workdir).resolve())
     return job, yaml.safe_dump(spec, sort_keys=False).encode()
 
 

@@ -34,6 +34,9 @@ def install(unit_dir: Path, *, exe: str | None = None, create_user: bool = False
     src = units_dir()
     if not all((src / n).is_file() for n in UNIT_NAMES):
         raise TraindError(f"{src}: shipped unit files not found (install traind from its source tree)")
+    for flag, path in (("--unit-dir", unit_dir), ("--jobs-dir", jobs_dir)):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path}: {flag}: not a directory")
     out = []
     unit_dir.mkdir(parents=True, exist_ok=True)
     for name in UNIT_NAMES:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from daemon import __version__, exitcodes, protocol
-from daemon.errors import TraindError
+from daemon.errors import TraindError, UsageError
 from jobs import preemption
 from jobs.callbacks import CheckpointPolicy
 from jobs.clock import SystemClock
@@ -146,7 +146,10 @@ class Session:
                 self.policy.apply_overrides(env[protocol.ENV_CHECKPOINT_POLICY])
             if self.policy not in self.callbacks:
                 self.callbacks.insert(0, self.policy)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:   # a file in the way, a read-only mount: no attempt can work
+                raise UsageError(f"{self.run_dir}: cannot use as the run dir: {err.strerror or err}") from None
             self.control = ControlChannel.from_env(env)
             self.store = CheckpointStore(self.run_dir, keep_last=self.policy.keep_last,
                                          keep_best=self.policy.keep_best, on_commit=self._on_commit)

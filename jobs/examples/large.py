@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import jobs
+from jobs.examples.tiny import at_least
 
 
 class Synthetic(Dataset):
@@ -64,11 +65,11 @@ class WideMLP(jobs.TrainModule):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/large", help="overridden by $TRAIND_RUN_DIR")
-    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--max-steps", type=at_least(1), default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--every-steps", type=int, default=10)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--every-steps", type=at_least(0), default=10)
+    p.add_argument("--width", type=at_least(1), default=4096)
+    p.add_argument("--layers", type=at_least(1), default=4)
     args = p.parse_args(argv)
     trainer = jobs.Trainer(max_steps=args.max_steps, run_dir=args.run_dir,
                            checkpoint_every_steps=args.every_steps, keep_last=2, log_every_n_steps=1)

@@ -71,17 +71,30 @@ class TinyClassifier(jobs.TrainModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (a bad flag is a usage error, not a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/tiny", help="overridden by $TRAIND_RUN_DIR")
-    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-steps", type=at_least(1), default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--every-steps", type=int, default=50, help="periodic checkpoint interval")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--every-steps", type=at_least(0), default=50, help="periodic checkpoint interval (0: off)")
+    p.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes")
     p.add_argument("--precision", default="32", choices=["32", "bf16", "16-mixed"])
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation batches")
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--accumulate", type=at_least(1), default=1, help="gradient accumulation batches")
+    p.add_argument("--val-every", type=at_least(0), default=50)
+    p.add_argument("--log-every", type=at_least(0), default=50)
     return p.parse_args(argv)
 
 

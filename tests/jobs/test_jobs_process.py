@@ -226,3 +226,21 @@ def test_resuming_a_run_dir_of_another_model_is_one_line_naming_the_field(tmp_pa
     assert "Traceback" not in out, out
     (line,) = [l for l in out.splitlines() if l.startswith("traind: ") and "resumed" not in l]
     assert "step-000000005: field 'state_dict' does not fit this job (Error(s) in loading" in line
+
+
+def test_run_dir_that_is_a_file_is_one_line_exit_2_and_the_file_is_kept(tmp_path):
+    blocker = tmp_path / "run"
+    blocker.write_text("keep me")
+    code, out = finish(start(TINY, "--run-dir", blocker, "--max-steps", 5))
+    assert code == 2 and "Traceback" not in out, out
+    assert out.strip().splitlines() == [f"traind: {blocker}: cannot use as the run dir: File exists"]
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flag,value", [("--every-steps", "-1"), ("--accumulate", "0"), ("--max-steps", "-5"),
+                                        ("--workers", "-1")])
+def test_example_bad_flag_is_a_usage_error_not_a_traceback(tmp_path, flag, value):
+    code, out = finish(start(TINY, "--run-dir", tmp_path / "run", flag, value))
+    assert code == 2 and "Traceback" not in out, out
+    assert f"argument {flag}: expected an integer >= " in out
+    assert not (tmp_path / "run").exists()

@@ -38,6 +38,17 @@ MISTAKES = [
     (GOOD, ["restart.bakoff.factor=2"], "restart.bakoff: unknown field; valid fields here: max_restarts"),
     (GOOD, ["name.first=x"], "name (from --set name.first): is a string, cannot set a sub-field"),
     (GOOD, ["restart"], "--set 'restart': expected KEY.SUB=VALUE"),
+    # review: values that passed validation and then crashed (traceback) or overflowed later
+    (GOOD, ["restart.backoff.initial_seconds=" + "9" * 400], "restart.backoff.initial_seconds: expected a finite number >= 0, got 999"),
+    (GOOD, ["preemption.grace_seconds=.inf"], "preemption.grace_seconds: expected a finite number > 0, got inf"),
+    (GOOD, ["preemption.spot.poll_seconds=1.0e+999"], "preemption.spot.poll_seconds: expected a finite number > 0, got inf"),
+    (GOOD + 'workdir: "a\\0b"\n', [], "workdir: expected a string without NUL bytes, got 'a\\x00b'"),
+    (GOOD + 'run_dir: "a\\0b"\n', [], "run_dir: expected a string without NUL bytes"),
+    (GOOD + 'env: {A: "a\\0b"}\n', [], "env.A: expected a string without NUL bytes"),
+    (GOOD + 'env: {A: null}\n', [], "env.A: expected a string (quote it: \"1\"), got null"),
+    ('name: x\ncommand: [python, "-c\\0"]\n', [], "command[1]: expected a string without NUL bytes"),
+    (GOOD + 'slurm: {requeue_command: [scontrol, requeue, "{job}"]}\n', [], "slurm.requeue_command[2]: expected placeholders among {job_id}"),
+    (GOOD + 'slurm: {requeue_command: [echo, "{job_id"]}\n', [], "slurm.requeue_command[1]: expected placeholders among"),
 ]
 
 
@@ -97,3 +108,27 @@ def test_bare_python_means_traind_s_own_interpreter(tmp_path):
     assert load_spec(spec_file, []).command == (sys.executable, "-m", "jobs.examples.tiny")
     spec_file.write_text("name: j\ncommand: [/usr/bin/env, python]\n")
     assert load_spec(spec_file, []).command == ("/usr/bin/env", "python")
+
+
+def test_spec_that_is_not_utf8_is_one_line(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(b"name: x\xff\xfe\ncommand: [x]\n")
+    out = traind("run", spec)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"traind: {spec}: not UTF-8 text (byte 7); a spec is a YAML text file"]
+
+
+def test_requeue_command_with_known_placeholders_and_literal_braces_is_accepted(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(GOOD + 'slurm: {requeue_command: [sh, -c, "echo {{x}} {array_job_id}_{array_task_id} {raw_job_id}"]}\n')
+    assert load_spec(spec).slurm.requeue_command[2] == "echo {{x}} {array_job_id}_{array_task_id} {raw_job_id}"
+
+
+def test_run_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "run").write_text("not a dir")
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: x\ncommand: [\"true\"]\nrun_dir: run\n")
+    out = traind("run", spec)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"traind: {spec}: run_dir: {tmp_path / 'run'} is not a directory"]
+    assert (tmp_path / "run").read_text() == "not a dir"

@@ -1,0 +1,71 @@
+"""Bad input at the CLI edge (review): one line `traind: ...`, exit 2 (1 for an unreadable run file),
+never a traceback, and nothing of the user's touched."""
+import subprocess
+import sys
+
+import pytest
+
+
+def traind(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "daemon", *map(str, args)], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def one_line(out, code: int) -> str:
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == code, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("traind: "), out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("cmd", [["ls"], ["submit", "SPEC"], ["cancel", "x"], ["logs", "x"], ["serve"]])
+def test_state_dir_that_is_a_file(tmp_path, cmd):
+    state = tmp_path / "state"
+    state.write_text("keep me")
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: x\ncommand: [\"true\"]\n")
+    args = [spec if a == "SPEC" else a for a in cmd]
+    line = one_line(traind(*args, "--state-dir", state), 2)
+    assert line == f"traind: {state}: --state-dir: not a directory"
+    assert state.read_text() == "keep me"
+
+
+def test_submit_spec_that_is_not_utf8(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(b"name: x\xff\ncommand: [x]\n")
+    line = one_line(traind("submit", spec, "--state-dir", tmp_path / "state"), 2)
+    assert line == f"traind: {spec}: not UTF-8 text (byte 7); a spec is a YAML text file"
+
+
+def test_submit_spec_with_a_nul_workdir_is_refused_before_resolving_it(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text('name: x\ncommand: ["true"]\nworkdir: "a\\0b"\n')
+    line = one_line(traind("submit", spec, "--state-dir", tmp_path / "state"), 2)
+    assert "workdir: expected a string without NUL bytes" in line
+
+
+def test_status_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "status.json").write_text("[1, 2]\n")
+    line = one_line(traind("status", tmp_path), 1)
+    assert line == f"traind: {tmp_path / 'status.json'}: unreadable: not a JSON object"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--runner", '"unclosed'], "--runner (or $TRAIND_RUNNER): cannot split into a command: No closing quotation"),
+    (["--stop-timeout", "nan"], "--stop-timeout: expected a number of seconds > 0, got nan"),
+    (["--stop-timeout", "-1"], "--stop-timeout: expected a number of seconds > 0, got -1.0"),
+])
+def test_serve_bad_flags(tmp_path, flags, message):
+    line = one_line(traind("serve", "--state-dir", tmp_path / "state", *flags), 2)
+    assert line == f"traind: {message}"
+
+
+@pytest.mark.parametrize("which", ["--unit-dir", "--jobs-dir"])
+def test_systemd_install_into_a_file(tmp_path, which):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    dirs = {"--unit-dir": tmp_path / "units", "--jobs-dir": tmp_path / "jobs", which: blocker}
+    out = traind("systemd", "install", "--no-reload", "--exec", sys.executable, *[x for kv in dirs.items() for x in kv])
+    assert one_line(out, 2) == f"traind: {blocker}: {which}: not a directory"
+    assert blocker.read_text() == "keep me"
