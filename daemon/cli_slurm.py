@@ -69,7 +69,7 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
 
     measurement = slurm_batch.measure_stop(spec.run_dir)
     lead = args.lead if args.lead is not None else spec.slurm.lead_seconds
-    if lead is not None and lead <= 0:
+    if lead is not None and not 0 < lead < float("inf"):   # also NaN, which no comparison lets through
         raise UsageError(f"--lead: expected a number of seconds > 0, got {lead:g}")
     lead = int(round(lead)) if lead is not None else slurm_batch.lead_for(measurement)
     warning = slurm_batch.lead_warning(lead, measurement)

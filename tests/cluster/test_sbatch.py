@@ -64,6 +64,11 @@ def test_generated_script_is_valid_bash(spec, tmp_path):
     (["--lead", "0"], "--lead"),
     (["--set", "restart.max_restarts=-1"], "restart.max_restarts"),
     (["stray-word"], "stray-word"),
+    (["--lead", "nan"], "--lead: expected a number of seconds > 0, got nan"),
+    (["--lead", "inf"], "--lead: expected a number of seconds > 0, got inf"),
+    (["--time", "1:00\necho injected"], "--time: '--time 1:00\\necho injected' holds a line break"),
+    (["--comment", "a\rb"], "--comment: '--comment a\\rb' holds a line break"),
+    (["--set", 'run_dir="x\\ntouch y"'], "--output: '--output "),
 ])
 def test_mistakes_are_one_line_exit_2(spec, args, words):
     out = traind("slurm", "submit", str(spec), *args, "--print")
