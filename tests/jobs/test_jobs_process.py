@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -244,3 +245,18 @@ def test_example_bad_flag_is_a_usage_error_not_a_traceback(tmp_path, flag, value
     assert code == 2 and "Traceback" not in out, out
     assert f"argument {flag}: expected an integer >= " in out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_periodic_checkpoints_do_not_block_training(tmp_path):
+    """While a periodic save is in flight (held open 1 s on the writer thread), steps go on; a
+    blocking periodic save would freeze the step count until its temp dir is committed."""
+    run_dir = tmp_path / "run"
+    proc = start(TINY, "--run-dir", run_dir, "--max-steps", 100000, "--every-steps", 20, hold_saves=1.0)
+    wait_until(lambda: saving_now(run_dir), proc, interval=0.001)
+    during = [last_step(run_dir)]
+    while saving_now(run_dir) and proc.poll() is None:
+        during.append(last_step(run_dir))
+        time.sleep(0.005)
+    assert during[-1] - during[0] >= 5, f"steps during the periodic save: {during[0]} -> {during[-1]}"
+    sigterm_and_expect_75(proc, run_dir)
