@@ -185,19 +185,26 @@ class Session:
         self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
 
     def apply_state(self, state: dict, where: str = "checkpoint") -> None:
-        """Load every part of a checkpoint into the live objects; the RNG states go last."""
+        """Load every part of a checkpoint into the live objects; the RNG states go last.
+
+        A checkpoint that does not fit (another model, another program) is a UsageError: exit 2,
+        which the supervisor does not retry, since every attempt would resume from the same one."""
         def check_count(key, live):
             stored = state.get(key) or []
             if len(stored) != len(live):
-                raise TraindError(f"{where}: field '{key}' holds {len(stored)} entries, "
-                                  f"this job has {len(live)}; the job's code does not match the checkpoint")
+                raise UsageError(f"{where}: field '{key}' holds {len(stored)} entries, "
+                                 f"this job has {len(live)}; the job's code does not match the checkpoint")
             return stored
         def load_into(key, target, value):
             try:
                 target.load_state_dict(value)
             except (RuntimeError, ValueError, KeyError) as err:   # another model, another optimizer
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise TraindError(f"{where}: field '{key}' does not fit this job ({first})") from None
+                raise UsageError(f"{where}: field '{key}' does not fit this job ({first})") from None
+        needed = ("global_step", "data_position", "rng_states") + (("state_dict",) if self.model is not None else ())
+        missing = [key for key in needed if key not in state] if isinstance(state, dict) else ["global_step"]
+        if missing:
+            raise UsageError(f"{where}: field '{missing[0]}' is missing; not a checkpoint of a jobs.Session or Trainer")
         if self.model is not None:
             load_into("state_dict", self.model, state["state_dict"])
         for i, (opt, s) in enumerate(zip(self.optimizers, check_count("optimizer_states", self.optimizers))):

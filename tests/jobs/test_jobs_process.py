@@ -223,7 +223,7 @@ def test_resuming_a_run_dir_of_another_model_is_one_line_naming_the_field(tmp_pa
     run_dir = tmp_path / "run"
     assert finish(start(TINY, "--run-dir", run_dir, "--max-steps", 5))[0] == 0
     code, out = finish(start_function("jobs.examples.own_loop", "main", str(run_dir), 10))
-    assert code == 1, out
+    assert code == 2, out     # bad input: the supervisor does not retry what every attempt would repeat
     assert "Traceback" not in out, out
     (line,) = [l for l in out.splitlines() if l.startswith("traind: ") and "resumed" not in l]
     assert "step-000000005: field 'state_dict' does not fit this job (Error(s) in loading" in line
@@ -260,3 +260,16 @@ def test_periodic_checkpoints_do_not_block_training(tmp_path):
         time.sleep(0.005)
     assert during[-1] - during[0] >= 5, f"steps during the periodic save: {during[0]} -> {during[-1]}"
     sigterm_and_expect_75(proc, run_dir)
+
+
+def test_resuming_a_checkpoint_of_another_program_is_one_line_exit_2(tmp_path):
+    from jobs.store import CheckpointStore
+    run_dir = tmp_path / "run"
+    store = CheckpointStore(run_dir)
+    store.save({"weights": torch.zeros(3)}, step=7, epoch=0)    # valid, but not a Session's state
+    store.close()
+    code, out = finish(start_function("jobs.examples.own_loop", "main", str(run_dir), 10))
+    assert code == 2 and "Traceback" not in out, out
+    (line,) = [l for l in out.splitlines() if l.startswith("traind: ")]
+    assert line.endswith("step-000000007: field 'global_step' is missing; not a checkpoint of a jobs.Session or Trainer")
+    assert [p.name for p in checkpoints(run_dir)] == ["step-000000007"]
