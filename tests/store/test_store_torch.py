@@ -267,3 +267,36 @@ def test_store_commits_durably_before_pruning_the_predecessor(tmp_path, blocking
     touches = [i for i, e in enumerate(durability_trace) if e[0] == "rename" and e[1] == old]
     assert len(touches) == 1 and touches[0] > committed, durability_trace
     assert [p.name for p in ckpt_dir.iterdir() if p.name.startswith("step-")] == ["step-000000002"]
+
+
+def test_a_second_nonblocking_save_waits_for_the_one_in_flight(tmp_path):
+    """One save in flight: the next save() waits for it before snapshotting into the reused
+    buffers (else the first checkpoint could hold the second one's values), and there is never
+    more than one temp dir."""
+    import time
+    model, _, state = make_state(1, width=32)
+    w0 = model[0].weight.detach().clone()
+    ckpt_dir = tmp_path / "checkpoints"
+    temp_dirs = []
+
+    def slow_begin(point):
+        if point == "begin:mkdir":
+            temp_dirs.append(sum(p.name.startswith(ck.TMP_PREFIX) for p in ckpt_dir.iterdir()))
+            time.sleep(0.3)
+    ck.fault_hook = slow_begin
+    try:
+        with CheckpointStore(tmp_path, keep_last=5) as store:
+            store.save(state, step=1, epoch=0, blocking=False)
+            with torch.no_grad():
+                model[0].weight.add_(1.0)          # `state` holds the live tensors
+            t0 = time.monotonic()
+            store.save(state, step=2, epoch=0, blocking=False)
+            waited = time.monotonic() - t0
+            second = store.flush()
+    finally:
+        ck.fault_hook = None
+    assert waited >= 0.2, waited                    # the first was still held when save() came
+    assert temp_dirs == [1, 1]
+    first = load_checkpoint(ckpt_dir / "step-000000001")["state_dict"]["0.weight"]
+    assert torch.equal(first, w0)
+    assert torch.equal(load_checkpoint(second.path)["state_dict"]["0.weight"], w0 + 1.0)
