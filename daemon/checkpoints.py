@@ -172,8 +172,9 @@ def _info_from_manifest(ckpt_path: Path, man: dict) -> CheckpointInfo:
         size=sum(e["size"] for e in man["files"].values()), valid=True)
 
 
-def verify(path, *, deep: bool = True) -> CheckpointInfo:
-    """Parse the manifest and check each file's size and (deep) xxh3 checksum."""
+def verify(path, *, deep: bool = True, every_file: bool = False) -> CheckpointInfo:
+    """Parse the manifest and check each file's size and (deep) xxh3 checksum. Stops at the first
+    bad file, unless every_file (`traind ckpt verify`): then .error names each bad file ("; ")."""
     ckpt_path = Path(path)
     info = CheckpointInfo(path=ckpt_path)
     m = STEP_DIR_RE.match(ckpt_path.name)
@@ -189,28 +190,38 @@ def verify(path, *, deep: bool = True) -> CheckpointInfo:
     info = _info_from_manifest(ckpt_path, man)
     if m and int(m.group(1)) != info.step:
         return _invalid(info, f"{ckpt_path / MANIFEST_NAME}: field 'step': {info.step} does not match the directory name")
+    problems = []
     for name, entry in sorted(man["files"].items()):
-        fpath = ckpt_path / name
+        problem = _file_problem(ckpt_path / name, entry, deep)
+        if problem is not None:
+            problems.append(problem)
+            if not every_file:
+                break
+    return _invalid(info, "; ".join(problems)) if problems else info
+
+
+def _file_problem(fpath: Path, entry: dict, deep: bool) -> str | None:
+    """What is wrong with one file of a checkpoint, or None."""
+    try:
+        actual = fpath.stat().st_size
+    except FileNotFoundError:
+        return f"{fpath}: missing file"
+    except OSError as err:
+        return f"{fpath}: unreadable: {err.strerror or err}"
+    if actual != entry["size"]:
+        return f"{fpath}: size {actual}, manifest says {entry['size']} (truncated or extended)"
+    if deep:
         try:
-            actual = fpath.stat().st_size
-        except FileNotFoundError:
-            return _invalid(info, f"{fpath}: missing file")
+            _, digests = ckpt_hash.hash_blocks(fpath, entry["block_size"])
         except OSError as err:
-            return _invalid(info, f"{fpath}: unreadable: {err.strerror or err}")
-        if actual != entry["size"]:
-            return _invalid(info, f"{fpath}: size {actual}, manifest says {entry['size']} (truncated or extended)")
-        if deep:
-            try:
-                _, digests = ckpt_hash.hash_blocks(fpath, entry["block_size"])
-            except OSError as err:
-                return _invalid(info, f"{fpath}: unreadable: {err.strerror or err}")
-            bad = [i for i, (got, want) in enumerate(zip(digests, entry[BLOCKS_FIELD])) if got != want]
-            if bad or len(digests) != len(entry[BLOCKS_FIELD]):
-                i = bad[0] if bad else 0
-                bs = entry["block_size"]
-                return _invalid(info, f"{fpath}: checksum mismatch (corrupted) in {len(bad)} block(s), "
-                                      f"first at bytes {i * bs}-{min(actual, (i + 1) * bs)}")
-    return info
+            return f"{fpath}: unreadable: {err.strerror or err}"
+        bad = [i for i, (got, want) in enumerate(zip(digests, entry[BLOCKS_FIELD])) if got != want]
+        if bad or len(digests) != len(entry[BLOCKS_FIELD]):
+            i = bad[0] if bad else 0
+            bs = entry["block_size"]
+            return (f"{fpath}: checksum mismatch (corrupted) in {len(bad)} block(s), "
+                    f"first at bytes {i * bs}-{min(actual, (i + 1) * bs)}")
+    return None
 
 
 def _invalid(info: CheckpointInfo, error: str) -> CheckpointInfo:
@@ -235,9 +246,9 @@ def _step_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def list_checkpoints(ckpt_dir, *, deep: bool = True) -> list[CheckpointInfo]:
+def list_checkpoints(ckpt_dir, *, deep: bool = True, every_file: bool = False) -> list[CheckpointInfo]:
     """Every committed-looking checkpoint, newest (highest step) first, each verified."""
-    return [verify(p, deep=deep) for _, p in _step_dirs(checkpoints_dir(ckpt_dir))]
+    return [verify(p, deep=deep, every_file=every_file) for _, p in _step_dirs(checkpoints_dir(ckpt_dir))]
 
 
 def latest_valid(ckpt_dir) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:

@@ -98,7 +98,8 @@ def cmd_ls(args) -> int:
 
 def cmd_verify(args) -> int:
     p = _existing_dir(args.path)
-    infos = [ck.verify(p)] if _is_checkpoint_dir(p) else ck.list_checkpoints(p)
+    infos = ([ck.verify(p, every_file=True)] if _is_checkpoint_dir(p)
+             else ck.list_checkpoints(p, every_file=True))
     if args.json:
         print(json.dumps([i.to_json() for i in infos], indent=1))
     elif not infos:

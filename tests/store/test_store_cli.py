@@ -148,3 +148,18 @@ def test_inspect_survives_mangled_pickles(tmp_path):
         except ValueError:
             outcomes["reason"] += 1
     assert outcomes["summary"] and outcomes["reason"], outcomes
+
+
+def test_verify_names_each_bad_file_of_a_checkpoint(ckpt_dir):
+    commit_bytes(ckpt_dir, 1, payload(1), extra_files={"extra.bin": b"abcdef"})
+    bad = ckpt_dir / "step-000000001"
+    os.truncate(bad / "extra.bin", 2)
+    data = bytearray((bad / "state.pt").read_bytes())
+    data[100] ^= 0x01
+    (bad / "state.pt").write_bytes(bytes(data))
+    out = traind("verify", bad)
+    assert out.returncode == 1
+    assert "extra.bin: size 2, manifest says 6" in out.stdout, out.stdout
+    assert "state.pt: checksum mismatch" in out.stdout, out.stdout
+    info = ck.verify(bad)                      # discovery stops at the first bad file
+    assert not info.valid and "state.pt" not in info.error
