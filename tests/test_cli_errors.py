@@ -69,3 +69,13 @@ def test_systemd_install_into_a_file(tmp_path, which):
     out = traind("systemd", "install", "--no-reload", "--exec", sys.executable, *[x for kv in dirs.items() for x in kv])
     assert one_line(out, 2) == f"traind: {blocker}: {which}: not a directory"
     assert blocker.read_text() == "keep me"
+
+
+def test_ctrl_c_while_the_command_modules_import_is_exit_130_without_traceback(monkeypatch, capsys):
+    from daemon import cli
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["run", "job.yaml"]) == 130
+    assert capsys.readouterr().err == ""
