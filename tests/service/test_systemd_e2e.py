@@ -10,6 +10,7 @@ The units are the shipped ones; a drop-in only points ExecStart at this checkout
 """
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -27,8 +28,13 @@ def _common(w) -> str:
     # The shipped hardening stays on (PrivateTmp included: torch needs a writable temp dir); only
     # the paths change: the test's folder is bound into the private /tmp, and StateDirectory= is
     # reset so nothing is created under the host's /var/lib.
+    # A checkout or interpreter under /tmp (a CI clone, a venv) would be hidden by PrivateTmp too:
+    # bind those in read-only, as an installed traind would live outside /tmp anyway.
+    hidden = sorted({str(p) for p in (REPO, Path(sys.prefix), Path(sys.executable).resolve().parent)
+                     if str(p).startswith(("/tmp/", "/var/tmp/")) and not str(p).startswith(str(w))})
+    ro = f"BindReadOnlyPaths={' '.join(hidden)}\n" if hidden else ""
     return (f"User=root\nGroup=root\nStateDirectory=\nWorkingDirectory={REPO}\nReadWritePaths=\n"
-            f"BindPaths={w}\nEnvironment=OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1\n")
+            f"BindPaths={w}\n{ro}Environment=OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1\n")
 
 
 @pytest.fixture
