@@ -121,3 +121,36 @@ def test_cancel_requested_while_the_daemon_was_down_is_applied_before_any_relaun
     d._handle_cancel_requests()             # serve_forever's order: cancels, then fill the slots
     d._fill_slots()
     assert [n for n, _, _ in osx.spawned] == ["q2"] and table.load("r1").state is JobState.CANCELLED
+
+
+def test_ready_is_sent_once_running_jobs_are_relaunched(tmp_path):
+    """READY=1 (what `systemctl start` waits for) comes after the spool is watched and the jobs
+    that were running are relaunched, not before."""
+    import pytest
+
+    class Ready(Exception):
+        pass
+    calls = []
+
+    class Notify(Quiet):
+        def ready(self, status):
+            calls.append(("ready", [n for n, _, _ in osx.spawned], status))
+            raise Ready
+
+    class Thread:
+        def stop(self):
+            pass
+
+        def shutdown(self, wait=True):
+            pass
+    (tmp_path / "spool").mkdir(exist_ok=True)
+    d, osx, table = make(tmp_path, [JobRecord("r1", 1, state=JobState.RUNNING), JobRecord("q2", 2)])
+    d.notify = Notify()
+
+    def observer(*a):
+        calls.append(("watching", list(osx.spawned)))
+        return Thread()
+    with pytest.raises(Ready):
+        d.serve_forever(observer_factory=observer, scheduler_factory=lambda *a: Thread())
+    assert [c[0] for c in calls] == ["watching", "ready"] and calls[0][1] == []
+    assert calls[1][1] == ["r1", "q2"] and "2 running" in calls[1][2], calls
