@@ -1,6 +1,8 @@
 """The daemon's scheduling decisions on a scripted fake OS (fast, deterministic, no processes)."""
 import signal
 
+import pytest
+
 from daemon.jobqueue import JobRecord, JobState, JobTable
 from daemon.serve import Daemon, ServeConfig
 
