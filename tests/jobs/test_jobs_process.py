@@ -273,3 +273,18 @@ def test_resuming_a_checkpoint_of_another_program_is_one_line_exit_2(tmp_path):
     (line,) = [l for l in out.splitlines() if l.startswith("traind: ")]
     assert line.endswith("step-000000007: field 'global_step' is missing; not a checkpoint of a jobs.Session or Trainer")
     assert [p.name for p in checkpoints(run_dir)] == ["step-000000007"]
+
+
+@pytest.mark.slow
+def test_the_checkpoint_a_run_resumed_from_is_never_pruned(tmp_path):
+    """keep_last=1 (through $TRAIND_CHECKPOINT) and no validation metric, so only `protect` keeps
+    the resume point while the resumed run commits newer checkpoints."""
+    run_dir = tmp_path / "run"
+    env = job_env(TRAIND_CHECKPOINT=json.dumps({"every_steps": 5, "keep_last": 1}))
+    args = ("--run-dir", run_dir, "--val-every", 0)
+    code, out = finish(start(TINY, *args, "--max-steps", 10, env=env))
+    assert code == 0, out
+    assert [c.name for c in checkpoints(run_dir)] == ["step-000000010"]
+    code, out = finish(start(TINY, *args, "--max-steps", 30, env=env))
+    assert code == 0 and "resumed from" in out, out
+    assert [c.name for c in checkpoints(run_dir)] == ["step-000000010", "step-000000030"]
