@@ -130,8 +130,11 @@ class RunLock:
     def record(self, child_pid: int | None) -> None:
         """Who holds the lock now (read by a refused supervisor to say so)."""
         data = json.dumps({"supervisor_pid": os.getpid(), "child_pid": child_pid}).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, data, 0)
+        except OSError:   # a full disk: the flock holds all the same, only the holder's name is missing
+            pass
 
     def _held_message(self) -> str:
         holder = lock_holder(self.path.parent)

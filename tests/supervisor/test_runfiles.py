@@ -73,3 +73,21 @@ def test_status_is_replaced_atomically_and_events_survive_a_torn_line(tmp_path):
     files.append_event({"event": "b"}, durable=True)
     assert [e["event"] for e in read_events(tmp_path)] == ["a", "b"]
     assert json.loads(files.events_path.read_text().splitlines()[0]) == {"event": "a"}
+
+
+def test_lock_holder_record_on_a_full_disk_does_not_fail_the_lock(tmp_path, monkeypatch):
+    """A full disk at start-up (or at a respawn) was an OSError traceback from `traind run`."""
+    import errno
+    import os as os_module
+
+    from daemon import runfiles
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runfiles.os, "pwrite", full)
+    lock = runfiles.RunLock(tmp_path).acquire()
+    try:
+        lock.record(child_pid=os_module.getpid())
+        assert runfiles.lock_is_held(tmp_path)
+    finally:
+        lock.release()
