@@ -35,6 +35,7 @@ from enum import Enum
 from pathlib import Path
 
 from daemon import exitcodes
+from daemon.errors import TraindError
 
 
 class JobState(str, Enum):
@@ -114,6 +115,8 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, d: dict) -> "JobRecord":
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["state"] = JobState(known.get("state", "queued"))
         return cls(**known)
@@ -152,10 +155,15 @@ class JobTable:
         atomic_write(self.record_path(rec.name), (json.dumps(rec.to_json(), indent=1) + "\n").encode())
 
     def load(self, name: str) -> JobRecord | None:
+        path = self.record_path(name)
         try:
-            return JobRecord.from_json(json.loads(self.record_path(name).read_text()))
+            return JobRecord.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise TraindError(f"{path}: unreadable job record: {err.strerror or err}") from None
+        except (ValueError, TypeError) as err:   # hand-edited or damaged: say which file, not a traceback
+            raise TraindError(f"{path}: unreadable job record: {err}") from None
 
     def load_all(self) -> list[JobRecord]:
         """Every readable record, in submit order. A job dir without a record (accept interrupted

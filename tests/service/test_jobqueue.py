@@ -46,3 +46,24 @@ def test_records_round_trip_atomically_and_in_submit_order(tmp_path):
     table.save(rec)
     assert json.loads(table.record_path("b").read_text())["state"] == "running"
     assert [p.name for p in table.job_dir("b").iterdir()] == ["job.json"]   # no temp file left
+
+
+@pytest.mark.parametrize("text,why", [("{bad", "Expecting property name"), ("[1]\n", "not a JSON object"),
+                                      ('{"name": "j", "seq": 1, "state": "bogus"}', "'bogus' is not a valid JobState"),
+                                      ('{"state": "queued"}', "missing 2 required positional arguments")])
+def test_a_damaged_job_record_is_one_line_naming_the_file(tmp_path, text, why):
+    """A hand-edited or damaged job.json was a traceback from ls, logs, cancel and serve's start-up."""
+    import subprocess
+    import sys
+    from daemon.errors import TraindError
+    table = JobTable(tmp_path)
+    table.job_dir("j").mkdir(parents=True)
+    table.record_path("j").write_text(text)
+    with pytest.raises(TraindError, match=why) as err:
+        table.load_all()
+    assert str(err.value).startswith(f"{table.record_path('j')}: unreadable job record: ")
+    out = subprocess.run([sys.executable, "-m", "daemon", "ls", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"traind: {err.value}"]
+    assert table.record_path("j").read_text() == text
