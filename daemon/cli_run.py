@@ -111,16 +111,17 @@ def format_status(s: dict, *, now: float) -> str:
     if s.get("pid"):
         lines.append(f"pid:         {s['pid']}  (supervisor {s.get('supervisor_pid')})")
     hb = s.get("last_heartbeat")
-    if hb:
+    if isinstance(hb, dict):      # status.json is ours, but may have been edited: never a traceback here
         rate = hb.get("steps_per_second")
         lines.append(f"heartbeat:   step {hb.get('step')}, {_age(now, hb.get('time'))} ago"
-                     + (f", {rate:.1f} steps/s" if rate else ""))
+                     + (f", {rate:.1f} steps/s" if isinstance(rate, (int, float)) and rate else ""))
     ck = s.get("valid_checkpoint")
+    ck = ck if isinstance(ck, dict) else None
     lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {_age(now, ck.get('created'))} ago"))
     for skipped in (ck or {}).get("skipped_newer", []):
         lines.append(f"  skipped:   {skipped}")
     fail = s.get("last_failure")
-    if fail:
+    if isinstance(fail, dict):
         lines.append(f"last failure: attempt {fail.get('attempt')} {fail.get('exit')}"
                      + (f" ({fail['reason']})" if fail.get("reason") else "") + f", {_age(now, fail.get('time'))} ago")
     if s.get("message"):

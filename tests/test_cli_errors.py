@@ -79,3 +79,13 @@ def test_ctrl_c_while_the_command_modules_import_is_exit_130_without_traceback(m
     monkeypatch.setattr(cli.importlib, "import_module", interrupted)
     assert cli.main(["run", "job.yaml"]) == 130
     assert capsys.readouterr().err == ""
+
+
+def test_status_json_with_fields_of_the_wrong_type_still_prints(tmp_path):
+    (tmp_path / "status.json").write_text('{"state": "running", "last_heartbeat": 5, "last_failure": "x", '
+                                          '"attempts": 1}\n')
+    out = traind("status", tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    (tmp_path / "status.json").write_text('{"last_heartbeat": {"step": 3, "time": "x", "steps_per_second": "fast"}}')
+    out = traind("status", tmp_path)
+    assert out.returncode == 0 and "heartbeat:   step 3, ? ago\n" in out.stdout, out.stderr
