@@ -106,15 +106,28 @@ class JobSpec:
 
 # --- loading -------------------------------------------------------------------------------------
 
+MAX_SPEC_BYTES = 256 * 1024     # as the spool's limit: a spec is a short text file
+
+
+def read_spec_text(path: Path) -> str:
+    """The spec file's text; a checkpoint or a device passed by mistake is refused without reading it all."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the spec: {err.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a short YAML text file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
+
+
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Read, override and validate a spec file. Raises UsageError (one line) on any mistake."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read the spec: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
+    text = read_spec_text(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from daemon.errors import TraindError, UsageError
-from daemon.spec import NAME_RE, validate  # one rule for job names, the spec's
+from daemon.spec import NAME_RE, read_spec_text, validate  # one rule for job names, the spec's
 
 SPEC_SUFFIX = ".yaml"
 MAX_SPEC_BYTES = 256 * 1024
@@ -129,11 +129,7 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
     folder is gone, so the client resolves it here, where it still knows.
     """
     try:
-        spec = yaml.safe_load(spec_path.read_text())
-    except OSError as err:
-        raise UsageError(f"{spec_path}: cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{spec_path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
+        spec = yaml.safe_load(read_spec_text(spec_path))
     except yaml.YAMLError as err:
         raise UsageError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(spec, dict):

@@ -132,3 +132,14 @@ def test_run_dir_that_is_a_file_is_a_usage_error(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"traind: {spec}: run_dir: {tmp_path / 'run'} is not a directory"]
     assert (tmp_path / "run").read_text() == "not a dir"
+
+
+def test_a_big_file_passed_as_the_spec_is_refused_without_reading_it_all(tmp_path):
+    big = tmp_path / "state.pt"
+    big.write_bytes(b"PK\x03\x04" + b"\0" * (300 * 1024))      # e.g. a checkpoint given by mistake
+    for cmd in (["run", big], ["submit", big, "--state-dir", tmp_path / "state"], ["slurm", "submit", big, "--print"]):
+        out = traind(*cmd)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines() == [f"traind: {big}: larger than 256 KiB; a spec is a short YAML text file"]
+    out = traind("run", "/dev/zero")        # endless: was a MemoryError traceback
+    assert out.returncode == 2 and "larger than 256 KiB" in out.stderr
