@@ -444,7 +444,10 @@ class WriterLock(ExclusiveFileLock):
         super().__init__(self.ckpt_dir / ".lock", what=f"checkpoint dir {self.ckpt_dir}")
 
     def acquire(self) -> "WriterLock":
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:   # a file named `checkpoints`, a read-only mount
+            raise TraindError(f"{self.ckpt_dir}: cannot create the checkpoints dir: {err.strerror or err}") from None
         super().acquire()
         clean_stale(self.ckpt_dir)
         return self

@@ -151,7 +151,10 @@ class ExclusiveFileLock:
     def acquire(self):
         if self._fd >= 0:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:   # a read-only mount, a directory in the way
+            raise TraindError(f"{self.what}: cannot open lock file {self.path}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,8 +165,11 @@ class ExclusiveFileLock:
         except OSError:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:   # a full disk: the flock holds all the same, only the holder's pid is missing
+            pass
         self._fd = fd
         if self.fork_private:
             _held_fork_private.add(self)

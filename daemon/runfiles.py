@@ -110,7 +110,10 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:   # a read-only mount, a directory in the way
+            raise TraindError(f"{self.path}: cannot open the run lock: {err.strerror or err}") from None
         for attempt in range(LOCK_TRIES):   # a reader's brief probe must not refuse a real start
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

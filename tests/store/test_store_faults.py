@@ -161,3 +161,29 @@ def test_sigkill_at_every_protocol_point_and_random_times(tmp_path):
         pass
     left = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("."))
     assert left == [".lock"], left
+
+
+def test_writer_lock_where_the_checkpoints_dir_cannot_be_made_or_locked_is_one_line(tmp_path, monkeypatch):
+    """A file named `checkpoints`, a `.lock` that is a directory, a full disk: were tracebacks in the job."""
+    import errno
+
+    from daemon import checkpoints as ck, ckpt_fs
+    from daemon.errors import TraindError
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "checkpoints").write_text("keep me")
+    with pytest.raises(TraindError, match=r"a/checkpoints: cannot create the checkpoints dir: File exists$"):
+        ck.WriterLock(tmp_path / "a").acquire()
+    assert (tmp_path / "a" / "checkpoints").read_text() == "keep me"
+    (tmp_path / "b" / "checkpoints" / ".lock").mkdir(parents=True)
+    with pytest.raises(TraindError, match=r"cannot open lock file .*b/checkpoints/\.lock: Is a directory$"):
+        ck.WriterLock(tmp_path / "b").acquire()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ckpt_fs.os, "pwrite", full)
+    lock = ck.WriterLock(tmp_path / "c").acquire()    # the flock holds; only the pid note is missing
+    try:
+        with pytest.raises(TraindError, match="locked by another process"):
+            ck.WriterLock(tmp_path / "c").acquire()
+    finally:
+        lock.release()

@@ -91,3 +91,9 @@ def test_lock_holder_record_on_a_full_disk_does_not_fail_the_lock(tmp_path, monk
         assert runfiles.lock_is_held(tmp_path)
     finally:
         lock.release()
+
+
+def test_run_lock_that_cannot_be_opened_is_one_line(tmp_path):
+    (tmp_path / "supervisor.lock").mkdir()      # or a read-only mount: was an OSError traceback
+    with pytest.raises(TraindError, match=r"supervisor\.lock: cannot open the run lock: Is a directory$"):
+        RunLock(tmp_path).acquire()
