@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from daemon.errors import TraindError
+
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -27,24 +29,40 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = []
-        with open(self.path, "rb") as f:
-            for line in f:
-                try:
-                    if int(json.loads(line)["step"]) <= step:
-                        keep.append(line if line.endswith(b"\n") else line + b"\n")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a kill mid-write
         tmp = self.path.with_name(f".{METRICS_NAME}.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        try:
+            with open(self.path, "rb") as f:
+                for line in f:
+                    try:
+                        if int(json.loads(line)["step"]) <= step:
+                            keep.append(line if line.endswith(b"\n") else line + b"\n")
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line torn by a kill mid-write
+            with open(tmp, "wb") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+        except OSError as err:   # a full disk, a directory in the way: the old file stays as it was
+            tmp.unlink(missing_ok=True)
+            raise TraindError(f"{self.path}: cannot rewrite the metrics log: {err.strerror or err}") from None
 
     def append(self, record: dict) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
+            self._file.flush()
+        except OSError as err:   # a full disk: one line from the job, not a traceback
+            self._discard()
+            raise TraindError(f"{self.path}: cannot append a metrics line: {err.strerror or err}") from None
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()      # flushes what is buffered, which may fail the same way
+            except OSError:
+                pass
+            self._file = None
 
     def close(self) -> None:
         if self._file is not None:

@@ -261,9 +261,10 @@ class Session:
         self.step += 1
         now = self.clock.monotonic()
         rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
-        self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics,
-                                 TIMING_KEYS[0]: round(self.clock.wall(), 3),
-                                 TIMING_KEYS[1]: round(rate, 3)})
+        with one_line_errors():
+            self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics,
+                                     TIMING_KEYS[0]: round(self.clock.wall(), 3),
+                                     TIMING_KEYS[1]: round(rate, 3)})
         self.last_metrics.update(metrics)
         if epoch_ended if epoch_ended is not None else self._epoch_end_pending:
             epoch_ended = True

@@ -211,3 +211,17 @@ def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
     assert lines == ["traind: step 1/100 epoch 0 loss=0.5 10.0 steps/s",
                      "traind: step 50/100 epoch 0 loss=0.5 10.0 steps/s",
                      "traind: step 100/100 epoch 0 loss=0.5 10.0 steps/s"]
+
+
+def test_metrics_log_that_cannot_be_written_is_a_traind_error_naming_the_file(tmp_path):
+    """A full disk mid-run (or a directory in the way) was an OSError traceback out of step_done()."""
+    from daemon.errors import TraindError
+    from jobs.reporting import MetricsLog
+    (tmp_path / "metrics.jsonl").mkdir()
+    log = MetricsLog(tmp_path)
+    with pytest.raises(TraindError, match=r"metrics\.jsonl: cannot rewrite the metrics log: Is a directory$"):
+        log.truncate_after(3)
+    with pytest.raises(TraindError, match=r"metrics\.jsonl: cannot append a metrics line: Is a directory$"):
+        log.append({"step": 1})
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]     # no temp file left
