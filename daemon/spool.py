@@ -141,8 +141,10 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
         raise UsageError(f"{spec_path}: field 'name': {job!r} must match {NAME_RE.pattern}")
     spec["name"] = job
     validate(spec, spec_path)  # the supervisor's own checks: a mistake is reported now, not in a log
-    workdir = Path(spec.get("workdir", "."))
-    spec["workdir"] = str((spec_path.resolve().parent / workdir).resolve())
+    workdir = (spec_path.resolve().parent / Path(spec.get("workdir", "."))).resolve()
+    if not workdir.is_dir():     # as `traind run` checks: else every launch fails the same way, in a log
+        raise UsageError(f"{spec_path}: workdir: directory {workdir} does not exist")
+    spec["workdir"] = str(workdir)
     return job, yaml.safe_dump(spec, sort_keys=False).encode()
 
 

@@ -89,3 +89,13 @@ def test_status_json_with_fields_of_the_wrong_type_still_prints(tmp_path):
     (tmp_path / "status.json").write_text('{"last_heartbeat": {"step": 3, "time": "x", "steps_per_second": "fast"}}')
     out = traind("status", tmp_path)
     assert out.returncode == 0 and "heartbeat:   step 3, ? ago\n" in out.stdout, out.stderr
+
+
+def test_submit_refuses_a_workdir_that_does_not_exist(tmp_path):
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True, mode=0o700)
+    spec = tmp_path / "job.yaml"
+    spec.write_text('name: x\ncommand: ["true"]\nworkdir: nowhere\n')
+    line = one_line(traind("submit", spec, "--state-dir", tmp_path / "state"), 2)
+    assert line == f"traind: {spec}: workdir: directory {tmp_path / 'nowhere'} does not exist"
+    assert list(spool.iterdir()) == []

@@ -68,7 +68,7 @@ def test_submit_makes_workdir_absolute_and_refuses_duplicates(tmp_path):
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700)
     spec = tmp_path / "proj" / "job.yaml"
-    spec.parent.mkdir()
+    (spec.parent / "sub").mkdir(parents=True)
     spec.write_text("name: j\ncommand: ['true']\nworkdir: sub\n")
     name, data = spool.prepare_spec(spec, None)
     assert name == "j" and yaml.safe_load(data)["workdir"] == str(tmp_path / "proj" / "sub")
