@@ -48,8 +48,12 @@ def install(unit_dir: Path, *, exe: str | None = None, create_user: bool = False
         try:
             pwd.getpwnam("traind")
         except KeyError:
-            subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/traind", "--no-create-home",
-                            "--shell", "/usr/sbin/nologin", "traind"], check=True)
+            try:
+                subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/traind", "--no-create-home",
+                                "--shell", "/usr/sbin/nologin", "traind"], check=True)
+            except (OSError, subprocess.CalledProcessError) as err:   # no useradd, not root
+                raise TraindError(f"--create-user: useradd failed ({err}); the units are installed, "
+                                  "create the user 'traind' yourself") from None
             out.append("created system user traind")
     if reload and Path("/run/systemd/system").is_dir():
         subprocess.run(["systemctl", "daemon-reload"], check=False)

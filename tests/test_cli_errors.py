@@ -99,3 +99,19 @@ def test_submit_refuses_a_workdir_that_does_not_exist(tmp_path):
     line = one_line(traind("submit", spec, "--state-dir", tmp_path / "state"), 2)
     assert line == f"traind: {spec}: workdir: directory {tmp_path / 'nowhere'} does not exist"
     assert list(spool.iterdir()) == []
+
+
+def test_systemd_install_create_user_without_useradd_is_one_line(tmp_path):
+    import os
+    import pwd
+    try:
+        pwd.getpwnam("traind")
+        pytest.skip("user traind exists: --create-user would not run useradd")
+    except KeyError:
+        pass
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    out = traind("systemd", "install", "--no-reload", "--create-user", "--exec", sys.executable,
+                 "--unit-dir", tmp_path / "units", "--jobs-dir", tmp_path / "jobs", env=env)
+    line = one_line(out, 1)
+    assert line.startswith("traind: --create-user: useradd failed (") and "create the user 'traind' yourself" in line
+    assert (tmp_path / "units" / "traind.service").is_file()
