@@ -22,6 +22,10 @@ from pathlib import Path
 from daemon.channel import SupervisorChannel
 from daemon.protocol import ENV_CONTROL_FD
 
+# epoll refuses a timeout past ~24 days (a spec may ask for a longer backoff or grace): waking
+# early is harmless, the loop just computes its deadlines again.
+MAX_WAIT_SECONDS = 3600.0
+
 
 # --- values ------------------------------------------------------------------------------------
 
@@ -180,7 +184,7 @@ class RealOS:
         if watching:
             self._sel.register(child.channel.fileno(), selectors.EVENT_READ, "channel")
         try:
-            ready = self._sel.select(None if timeout is None else max(0.0, timeout))
+            ready = self._sel.select(None if timeout is None else min(max(0.0, timeout), MAX_WAIT_SECONDS))
         finally:
             if watching:
                 self._sel.unregister(child.channel.fileno())

@@ -259,3 +259,23 @@ def test_a_command_that_does_not_speak_is_stopped_with_sigterm_to_its_group(tmp_
     out, err = p.communicate(timeout=30)
     assert p.returncode == 75 and time.monotonic() - t0 < 10
     assert "killed by SIGTERM" in err and "no emergency checkpoint committed" in err
+
+
+def test_a_backoff_longer_than_epoll_allows_waits_instead_of_crashing(tmp_path, reap):
+    """restart.backoff of 2e7 s (> ~24 days, epoll's limit) was an OverflowError traceback."""
+    spec = tmp_path / "bo.yaml"
+    spec.write_text('name: bo\ncommand: ["false"]\nrun_dir: run\n'
+                    "restart: {backoff: {initial_seconds: 20000000, max_seconds: 20000000}}\n")
+    p = start_traind("run", spec)
+    reap(p)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and p.poll() is None:
+        status = tmp_path / "run" / "status.json"
+        if status.exists() and json.loads(status.read_text() or "{}").get("state") == "backing_off":
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert p.poll() is None, p.communicate()[1]
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 75 and "Traceback" not in err, err
