@@ -56,7 +56,7 @@ class _OwnOptions(argparse.ArgumentParser):
 
 
 def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int:
-    from daemon.spec import load_spec
+    from daemon.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
     runner = runner or CommandRunner()
     extra = split_options(args)
     spec = load_spec(args.spec, list(args.overrides))
@@ -69,8 +69,8 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
 
     measurement = slurm_batch.measure_stop(spec.run_dir)
     lead = args.lead if args.lead is not None else spec.slurm.lead_seconds
-    if lead is not None and not 0 < lead < float("inf"):   # also NaN, which no comparison lets through
-        raise UsageError(f"--lead: expected a number of seconds > 0, got {lead:g}")
+    if lead is not None and not 0 < lead <= SLURM_MAX_SIGNAL_SECONDS:   # also NaN, which no comparison lets through
+        raise UsageError(f"--lead: expected a number of seconds > 0 and <= {SLURM_MAX_SIGNAL_SECONDS}, got {lead:g}")
     lead = int(round(lead)) if lead is not None else slurm_batch.lead_for(measurement)
     warning = slurm_batch.lead_warning(lead, measurement)
     if warning:

@@ -22,6 +22,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
 SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
+SLURM_MAX_SIGNAL_SECONDS = 65535     # sbatch --signal=...@TIME takes 0..65535
 REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/slurm.requeue_argv
 
 
@@ -190,16 +191,17 @@ class _Checker:
         return value
 
     def number(self, value: Any, where: str, *, minimum: float = 0.0, strict: bool = False,
-               nullable: bool = False, integer: bool = False) -> Any:
+               nullable: bool = False, integer: bool = False, maximum: float | None = None) -> Any:
         if value is None and nullable:
             return None
         kind = "an integer" if integer else "a number"
         bound = f" > {minimum:g}" if strict else f" >= {minimum:g}"
+        bound += "" if maximum is None else f" and <= {maximum:g}"
         expected = kind + bound + (" or null" if nullable else "")
         ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type:
             raise self.fail(where, expected, value)
-        if value < minimum or (strict and value == minimum) or value != value:
+        if value < minimum or (strict and value == minimum) or value != value or (maximum is not None and value > maximum):
             raise self.fail(where, expected, value)
         if integer:
             return value
@@ -343,7 +345,8 @@ def _preemption(c: _Checker, value: Any) -> Preemption:
         c.choice(sig, f"preemption.signals[{i}]", STOP_SIGNALS)
     s = c.section(d.get("spot"), "preemption.spot", ("provider", "poll_seconds", "base_url"))
     spot = Spot(provider=c.choice(s.get("provider", "none"), "preemption.spot.provider", SPOT_PROVIDERS),
-                poll_seconds=c.number(s.get("poll_seconds", 5.0), "preemption.spot.poll_seconds", strict=True),
+                poll_seconds=c.number(s.get("poll_seconds", 5.0), "preemption.spot.poll_seconds", strict=True,
+                                     maximum=86400),
                 base_url=c.string(s.get("base_url"), "preemption.spot.base_url", nullable=True))
     return Preemption(signals=tuple(sigs),
                       grace_seconds=c.number(d.get("grace_seconds", 90.0), "preemption.grace_seconds", strict=True),
@@ -367,7 +370,8 @@ def _slurm(c: _Checker, value: Any) -> Slurm:
             raise c.fail(f"slurm.requeue_command[{i}]", "placeholders among {" + "}, {".join(REQUEUE_PLACEHOLDERS)
                          + "} (write {{ }} for a literal brace)", part) from None
     return Slurm(requeue_command=cmd,
-                 lead_seconds=c.number(d.get("lead_seconds"), "slurm.lead_seconds", strict=True, nullable=True))
+                 lead_seconds=c.number(d.get("lead_seconds"), "slurm.lead_seconds", strict=True, nullable=True,
+                                  maximum=SLURM_MAX_SIGNAL_SECONDS))
 
 
 def signal_numbers(names: tuple[str, ...]) -> set[int]:

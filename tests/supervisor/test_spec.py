@@ -41,7 +41,9 @@ MISTAKES = [
     # review: values that passed validation and then crashed (traceback) or overflowed later
     (GOOD, ["restart.backoff.initial_seconds=" + "9" * 400], "restart.backoff.initial_seconds: expected a finite number >= 0, got 999"),
     (GOOD, ["preemption.grace_seconds=.inf"], "preemption.grace_seconds: expected a finite number > 0, got inf"),
-    (GOOD, ["preemption.spot.poll_seconds=1.0e+999"], "preemption.spot.poll_seconds: expected a finite number > 0, got inf"),
+    (GOOD, ["preemption.spot.poll_seconds=1.0e+999"], "preemption.spot.poll_seconds: expected a number > 0 and <= 86400, got inf"),
+    (GOOD, ["preemption.spot.poll_seconds=1.0e+300"], "preemption.spot.poll_seconds: expected a number > 0 and <= 86400, got 1e+300"),
+    (GOOD, ["slurm.lead_seconds=70000"], "slurm.lead_seconds: expected a number > 0 and <= 65535 or null, got 70000"),
     (GOOD + 'workdir: "a\\0b"\n', [], "workdir: expected a string without NUL bytes, got 'a\\x00b'"),
     (GOOD + 'run_dir: "a\\0b"\n', [], "run_dir: expected a string without NUL bytes"),
     (GOOD + 'env: {A: "a\\0b"}\n', [], "env.A: expected a string without NUL bytes"),
