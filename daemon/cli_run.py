@@ -34,9 +34,10 @@ def register(sub) -> None:
 
 def check_runnable(spec: JobSpec) -> None:
     """Mistakes that would make every attempt fail the same way: say so once, exit 2."""
-    if not spec.workdir.is_dir():
+    if not _probe(spec, "workdir", spec.workdir)[0]:
         raise UsageError(f"{spec.source}: workdir: directory {spec.workdir} does not exist")
-    if spec.run_dir.exists() and not spec.run_dir.is_dir():
+    is_dir, exists = _probe(spec, "run_dir", spec.run_dir)
+    if exists and not is_dir:
         raise UsageError(f"{spec.source}: run_dir: {spec.run_dir} is not a directory")
     exe = spec.command[0]
     if "/" in exe:
@@ -47,6 +48,14 @@ def check_runnable(spec: JobSpec) -> None:
         search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
         if shutil.which(exe, path=search) is None:
             raise UsageError(f"{spec.source}: command[0]: {exe!r} not found on PATH")
+
+
+def _probe(spec: JobSpec, field: str, path: Path) -> tuple[bool, bool]:
+    """(is a directory, exists); a path the OS refuses (a name too long) is that field's mistake."""
+    try:
+        return path.is_dir(), path.exists()
+    except OSError as err:
+        raise UsageError(f"{spec.source}: {field}: {err.strerror}: {str(path)[:80]}...") from None
 
 
 def cmd_run(args) -> int:

@@ -7,6 +7,7 @@ raw mapping first (the value parsed as YAML), so they are validated by exactly t
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import sys
@@ -136,6 +137,8 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "syntax error"
         raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:    # the parser recurses once per level of [ or {
+        raise UsageError(f"{path}: YAML nested too deeply") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -269,10 +272,14 @@ def validate(raw: dict, source: Path) -> JobSpec:
         raise c.fail("command", "a non-empty list of strings, e.g. [python, train.py] (the field is missing)")
     command = own_interpreter(c.argv(raw["command"], "command"))
     spec_dir = source.resolve().parent
-    workdir = spec_dir / c.string(raw.get("workdir", "."), "workdir")
-    run_dir = workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir")
+    workdir = (spec_dir / c.string(raw.get("workdir", "."), "workdir")).resolve()
+    run_dir = (workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir")).resolve()
+    for where, path in (("workdir", workdir), ("run_dir", run_dir)):
+        encoded = os.fsencode(path)      # the OS refuses these with ENAMETOOLONG, later and as a traceback
+        if len(encoded) >= 4096 or any(len(part) > 255 for part in encoded.split(b"/")):
+            raise c.fail(where, "a path of at most 4095 bytes, each name at most 255", str(path))
     return JobSpec(
-        name=name, command=command, workdir=workdir.resolve(), run_dir=run_dir.resolve(), source=source,
+        name=name, command=command, workdir=workdir, run_dir=run_dir, source=source,
         env=_env(c, raw.get("env")), checkpoint=_checkpoint(c, raw.get("checkpoint")),
         restart=_restart(c, raw.get("restart")), preemption=_preemption(c, raw.get("preemption")),
         health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), raw=raw)

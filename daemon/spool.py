@@ -132,6 +132,8 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
         spec = yaml.safe_load(read_spec_text(spec_path))
     except yaml.YAMLError as err:
         raise UsageError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise UsageError(f"{spec_path}: YAML nested too deeply") from None
     if not isinstance(spec, dict):
         raise UsageError(f"{spec_path}: not a YAML mapping")
     job = name or spec.get("name")

@@ -51,6 +51,9 @@ MISTAKES = [
     ('name: x\ncommand: [python, "-c\\0"]\n', [], "command[1]: expected a string without NUL bytes"),
     (GOOD + 'slurm: {requeue_command: [scontrol, requeue, "{job}"]}\n', [], "slurm.requeue_command[2]: expected placeholders among {job_id}"),
     (GOOD + 'slurm: {requeue_command: [echo, "{job_id"]}\n', [], "slurm.requeue_command[1]: expected placeholders among"),
+    (GOOD + "env: " + "[" * 5000 + "]" * 5000 + "\n", [], "YAML nested too deeply"),
+    (GOOD + "run_dir: " + "a" * 256 + "\n", [], "run_dir: expected a path of at most 4095 bytes, each name at most 255, got '/"),
+    (GOOD + "workdir: " + "a/" * 2100 + "\n", [], "workdir: expected a path of at most 4095 bytes, each name at most 255"),
 ]
 
 
