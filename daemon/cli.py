@@ -6,6 +6,7 @@ Each command group lives in its own module exposing `register(subparsers)`; the 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -19,6 +20,10 @@ COMMAND_MODULES = (
     "daemon.cli_ckpt",     # ckpt ls|verify|inspect
     "daemon.cli_slurm",    # slurm submit
 )
+
+
+# OSErrors that mean the path given is wrong (bad input, exit 2) rather than the system failing (exit 1).
+PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:   # a path the OS refuses that no check named (a name too long, ...): one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"traind: {where}{err.strerror or err}", file=sys.stderr)
+        return 2 if err.errno in PATH_ERRNOS else 1
 
 
 if __name__ == "__main__":

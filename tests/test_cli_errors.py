@@ -115,3 +115,13 @@ def test_systemd_install_create_user_without_useradd_is_one_line(tmp_path):
     line = one_line(out, 1)
     assert line.startswith("traind: --create-user: useradd failed (") and "create the user 'traind' yourself" in line
     assert (tmp_path / "units" / "traind.service").is_file()
+
+
+@pytest.mark.parametrize("cmd", [["status", "LONG"], ["ckpt", "ls", "LONG"], ["ckpt", "inspect", "LONG"],
+                                 ["ls", "--state-dir", "LONG"], ["cancel", "x", "--state-dir", "LONG"],
+                                 ["systemd", "install", "--no-reload", "--unit-dir", "LONG"]])
+def test_a_path_the_os_refuses_is_one_line_exit_2(tmp_path, cmd):
+    """A name over 255 bytes (ENAMETOOLONG) that no check names: the edge still prints one line."""
+    long = tmp_path / ("x" * 300)
+    line = one_line(traind(*[long if a == "LONG" else a for a in cmd]), 2)
+    assert line.startswith(f"traind: {long}") and line.endswith(": File name too long")
