@@ -151,7 +151,9 @@ def _dash(v) -> str:
 
 def cmd_cancel(args) -> int:
     rec = request_cancel(_state(args), args.name)
-    if rec.state in FINAL_STATES:
+    if rec is None:
+        print(f"cancel requested for {args.name} (submitted, not accepted yet: it will not run)")
+    elif rec.state in FINAL_STATES:
         print(f"{args.name} is already {rec.state.value}")
     else:
         print(f"cancel requested for {args.name} ({rec.state.value})")

@@ -314,6 +314,8 @@ class Daemon:
         for req in sorted(self.cfg.control_dir.glob("cancel-*")):
             name = req.name[len("cancel-"):]
             rec = self.records.get(name)
+            if rec is None and (self.cfg.spool_dir / f"{name}{spool.SPEC_SUFFIX}").exists():
+                continue    # submitted, not accepted yet: applied once it is (never launched)
             req.unlink(missing_ok=True)
             if rec is None:
                 log.warning("cancel request for unknown job %r ignored", name)
@@ -446,10 +448,12 @@ class Daemon:
                 time.sleep(3600)
 
 
-def request_cancel(state_dir: Path, name: str) -> JobRecord:
-    """Client side of `traind cancel`: drop a request file the daemon's loop picks up."""
+def request_cancel(state_dir: Path, name: str) -> JobRecord | None:
+    """Client side of `traind cancel`: drop a request file the daemon's loop picks up.
+    None: the spec is still in the spool (submitted, not accepted yet); the request waits for it."""
     rec = JobTable(state_dir).load(name) if spool.valid_name(name) else None
-    if rec is None:
+    pending = rec is None and spool.valid_name(name) and (state_dir / "spool" / f"{name}{spool.SPEC_SUFFIX}").exists()
+    if rec is None and not pending:
         raise UsageError(f"{state_dir}/jobs: no job named {name!r}")
     atomic_write(state_dir / "control" / f"cancel-{name}", b"")
     return rec

@@ -156,3 +156,22 @@ def test_ready_is_sent_once_running_jobs_are_relaunched(tmp_path):
         d.serve_forever(observer_factory=observer, scheduler_factory=lambda *a: Thread())
     assert [c[0] for c in calls] == ["watching", "ready"] and calls[0][1] == []
     assert calls[1][1] == ["r1", "q2"] and "2 running" in calls[1][2], calls
+
+
+def test_cancel_request_for_a_spec_still_in_the_spool_waits_for_it_and_it_never_runs(tmp_path):
+    """`traind submit X && traind cancel X`: the request can land before the daemon accepts X."""
+    import yaml
+    from daemon import spool
+    d, osx, table = make(tmp_path, [])
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o700, exist_ok=True)
+    spec = {"name": "early", "command": ["true"], "workdir": str(tmp_path)}
+    spool.submit(spool_dir, "early", yaml.safe_dump(spec).encode())
+    (tmp_path / "control/cancel-early").write_text("")
+    d._handle_cancel_requests()              # before intake: the request must survive
+    assert (tmp_path / "control/cancel-early").exists()
+    d._rescan(settle=0)                      # the spec is accepted (queued) ...
+    d._handle_cancel_requests()              # ... and cancelled before any slot is filled
+    d._fill_slots()
+    assert osx.spawned == [] and table.load("early").state is JobState.CANCELLED
+    assert not (tmp_path / "control/cancel-early").exists()

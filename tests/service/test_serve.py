@@ -153,6 +153,7 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     ledger = tmp_path / "ledger"
     submit_many(tmp_path, s, 2, ledger, steps=1000, step_seconds=0.02)
     wait_for(lambda: s.states().get("job00") == "running" and read_ledger(ledger), 60, "job00 running")
+    wait_for(lambda: s.states().get("job01") == "queued", 30, "job01 accepted and queued")
     follow = subprocess.Popen([sys.executable, "-m", "daemon", "logs", "job00", "-f", "--state-dir", str(s.state_dir)],
                               stdout=subprocess.PIPE, text=True)
     out = traind("cancel", "job01", state_dir=s.state_dir, check=True)
@@ -165,6 +166,23 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     followed = follow.communicate(timeout=30)[0]           # `logs -f` ends by itself with the job
     assert "fakejob job00: start 0" in followed and "fakejob job00: stop" in followed
     assert traind("cancel", "nope", state_dir=s.state_dir).returncode == 2
+    assert s.stop() == 0
+
+
+def test_cancel_of_a_submitted_spec_not_yet_accepted_keeps_it_from_running(tmp_path, serve):
+    """`traind submit X && traind cancel X` must not fail nor let X run, even before the daemon has
+    taken X from the spool (here: the daemon is down in between, the widest such window)."""
+    s = serve(slots=1).start()
+    assert s.stop() == 0
+    ledger = tmp_path / "ledger"
+    spec = write_spec(tmp_path, "early", ledger, steps=1000, step_seconds=0.02)
+    traind("submit", str(spec), state_dir=s.state_dir, check=True)
+    out = traind("cancel", "early", state_dir=s.state_dir, check=True)
+    assert "cancel requested for early (submitted, not accepted yet" in out.stdout
+    s.start()
+    wait_for(lambda: s.states().get("early") == "cancelled", 30, "early cancelled")
+    assert read_ledger(ledger) == []                         # never launched
+    assert not list((s.state_dir / "control").glob("cancel-*"))
     assert s.stop() == 0
 
 
