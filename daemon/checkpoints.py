@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import os
 import platform
@@ -42,7 +41,6 @@ __all__ = [
     "PendingCheckpoint", "prune", "clean_stale",
 ]
 
-log = logging.getLogger("traind.checkpoints")
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 MANIFEST_NAME = "MANIFEST.json"
@@ -252,13 +250,15 @@ def list_checkpoints(ckpt_dir, *, deep: bool = True, every_file: bool = False) -
 
 
 def latest_valid(ckpt_dir) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
-    """(newest checkpoint that verifies, the newer ones skipped with their .error)."""
+    """(newest checkpoint that verifies, the newer ones skipped with their .error).
+
+    Skips are values, not log lines: each caller reports them its own way (the supervisor's log,
+    `traind status`, `ckpt inspect`, the job's console), once."""
     skipped: list[CheckpointInfo] = []
     for _, p in _step_dirs(checkpoints_dir(ckpt_dir)):
         info = verify(p)
         if info.valid:
             return info, skipped
-        log.warning("skipping checkpoint %s: %s", p, info.error)
         skipped.append(info)
     return None, skipped
 

@@ -113,6 +113,7 @@ def cmd_inspect(args) -> int:
     from daemon.ckpt_inspect import summarize_state   # only this command needs it
 
     p = _existing_dir(args.path)
+    skipped = []
     if _is_checkpoint_dir(p):
         info = ck.verify(p)
     else:
@@ -123,6 +124,8 @@ def cmd_inspect(args) -> int:
     out = {"path": str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
            "epoch": info.epoch, "reason": info.reason, "created": info.created,
            "metrics": info.metrics, "size": info.size}
+    if not _is_checkpoint_dir(p) and skipped:
+        out["skipped_newer"] = [f"{Path(bad.path).name}: {bad.error}" for bad in skipped]
     state = info.path / ck.STATE_NAME
     try:
         s = summarize_state(state)

@@ -1,6 +1,7 @@
 """Reading a checkpoint outside a running job (no writer lock): for load_from_checkpoint and tools."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -8,6 +9,8 @@ import torch
 from daemon import checkpoints
 from daemon.errors import TraindError
 from jobs.store import load_checkpoint
+
+log = logging.getLogger("traind.store")
 
 
 def resolve(path) -> Path:
@@ -19,6 +22,8 @@ def resolve(path) -> Path:
     if chosen is None:
         why = f" ({len(skipped)} invalid, newest: {skipped[0].error})" if skipped else ""
         raise TraindError(f"{path}: no valid checkpoint{why}")
+    for bad in skipped:
+        log.warning("skipped checkpoint %s: %s", bad.path, bad.error)
     return chosen.path
 
 

@@ -99,6 +99,18 @@ def test_inspect_reads_what_the_store_writes(tmp_path):
     got = json.loads(out.stdout)
     assert got.get("state_error") is None, got.get("state_error")
     assert (got["global_step"], got["hyper_parameters"], got["tensor_count"]) == (7, {"width": 3}, 2)
+    # A damaged newer one: inspect shows the valid one and says what it skipped, in its own output
+    # (one report, no stray log line on stderr).
+    store = CheckpointStore(tmp_path)
+    store.save({"global_step": 9}, step=9, epoch=1, reason="periodic")
+    store.close()
+    with open(tmp_path / "checkpoints" / "step-000000009" / "state.pt", "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff")
+    out = traind("inspect", tmp_path, "--json")
+    got = json.loads(out.stdout)
+    assert got["step"] == 7 and "step-000000009: " in got["skipped_newer"][0] and "checksum" in got["skipped_newer"][0]
+    assert out.stderr == ""
 
 
 class _Evil:
