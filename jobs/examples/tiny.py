@@ -10,6 +10,7 @@ validation, and optional mixed precision / gradient accumulation.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch import nn
@@ -84,6 +85,27 @@ def at_least(minimum: int):
     return parse
 
 
+class Pace(jobs.Callback):
+    """Sleeps after each step: slows the demo down enough to interrupt it by hand (or by a test)
+    at a chosen point. Sleeping touches no RNG, so the results are the same as without it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_step_end(self, trainer, module, metrics: dict) -> None:
+        time.sleep(self.seconds)
+
+
+def non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 60, got {text}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default="runs/tiny", help="overridden by $TRAIND_RUN_DIR")
@@ -95,6 +117,8 @@ def parse_args(argv=None):
     p.add_argument("--accumulate", type=at_least(1), default=1, help="gradient accumulation batches")
     p.add_argument("--val-every", type=at_least(0), default=50)
     p.add_argument("--log-every", type=at_least(0), default=50)
+    p.add_argument("--step-seconds", type=non_negative_seconds, default=0.0,
+                   help="sleep after each step (to interrupt it by hand; results are unchanged)")
     return p.parse_args(argv)
 
 
@@ -105,7 +129,8 @@ def main(argv=None) -> None:
                            val_check_interval=args.val_every, run_dir=args.run_dir,
                            checkpoint_every_steps=args.every_steps, keep_last=3,
                            keep_best={"metric": "val_loss", "mode": "min", "k": 1},
-                           log_every_n_steps=args.log_every)
+                           log_every_n_steps=args.log_every,
+                           callbacks=[Pace(args.step_seconds)] if args.step_seconds else [])
     jobs.seed_everything(args.seed)
     trainer.fit(TinyClassifier(), Blobs(num_workers=args.workers))
 

@@ -51,7 +51,10 @@ def test_tiny_killed_three_times_matches_an_uninterrupted_run(tmp_path, reap):
     alone = tmp_path / "alone"
     subprocess.run([*JOB, "--run-dir", str(alone)], cwd=REPO, env={**os.environ, **ENV}, check=True,
                    capture_output=True, timeout=180)
-    spec = write_spec(tmp_path, command=JOB, workdir=str(REPO), run_dir=str(tmp_path / "run"), env=ENV,
+    # Paced to >= 3 ms a step under supervision, so each attempt outlives its torch start-up long
+    # enough to be killed mid-run (unpaced, a loaded machine let one attempt finish the run).
+    spec = write_spec(tmp_path, command=[*JOB, "--step-seconds", "0.003"], workdir=str(REPO),
+                      run_dir=str(tmp_path / "run"), env=ENV,
                       restart={"max_restarts": 5})
     run_dir = tmp_path / "run"
     p = start_traind("run", spec)
