@@ -23,8 +23,8 @@ import torch
 import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from daemon import checkpoints as ck  # noqa: E402
-from jobs.store import CheckpointStore, _Snapshotter, tensor_bytes  # noqa: E402
+from traind import store as ck# noqa: E402
+from traind.jobs.store import CheckpointStore, _Snapshotter, tensor_bytes  # noqa: E402
 
 GIB = 1 << 30
 

@@ -31,7 +31,7 @@ WINDOW = {"aws": 120.0, "gcp": 30.0, "azure": 30.0}
 JOBS = {
     "fixture": [sys.executable, str(ROOT / "tests/supervisor/fixture_job.py"), "--steps", "1000000",
                 "--every", "100", "--step-seconds", "0.02"],
-    "tiny": [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", "1000000"],
+    "tiny": [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", "1000000"],
 }
 
 
@@ -49,7 +49,7 @@ def one_spot_run(provider: str, job: str, poll: float) -> tuple[float, float | N
             "name": "bench", "run_dir": str(Path(tmp) / "run"), "workdir": str(ROOT), "command": JOBS[job],
             "env": {"OMP_NUM_THREADS": "1"},
             "preemption": {"spot": {"provider": provider, "base_url": fake.url, "poll_seconds": poll}}}))
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(spec)],
+        proc = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         while steps_done(Path(tmp) / "run") < 20 and time.monotonic() < deadline:
@@ -81,7 +81,7 @@ def bench_slurm() -> None:
         spec.write_text(json.dumps({"name": "bench-slurm", "run_dir": str(Path(tmp) / "run"),
                                     "command": JOBS["fixture"][:3] + ["400", "--every", "50",
                                                                       "--step-seconds", "0.1"]}))
-        jid = subprocess.run([sys.executable, "-m", "daemon", "slurm", "submit", str(spec), "--time", "1",
+        jid = subprocess.run([sys.executable, "-m", "traind", "slurm", "submit", str(spec), "--time", "1",
                               "--lead", "30"], capture_output=True, text=True, check=True).stdout.strip()
         log = Path(tmp) / "run" / f"slurm-{jid}.out"
         try:

@@ -38,7 +38,7 @@ def spec_file(tmp: Path, name: str, command: list[str], **extra) -> Path:
 
 
 def start(spec: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "daemon", "run", str(spec)], env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -153,7 +153,7 @@ def bench_respawn(tmp: Path, kills: int) -> None:
 
 def bench_tiny(tmp: Path) -> None:
     steps = 3000
-    cmd = [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "100"]
+    cmd = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "100"]
     spec = spec_file(tmp, "tiny", cmd, restart={"backoff": {"initial_seconds": 0, "max_seconds": 0, "jitter": 0}},
                      preemption={"grace_seconds": 30})
     run_dir = tmp / "tiny"
@@ -209,7 +209,7 @@ def bench_tiny(tmp: Path) -> None:
 
 def _import_seconds() -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import jobs.examples.tiny"], env=ENV, check=True)
+    subprocess.run([sys.executable, "-c", "import traind.jobs.examples.tiny"], env=ENV, check=True)
     return time.perf_counter() - t0
 
 

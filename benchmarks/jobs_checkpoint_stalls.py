@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 def launch(run_dir, *args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.setdefault("OMP_NUM_THREADS", "2")
-    return subprocess.Popen([sys.executable, "-m", "jobs.examples.large", "--run-dir", str(run_dir), *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "traind.jobs.examples.large", "--run-dir", str(run_dir), *map(str, args)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -58,9 +58,9 @@ def periodic_stall(tmp: Path, steps: int, every: int) -> None:
 
 def in_process_saves(tmp: Path) -> None:
     import torch
-    from jobs.examples.large import WideMLP
-    from jobs.session import Session
-    from jobs.store import tensor_bytes
+    from traind.jobs.examples.large import WideMLP
+    from traind.jobs.session import Session
+    from traind.jobs.store import tensor_bytes
     model = WideMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model(torch.randn(2, 4096)).sum().backward()

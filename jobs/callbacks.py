@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import math
 
-from daemon.errors import UsageError
+from traind.contract.errors import UsageError
+from traind.store.retention import check_retention
 
 
 class Callback:
@@ -82,21 +83,16 @@ class CheckpointPolicy(Callback):
         self._validate(where)
 
     def _validate(self, where: str) -> None:
-        for key in ("every_steps", "keep_last"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise UsageError(f"{where}: field {key!r} must be a non-negative integer, got {value!r}")
+        steps = self.every_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+            raise UsageError(f"{where}: field 'every_steps' must be a non-negative integer, got {steps!r}")
         if self.every_seconds is not None and (not isinstance(self.every_seconds, (int, float))
                                                or self.every_seconds < 0):
             raise UsageError(f"{where}: field 'every_seconds' must be a non-negative number")
-        best = self.keep_best
-        if best is not None:
-            if not isinstance(best, dict) or not isinstance(best.get("metric"), str):
-                raise UsageError(f"{where}: field 'keep_best' needs a string 'metric'")
-            if best.get("mode", "min") not in ("min", "max"):
-                raise UsageError(f"{where}: field 'keep_best.mode' must be 'min' or 'max'")
-            if not isinstance(best.get("k", 1), int) or best.get("k", 1) < 0:
-                raise UsageError(f"{where}: field 'keep_best.k' must be a non-negative integer")
+        retention, problem = check_retention(self.keep_last, self.keep_best)   # the store's one rule
+        if problem is not None:
+            raise UsageError(f"{where}: field '{problem.field}' must be {problem.expected}, got {problem.value!r}")
+        self.keep_last, self.keep_best = retention
 
     def state_dict(self) -> dict:
         return {"last_saved_step": self.last_saved_step}

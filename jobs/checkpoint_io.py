@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from daemon import checkpoints
-from daemon.errors import TraindError
-from jobs.store import load_checkpoint
+from traind import store as checkpoints
+from traind.contract.errors import TraindError
+from traind.jobs.store import load_checkpoint
 
 log = logging.getLogger("traind.store")
 

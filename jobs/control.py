@@ -12,8 +12,8 @@ import socket
 import sys
 import threading
 
-from daemon import protocol
-from jobs.preemption import FLAGS, StopFlags
+from traind.contract import protocol
+from traind.jobs.preemption import FLAGS, StopFlags
 
 REASON_SUPERVISOR_GONE = "supervisor gone"
 

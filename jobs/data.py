@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from jobs.hparams import HyperparametersMixin
-from jobs.preemption import STOP_SIGNALS
+from traind.jobs.hparams import HyperparametersMixin
+from traind.jobs.preemption import STOP_SIGNALS
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

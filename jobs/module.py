@@ -6,7 +6,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from jobs.hparams import HyperparametersMixin
+from traind.jobs.hparams import HyperparametersMixin
 
 
 class TrainModule(HyperparametersMixin, nn.Module):
@@ -52,7 +52,7 @@ class TrainModule(HyperparametersMixin, nn.Module):
         """Rebuild the module from the checkpoint's hyperparameters (`overrides` win), load its weights.
 
         `path` is a checkpoint dir (…/step-N), its state.pt, or a run dir (its latest valid checkpoint)."""
-        from jobs.checkpoint_io import load_state   # late import: keeps module import light
+        from traind.jobs.checkpoint_io import load_state   # late import: keeps module import light
 
         state = load_state(path, map_location=map_location)
         hparams = dict(state.get("hyper_parameters") or {})

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from daemon.errors import TraindError
+from traind.contract.errors import TraindError
 
 METRICS_NAME = "metrics.jsonl"
 

@@ -22,17 +22,19 @@ from pathlib import Path
 
 import torch
 
-from daemon import __version__, exitcodes, protocol
-from daemon.errors import TraindError, UsageError
-from jobs import preemption
-from jobs.callbacks import CheckpointPolicy
-from jobs.clock import SystemClock
-from jobs.control import ControlChannel
-from jobs.data import DataPosition, resumable_loader
-from jobs.preemption import FLAGS
-from jobs.reporting import Console, MetricsLog
-from jobs.rng import capture_rng, restore_rng
-from jobs.store import CheckpointStore
+from traind import __version__
+from traind.contract import exitcodes
+from traind.contract import protocol
+from traind.contract.errors import TraindError, UsageError
+from traind.jobs import preemption
+from traind.jobs.callbacks import CheckpointPolicy
+from traind.jobs.clock import SystemClock
+from traind.jobs.control import ControlChannel
+from traind.jobs.data import DataPosition, resumable_loader
+from traind.jobs.preemption import FLAGS
+from traind.jobs.reporting import Console, MetricsLog
+from traind.jobs.rng import capture_rng, restore_rng
+from traind.jobs.store import CheckpointStore
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
@@ -204,7 +206,7 @@ class Session:
         needed = ("global_step", "data_position", "rng_states") + (("state_dict",) if self.model is not None else ())
         missing = [key for key in needed if key not in state] if isinstance(state, dict) else ["global_step"]
         if missing:
-            raise UsageError(f"{where}: field '{missing[0]}' is missing; not a checkpoint of a jobs.Session or Trainer")
+            raise UsageError(f"{where}: field '{missing[0]}' is missing; not a checkpoint of a traind.Session or Trainer")
         if self.model is not None:
             load_into("state_dict", self.model, state["state_dict"])
         for i, (opt, s) in enumerate(zip(self.optimizers, check_count("optimizer_states", self.optimizers))):

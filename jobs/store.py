@@ -1,6 +1,6 @@
 """The torch side of the checkpoint store: state.pt writing, non-blocking save, safe loading.
 
-The on-disk format and its commit protocol belong to daemon.checkpoints (torch-free); this module
+The on-disk format and its commit protocol belong to traind.store (torch-free); this module
 only turns a state dict into bytes and back. A non-blocking save is two-phase (as in CheckFreq):
 the caller waits only for a snapshot of every tensor into CPU buffers that are reused across saves;
 a background thread serialises, checksums, fsyncs and commits. At most one save is in flight, and
@@ -22,18 +22,12 @@ from typing import Callable
 
 import torch
 
-from daemon import checkpoints as ck
-from daemon.checkpoints import CheckpointInfo
-from daemon.errors import TraindError, UsageError
+from traind import store as ck
+from traind.store import CheckpointInfo
+from traind.contract.errors import TraindError, UsageError
+from traind.store.retention import check_retention
 
 log = logging.getLogger("traind.store")
-
-STATE_KEYS = (  # Lightning's names where Lightning has one (see docs/contracts.md)
-    "epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "callbacks",
-    "hyper_parameters", "hparams_name", "datamodule_hyper_parameters", "datamodule_state",
-    "MixedPrecision", "loops", "rng_states", "data_position", "traind_version",
-)
-
 
 def tensor_bytes(obj) -> int:
     """Bytes of tensor data reachable from a nested state (what state.pt will mostly hold)."""
@@ -201,24 +195,10 @@ class _Snapshotter:
 
 def _checked_retention(keep_last, keep_best) -> tuple[int, dict | None]:
     """Validate the retention policy up front (a bad one must not surface mid-run in prune)."""
-    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-        raise UsageError(f"checkpoint policy: field 'keep_last': {keep_last!r} is not an integer >= 1")
-    if keep_best is None:
-        return keep_last, None
-    if not isinstance(keep_best, dict):
-        raise UsageError(f"checkpoint policy: field 'keep_best': {keep_best!r} is not a mapping")
-    unknown = set(keep_best) - {"metric", "mode", "k"}
-    if unknown:
-        raise UsageError(f"checkpoint policy: field 'keep_best.{sorted(unknown)[0]}': unknown "
-                         "(valid: metric, mode, k)")
-    metric, mode, k = keep_best.get("metric"), keep_best.get("mode", "min"), keep_best.get("k", 1)
-    if not isinstance(metric, str) or not metric:
-        raise UsageError(f"checkpoint policy: field 'keep_best.metric': {metric!r} is not a metric name")
-    if mode not in ("min", "max"):
-        raise UsageError(f"checkpoint policy: field 'keep_best.mode': {mode!r} is not min or max")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise UsageError(f"checkpoint policy: field 'keep_best.k': {k!r} is not an integer >= 0")
-    return keep_last, {"metric": metric, "mode": mode, "k": k}
+    retention, problem = check_retention(keep_last, keep_best)
+    if problem is not None:
+        raise UsageError(f"checkpoint policy: field '{problem.field}': {problem.value!r} is not {problem.expected}")
+    return retention
 
 
 class CheckpointStore:

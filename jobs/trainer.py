@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from jobs import preemption
-from jobs.callbacks import Callback, CheckpointPolicy
-from jobs.optim import parse_optimizers
-from jobs.precision import Precision
-from jobs.reporting import Console
-from jobs.session import Session
+from traind.jobs import preemption
+from traind.jobs.callbacks import Callback, CheckpointPolicy
+from traind.jobs.optim import parse_optimizers
+from traind.jobs.precision import Precision
+from traind.jobs.reporting import Console
+from traind.jobs.session import Session
 
 
 def move_to(batch, device: torch.device):

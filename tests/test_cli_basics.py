@@ -3,11 +3,11 @@ import sys
 
 import pytest
 
-from daemon import __version__
+from traind import __version__
 
 
 def traind(*args):
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "traind", *args], capture_output=True, text=True)
 
 
 def test_version():

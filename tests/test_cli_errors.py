@@ -7,7 +7,7 @@ import pytest
 
 
 def traind(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "daemon", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "traind", *map(str, args)], capture_output=True, text=True,
                           timeout=30, env=env)
 
 
@@ -72,7 +72,7 @@ def test_systemd_install_into_a_file(tmp_path, which):
 
 
 def test_ctrl_c_while_the_command_modules_import_is_exit_130_without_traceback(monkeypatch, capsys):
-    from daemon import cli
+    from traind import cli
 
     def interrupted(name):
         raise KeyboardInterrupt

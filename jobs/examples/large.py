@@ -1,7 +1,7 @@
 """A wide MLP whose checkpoint (weights + AdamW state) is ~0.8 GiB: for checkpoint benchmarks and
 for timing the emergency path. Few steps; synthetic data generated per index (nothing downloaded).
 
-    python -m jobs.examples.large --run-dir runs/large --max-steps 20
+    python -m traind.jobs.examples.large --run-dir runs/large --max-steps 20
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-import jobs
-from jobs.examples.tiny import at_least
+import traind
+from traind.jobs.examples.tiny import at_least
 
 
 class Synthetic(Dataset):
@@ -30,7 +30,7 @@ class Synthetic(Dataset):
         return x, torch.tanh(x.roll(1))
 
 
-class SyntheticData(jobs.DataModule):
+class SyntheticData(traind.DataModule):
     def __init__(self, width: int = 4096, samples: int = 2048, batch_size: int = 16):
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -40,7 +40,7 @@ class SyntheticData(jobs.DataModule):
         return self._train
 
 
-class WideMLP(jobs.TrainModule):
+class WideMLP(traind.TrainModule):
     def __init__(self, width: int = 4096, layers: int = 4, dropout: float = 0.1, lr: float = 1e-4):
         super().__init__()
         self.save_hyperparameters()
@@ -71,9 +71,9 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=at_least(1), default=4096)
     p.add_argument("--layers", type=at_least(1), default=4)
     args = p.parse_args(argv)
-    trainer = jobs.Trainer(max_steps=args.max_steps, run_dir=args.run_dir,
+    trainer = traind.Trainer(max_steps=args.max_steps, run_dir=args.run_dir,
                            checkpoint_every_steps=args.every_steps, keep_last=2, log_every_n_steps=1)
-    jobs.seed_everything(args.seed)
+    traind.seed_everything(args.seed)
     trainer.fit(WideMLP(args.width, args.layers), SyntheticData(args.width))
 
 

@@ -1,6 +1,6 @@
 """A small classifier on generated data: the quick-start job (trains in seconds on 2 CPU cores).
 
-    python -m jobs.examples.tiny --run-dir runs/tiny --max-steps 300
+    python -m traind.jobs.examples.tiny --run-dir runs/tiny --max-steps 300
     traind run jobs/examples/tiny.yaml
 
 Run it again with the same run dir and it resumes from its latest valid checkpoint. It exercises
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import jobs
+import traind
 
 
-class Blobs(jobs.DataModule):
+class Blobs(traind.DataModule):
     """Gaussian blobs, one per class, generated from `data_seed` (nothing downloaded)."""
 
     def __init__(self, samples: int = 4096, classes: int = 8, features: int = 32,
@@ -44,7 +44,7 @@ class Blobs(jobs.DataModule):
         return self._val
 
 
-class TinyClassifier(jobs.TrainModule):
+class TinyClassifier(traind.TrainModule):
     def __init__(self, features: int = 32, classes: int = 8, hidden: int = 128,
                  dropout: float = 0.2, lr: float = 3e-3, step_size: int = 100):
         super().__init__()
@@ -85,7 +85,7 @@ def at_least(minimum: int):
     return parse
 
 
-class Pace(jobs.Callback):
+class Pace(traind.Callback):
     """Sleeps after each step: slows the demo down enough to interrupt it by hand (or by a test)
     at a chosen point. Sleeping touches no RNG, so the results are the same as without it."""
 
@@ -124,14 +124,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    trainer = jobs.Trainer(max_steps=args.max_steps, precision=args.precision,
+    trainer = traind.Trainer(max_steps=args.max_steps, precision=args.precision,
                            accumulate_grad_batches=args.accumulate, gradient_clip_val=1.0,
                            val_check_interval=args.val_every, run_dir=args.run_dir,
                            checkpoint_every_steps=args.every_steps, keep_last=3,
                            keep_best={"metric": "val_loss", "mode": "min", "k": 1},
                            log_every_n_steps=args.log_every,
                            callbacks=[Pace(args.step_seconds)] if args.step_seconds else [])
-    jobs.seed_everything(args.seed)
+    traind.seed_everything(args.seed)
     trainer.fit(TinyClassifier(), Blobs(num_workers=args.workers))
 
 

@@ -1,7 +1,7 @@
 """Cluster tests: never talk to a real metadata address (only 127.0.0.1)."""
 import pytest
 
-from daemon import spot
+from traind.cluster import spot
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,10 @@
-"""daemon.cluster: the hooks `traind run` builds from the spec (SLURM follow-up + spot watcher)."""
+"""traind.cluster.hooks: the hooks `traind run` builds from the spec (SLURM follow-up + spot watcher)."""
 import json
 import threading
 
-from daemon import cluster, exitcodes
-from daemon.spec import load_spec
+from traind.cluster import hooks as cluster
+from traind.contract import exitcodes
+from traind.supervisor.spec import load_spec
 from tests.cluster.fakemeta import FakeMetadata
 
 

@@ -26,7 +26,7 @@ def run_until_usr1(tmp_path: Path, requeue_command: list[str], env_extra: dict) 
         "command": [sys.executable, str(FIXTURE), "--steps", "100000", "--every", "50", "--step-seconds", "0.02"],
         "slurm": {"requeue_command": requeue_command}}))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(spec)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"

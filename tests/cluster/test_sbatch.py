@@ -5,13 +5,15 @@ import sys
 
 import pytest
 
-from daemon import checkpoints, cli_slurm, slurm_batch
-from daemon.errors import UsageError
-from daemon.slurm import CommandResult
+from traind import store as checkpoints
+from traind.cli import slurm as cli_slurm
+from traind.cluster import sbatch as slurm_batch
+from traind.contract.errors import UsageError
+from traind.cluster.slurm import CommandResult
 
 
 def traind(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "traind", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_print_shows_a_requeueable_script(spec, tmp_path):
                  f"#SBATCH --output={tmp_path}/runs/demo/slurm-%j.out"):
         assert line in s.splitlines(), line
     assert s.startswith("#!/bin/bash\n") and "#SBATCH --\n" not in s
-    assert f"exec {sys.executable} -m daemon run {spec}" in s
+    assert f"exec {sys.executable} -m traind run {spec}" in s
     assert f"export TRAIND_SLURM_LEAD_SECONDS={slurm_batch.DEFAULT_LEAD_SECONDS}" in s
     # every #SBATCH line comes before the first command (sbatch stops reading them there)
     lines = s.splitlines()
@@ -129,7 +131,7 @@ def test_submit_refuses_a_run_dir_a_queued_job_uses(spec, tmp_path):
                 return CommandResult(tuple(argv), 0, f"17|traind-run-dir:{run_dir}\n18|\n")
             return CommandResult(tuple(argv), 0, "19\n")
 
-    from daemon.cli import build_parser
+    from traind.cli import build_parser
     ns = build_parser().parse_args(["slurm", "submit", str(spec)])
     with pytest.raises(UsageError, match="already used by queued SLURM job 17"):
         cli_slurm.submit(ns, Runner())

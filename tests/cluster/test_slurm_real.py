@@ -2,7 +2,7 @@
 
 Jobs run under `traind run`, submitted with `traind slurm submit`. Mostly tests/supervisor/fixture_job.py
 (torch-free, one deterministic integer per step, so "resumed at the next step, nothing lost or
-repeated, same final value" is checked exactly); the preemption test runs jobs.examples.tiny.
+repeated, same final value" is checked exactly); the preemption test runs traind.jobs.examples.tiny.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def write_spec(tmp_path: Path, name: str, steps: int, *, step_seconds: float = 0
 
 def submit(spec: Path, *options: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    out = subprocess.run([sys.executable, "-m", "daemon", "slurm", "submit", str(spec), *options],
+    out = subprocess.run([sys.executable, "-m", "traind", "slurm", "submit", str(spec), *options],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -129,12 +129,12 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm_cluster, tmp_
 
 
 def test_preemption_by_high_partition_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, jobs_to_cancel):
-    """The real example job (jobs.examples.tiny, torch) preempted by a job of partition "high"."""
+    """The real example job (traind.jobs.examples.tiny, torch) preempted by a job of partition "high"."""
     steps = 6000                              # ~20-30 s of training on one core
     spec = tmp_path / "victim.yaml"
     spec.write_text(json.dumps({
         "name": "victim", "workdir": str(ROOT), "run_dir": str(tmp_path / "run"),
-        "command": [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "1000"],
+        "command": [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "1000"],
         "env": {"OMP_NUM_THREADS": "1"}, "preemption": {"grace_seconds": 15}, "restart": {"max_restarts": 0}}))
     jid = submit(spec, "--time", "5")
     jobs_to_cancel.append(jid)
@@ -162,7 +162,7 @@ def test_scancel_checkpoints_and_does_not_requeue(slurm_cluster, tmp_path, jobs_
     jid = submit(spec, "--time", "5")
     jobs_to_cancel.append(jid)
     # the same run dir again while the first job is queued: refused, one line, exit 2
-    again = subprocess.run([sys.executable, "-m", "daemon", "slurm", "submit", str(spec)],
+    again = subprocess.run([sys.executable, "-m", "traind", "slurm", "submit", str(spec)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and f"already used by queued SLURM job {jid}" in again.stderr
     run_dir = tmp_path / "run"
@@ -178,13 +178,13 @@ def test_scancel_checkpoints_and_does_not_requeue(slurm_cluster, tmp_path, jobs_
 
 
 def test_array_task_requeues_itself_by_array_id(slurm_cluster, tmp_path, jobs_to_cancel):
-    """A plain batch script (no supervisor): daemon.slurm detects the array task and requeues it."""
+    """A plain batch script (no supervisor): traind.cluster.slurm detects the array task and requeues it."""
     script = tmp_path / "task.sh"
     script.write_text(
         "#!/bin/bash\n"
         f"cd {ROOT}\n"
         "if [ \"${SLURM_RESTART_COUNT:-0}\" = 0 ]; then\n"
-        f"  exec {sys.executable} -c 'from daemon import slurm; j = slurm.detect(); "
+        f"  exec {sys.executable} -c 'from traind.cluster import slurm; j = slurm.detect(); "
         "print(j.describe()); print(slurm.requeue(j).message)'\n"
         "fi\n"
         "echo \"rerun: task ${SLURM_ARRAY_TASK_ID} restart ${SLURM_RESTART_COUNT}\"\n")

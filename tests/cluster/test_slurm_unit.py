@@ -1,11 +1,12 @@
-"""daemon.slurm without a cluster: detection, classification, requeue and the follow-up's exit codes."""
+"""traind.cluster.slurm without a cluster: detection, classification, requeue and the follow-up's exit codes."""
 import stat
 from datetime import datetime
 
 import pytest
 
-from daemon import exitcodes, slurm
-from daemon.slurm import CommandResult, StopCause
+from traind.contract import exitcodes
+from traind.cluster import slurm
+from traind.cluster.slurm import CommandResult, StopCause
 
 NOW = datetime(2026, 11, 28, 12, 0, 0).timestamp()
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from daemon import spot
+from traind.cluster import spot
 from tests.cluster.fakemeta import AWS_TOKEN, FakeMetadata
 
 

@@ -37,7 +37,7 @@ def test_termination_notice_means_checkpoint_and_exit_75(provider, tmp_path):
             "preemption": {"grace_seconds": 20, "spot": {"provider": provider, "base_url": fake.url,
                                                          "poll_seconds": 0.5}}}))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", str(spec)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             run_dir = tmp_path / "run"

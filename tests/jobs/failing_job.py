@@ -3,8 +3,8 @@ import sys
 
 import torch
 
-import jobs
-from jobs.examples.tiny import Blobs, TinyClassifier
+import traind
+from traind.jobs.examples.tiny import Blobs, TinyClassifier
 
 
 class Failing(TinyClassifier):
@@ -15,6 +15,6 @@ class Failing(TinyClassifier):
 
 
 if __name__ == "__main__":
-    trainer = jobs.Trainer(max_steps=10, run_dir=sys.argv[1], checkpoint_every_steps=2)
+    trainer = traind.Trainer(max_steps=10, run_dir=sys.argv[1], checkpoint_every_steps=2)
     torch.manual_seed(0)
     trainer.fit(Failing(), Blobs())

@@ -4,8 +4,8 @@ import sys
 
 import torch
 
-import jobs
-from jobs.examples.tiny import Blobs, TinyClassifier
+import traind
+from traind.jobs.examples.tiny import Blobs, TinyClassifier
 
 
 class TwoOptimizers(TinyClassifier):
@@ -18,8 +18,8 @@ class TwoOptimizers(TinyClassifier):
 
 if __name__ == "__main__":
     # min_delta=10 means no validation ever "improves" after the first: stop at the second one.
-    stop = jobs.EarlyStopping("val_loss", patience=1, min_delta=10.0)
-    trainer = jobs.Trainer(max_epochs=5, run_dir=sys.argv[1], checkpoint_at_epoch_end=True,
+    stop = traind.EarlyStopping("val_loss", patience=1, min_delta=10.0)
+    trainer = traind.Trainer(max_epochs=5, run_dir=sys.argv[1], checkpoint_at_epoch_end=True,
                            keep_last=5, callbacks=[stop])
-    jobs.seed_everything(3)
+    traind.seed_everything(3)
     trainer.fit(TwoOptimizers(), Blobs())

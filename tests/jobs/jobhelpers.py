@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.session import TIMING_KEYS
+from traind.jobs.session import TIMING_KEYS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -181,7 +181,7 @@ def checkpoints(run_dir) -> list[Path]:
 
 
 def final_state(run_dir) -> dict:
-    from jobs.checkpoint_io import load_state
+    from traind.jobs.checkpoint_io import load_state
     return load_state(run_dir)
 
 

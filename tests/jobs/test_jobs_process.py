@@ -10,12 +10,12 @@ import time
 import pytest
 import torch
 
-from daemon import protocol
+from traind.contract import protocol
 from jobhelpers import (REPO, assert_identical, assert_same_training, checkpoints, finish, job_env,
                         last_step, metrics, saving_now, sigterm_and_expect_75, start, start_function,
                         wait_until)
 
-TINY = "jobs.examples.tiny"
+TINY = "traind.jobs.examples.tiny"
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_sigterm_emergency_checkpoint_at_the_acted_step_survives_a_second_sigter
     (ckpt,) = checkpoints(run_dir)
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())
     assert (manifest["step"], manifest["reason"]) == (acted, "emergency")
-    assert subprocess.run([sys.executable, "-m", "daemon", "ckpt", "verify", str(ckpt)], cwd=REPO,
+    assert subprocess.run([sys.executable, "-m", "traind", "ckpt", "verify", str(ckpt)], cwd=REPO,
                           env=job_env(), capture_output=True).returncode == 0
 
     code, out = finish(start(TINY, "--run-dir", run_dir, "--max-steps", acted + 5))
@@ -149,7 +149,7 @@ def test_load_from_checkpoint_in_a_fresh_process(tmp_path):
     assert code == 0, out
     script = (
         "import sys, torch\n"
-        "from jobs.examples.tiny import TinyClassifier\n"
+        "from traind.jobs.examples.tiny import TinyClassifier\n"
         "m = TinyClassifier.load_from_checkpoint(sys.argv[1]).eval()\n"
         "o = TinyClassifier.load_from_checkpoint(sys.argv[1], dropout=0.0)\n"
         "x = torch.linspace(-3, 3, 32 * 5).reshape(5, 32)\n"
@@ -157,8 +157,8 @@ def test_load_from_checkpoint_in_a_fresh_process(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(run_dir), str(out_file)], cwd=REPO, env=job_env(),
                    check=True)
     got = torch.load(out_file, weights_only=True)
-    from jobs.checkpoint_io import load_state
-    from jobs.examples.tiny import TinyClassifier
+    from traind.jobs.checkpoint_io import load_state
+    from traind.jobs.examples.tiny import TinyClassifier
     state = load_state(run_dir)
     assert got["hp"] == state["hyper_parameters"] == TinyClassifier().hparams
     assert got["hp_override"]["dropout"] == 0.0
@@ -191,7 +191,7 @@ def test_mixed_precision_state_survives_resume(precision, tmp_path):
 @pytest.mark.slow
 def test_own_loop_example_runs_and_resumes_exactly(tmp_path):
     def own_loop(run_dir, steps=150):
-        return start_function("jobs.examples.own_loop", "main", str(run_dir), steps)
+        return start_function("traind.jobs.examples.own_loop", "main", str(run_dir), steps)
     straight, run_dir = tmp_path / "straight", tmp_path / "interrupted"
     assert finish(own_loop(straight))[0] == 0
     proc = own_loop(run_dir)
@@ -209,7 +209,7 @@ def test_trainer_epochs_epoch_end_checkpoints_early_stopping_and_two_optimizers(
     assert code == 0, out
     per_epoch = 56                                  # 3584 training samples / 64
     assert [c.name for c in checkpoints(run_dir)] == [f"step-{per_epoch:09d}", f"step-{2 * per_epoch:09d}"]
-    from jobs.checkpoint_io import load_state
+    from traind.jobs.checkpoint_io import load_state
     state = load_state(run_dir)
     assert (state["global_step"], state["epoch"]) == (2 * per_epoch, 2)
     assert state["callbacks"]["EarlyStopping"] == {"best": state["callbacks"]["EarlyStopping"]["best"],
@@ -222,7 +222,7 @@ def test_trainer_epochs_epoch_end_checkpoints_early_stopping_and_two_optimizers(
 def test_resuming_a_run_dir_of_another_model_is_one_line_naming_the_field(tmp_path):
     run_dir = tmp_path / "run"
     assert finish(start(TINY, "--run-dir", run_dir, "--max-steps", 5))[0] == 0
-    code, out = finish(start_function("jobs.examples.own_loop", "main", str(run_dir), 10))
+    code, out = finish(start_function("traind.jobs.examples.own_loop", "main", str(run_dir), 10))
     assert code == 2, out     # bad input: the supervisor does not retry what every attempt would repeat
     assert "Traceback" not in out, out
     (line,) = [l for l in out.splitlines() if l.startswith("traind: ") and "resumed" not in l]
@@ -263,15 +263,15 @@ def test_periodic_checkpoints_do_not_block_training(tmp_path):
 
 
 def test_resuming_a_checkpoint_of_another_program_is_one_line_exit_2(tmp_path):
-    from jobs.store import CheckpointStore
+    from traind.jobs.store import CheckpointStore
     run_dir = tmp_path / "run"
     store = CheckpointStore(run_dir)
     store.save({"weights": torch.zeros(3)}, step=7, epoch=0)    # valid, but not a Session's state
     store.close()
-    code, out = finish(start_function("jobs.examples.own_loop", "main", str(run_dir), 10))
+    code, out = finish(start_function("traind.jobs.examples.own_loop", "main", str(run_dir), 10))
     assert code == 2 and "Traceback" not in out, out
     (line,) = [l for l in out.splitlines() if l.startswith("traind: ")]
-    assert line.endswith("step-000000007: field 'global_step' is missing; not a checkpoint of a jobs.Session or Trainer")
+    assert line.endswith("step-000000007: field 'global_step' is missing; not a checkpoint of a traind.Session or Trainer")
     assert [p.name for p in checkpoints(run_dir)] == ["step-000000007"]
 
 

@@ -7,7 +7,7 @@ import pytest
 from jobhelpers import (assert_same_training, finish, last_step, saving_now, sigterm_and_expect_75,
                         start, wait_until)
 
-TINY = "jobs.examples.tiny"
+TINY = "traind.jobs.examples.tiny"
 STEPS = 240
 # Small checkpoint interval and 2 DataLoader workers: many saves to land in, workers > 0 covered.
 ARGS = ("--max-steps", STEPS, "--every-steps", 20, "--workers", 2, "--val-every", 40, "--seed", 7)

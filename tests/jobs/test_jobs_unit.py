@@ -8,17 +8,17 @@ import time
 import pytest
 import torch
 
-from daemon import protocol
-from daemon.errors import UsageError
-from jobs.callbacks import CheckpointPolicy, EarlyStopping
-from jobs.control import ControlChannel
-from jobs.data import DataPosition, EpochBatchSampler, resumable_loader
-from jobs.hparams import HyperparameterError, HyperparametersMixin
-from jobs.optim import parse_optimizers
-from jobs.preemption import StopFlags
-from jobs.reporting import MetricsLog, read_metrics
-from jobs.rng import capture_rng, restore_rng
-from jobs.session import Event, Phase, transition
+from traind.contract import protocol
+from traind.contract.errors import UsageError
+from traind.jobs.callbacks import CheckpointPolicy, EarlyStopping
+from traind.jobs.control import ControlChannel
+from traind.jobs.data import DataPosition, EpochBatchSampler, resumable_loader
+from traind.jobs.hparams import HyperparameterError, HyperparametersMixin
+from traind.jobs.optim import parse_optimizers
+from traind.jobs.preemption import StopFlags
+from traind.jobs.reporting import MetricsLog, read_metrics
+from traind.jobs.rng import capture_rng, restore_rng
+from traind.jobs.session import Event, Phase, transition
 
 
 def test_sampler_skips_consumed_batches_by_index():
@@ -199,7 +199,7 @@ class _Stream(io.StringIO):
 
 
 def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
-    from jobs.reporting import Console
+    from traind.jobs.reporting import Console
     tty, plain = _Stream(True), _Stream(False)
     for stream in (tty, plain):
         console = Console(100, stream=stream, every_steps=50, every_seconds=1e9)
@@ -215,8 +215,8 @@ def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
 
 def test_metrics_log_that_cannot_be_written_is_a_traind_error_naming_the_file(tmp_path):
     """A full disk mid-run (or a directory in the way) was an OSError traceback out of step_done()."""
-    from daemon.errors import TraindError
-    from jobs.reporting import MetricsLog
+    from traind.contract.errors import TraindError
+    from traind.jobs.reporting import MetricsLog
     (tmp_path / "metrics.jsonl").mkdir()
     log = MetricsLog(tmp_path)
     with pytest.raises(TraindError, match=r"metrics\.jsonl: cannot rewrite the metrics log: Is a directory$"):

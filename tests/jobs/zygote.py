@@ -17,10 +17,10 @@ import traceback
 
 def warm_up() -> None:
     import torch
-    import jobs.examples.large      # noqa: F401
-    import jobs.examples.own_loop   # noqa: F401
-    import jobs.examples.tiny       # noqa: F401
-    import jobs.trainer             # noqa: F401
+    import traind.jobs.examples.large      # noqa: F401
+    import traind.jobs.examples.own_loop   # noqa: F401
+    import traind.jobs.examples.tiny       # noqa: F401
+    import traind.jobs.trainer             # noqa: F401
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])   # pulls in torch._dynamo
 
 
@@ -42,9 +42,9 @@ def run_child(req: dict) -> None:
         os.chdir(req["cwd"])
         if req.get("hold") is not None:
             import time
-            from daemon import checkpoints
+            from traind.store import faults
             hold = float(req["hold"])
-            checkpoints.fault_hook = lambda point: time.sleep(hold) if point == "begin:mkdir" else None
+            faults.fault_hook = lambda point: time.sleep(hold) if point == "begin:mkdir" else None
         sys.argv = [req["module"], *req["argv"]]
         try:
             if req.get("function"):         # {"function": "main", "argv": [positional args]}

@@ -19,7 +19,7 @@ REPO = HERE.parents[1]
 
 
 def traind(*args, state_dir=None, check=False, **kw):
-    cmd = [sys.executable, "-m", "daemon", *args]
+    cmd = [sys.executable, "-m", "traind", *args]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, **kw)
@@ -53,7 +53,7 @@ class Serve:
 
     def start(self, *extra_args):
         # The daemon's default runner: the real `traind run` of this checkout.
-        args = [sys.executable, "-m", "daemon", "serve", "--state-dir", str(self.state_dir),
+        args = [sys.executable, "-m", "traind", "serve", "--state-dir", str(self.state_dir),
                 "--slots", str(self.slots), *extra_args]
         env = dict(os.environ, OMP_NUM_THREADS="1", **self.extra_env)
         with open(self.log, "ab") as log:

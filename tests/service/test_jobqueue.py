@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from daemon.jobqueue import Event, IllegalTransition, JobRecord, JobState as S, JobTable, transition
+from traind.service.jobqueue import Event, IllegalTransition, JobRecord, JobState as S, JobTable, transition
 
 EDGES = [
     (S.QUEUED, Event.LAUNCHED, None, S.RUNNING),
@@ -55,14 +55,14 @@ def test_a_damaged_job_record_is_one_line_naming_the_file(tmp_path, text, why):
     """A hand-edited or damaged job.json was a traceback from ls, logs, cancel and serve's start-up."""
     import subprocess
     import sys
-    from daemon.errors import TraindError
+    from traind.contract.errors import TraindError
     table = JobTable(tmp_path)
     table.job_dir("j").mkdir(parents=True)
     table.record_path("j").write_text(text)
     with pytest.raises(TraindError, match=why) as err:
         table.load_all()
     assert str(err.value).startswith(f"{table.record_path('j')}: unreadable job record: ")
-    out = subprocess.run([sys.executable, "-m", "daemon", "ls", "--state-dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "traind", "ls", "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"traind: {err.value}"]

@@ -3,8 +3,8 @@ import signal
 
 import pytest
 
-from daemon.jobqueue import JobRecord, JobState, JobTable
-from daemon.serve import Daemon, ServeConfig
+from traind.service.jobqueue import JobRecord, JobState, JobTable
+from traind.service.daemon import Daemon, ServeConfig
 
 
 class FakeProc:
@@ -161,7 +161,7 @@ def test_ready_is_sent_once_running_jobs_are_relaunched(tmp_path):
 def test_cancel_request_for_a_spec_still_in_the_spool_waits_for_it_and_it_never_runs(tmp_path):
     """`traind submit X && traind cancel X`: the request can land before the daemon accepts X."""
     import yaml
-    from daemon import spool
+    from traind.service import spool
     d, osx, table = make(tmp_path, [])
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir(mode=0o700, exist_ok=True)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import read_ledger, traind, wait_for, write_spec
-from daemon.sdnotify import Notifier
+from traind.service.sdnotify import Notifier
 
 
 class FakeManager:

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 
 from conftest import read_ledger, traind, wait_for, write_spec
-from daemon import runfiles
-from daemon.serve import lookup_run_dir
+from traind.supervisor import runfiles
+from traind.service.client import lookup_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_cancel_running_and_queued_jobs(tmp_path, serve):
     submit_many(tmp_path, s, 2, ledger, steps=1000, step_seconds=0.02)
     wait_for(lambda: s.states().get("job00") == "running" and read_ledger(ledger), 60, "job00 running")
     wait_for(lambda: s.states().get("job01") == "queued", 30, "job01 accepted and queued")
-    follow = subprocess.Popen([sys.executable, "-m", "daemon", "logs", "job00", "-f", "--state-dir", str(s.state_dir)],
+    follow = subprocess.Popen([sys.executable, "-m", "traind", "logs", "job00", "-f", "--state-dir", str(s.state_dir)],
                               stdout=subprocess.PIPE, text=True)
     out = traind("cancel", "job01", state_dir=s.state_dir, check=True)
     assert "queued" in out.stdout

@@ -1,4 +1,4 @@
-"""The daemon with a real PyTorch job (jobs.examples.tiny under the real `traind run`): kill -9 of
+"""The daemon with a real PyTorch job (traind.jobs.examples.tiny under the real `traind run`): kill -9 of
 the daemon mid-training, restart, and the job ends exactly as an uninterrupted run does."""
 import json
 import os
@@ -24,7 +24,7 @@ def losses(run_dir):
 
 def test_tiny_job_resumes_bit_for_bit_across_kill9_of_the_daemon(tmp_path, serve):
     s = serve(slots=1).start()
-    cmd = [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", str(STEPS), "--every-steps", "250"]
+    cmd = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", str(STEPS), "--every-steps", "250"]
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump({"name": "tiny", "command": cmd, "workdir": str(REPO),
                                     "env": {"OMP_NUM_THREADS": "1"}}))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, traind, wait_for, write_spec
-from daemon import spool
+from traind.service import spool
 
 GOOD = b"name: ok\ncommand: ['true']\n"
 
@@ -167,6 +167,6 @@ def test_root_submits_on_behalf_of_the_daemons_user_and_others_get_one_line(tmp_
     spec = tmp_path / "s.yaml"
     spec.write_text("name: k\ncommand: ['true']\n")
     out = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
-                          sys.executable, "-m", "daemon", "submit", str(spec), "--state-dir", str(tmp_path)],
+                          sys.executable, "-m", "traind", "submit", str(spec), "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1 and "no permission to submit" in out.stderr and out.stderr.count("\n") == 1

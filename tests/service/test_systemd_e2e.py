@@ -6,7 +6,7 @@ watchdog kills and restarts it -> `systemctl stop`: emergency checkpoint, Result
 template instance runs a job to completion.
 
 The units are the shipped ones; a drop-in only points ExecStart at this checkout's traind
-(`python -m daemon`), runs as root with the state in the test's folder, and shortens the timers.
+(`python -m traind`), runs as root with the state in the test's folder, and shortens the timers.
 """
 import sys
 import time
@@ -43,11 +43,11 @@ def box(tmp_path):
     for unit in ("traind.service", "traind@.service"):
         b.add_unit(REPO / "systemd" / unit)
     w = tmp_path
-    b.add_dropin(S, f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon serve --state-dir {w}/state "
+    b.add_dropin(S, f"[Service]\nExecStart=\nExecStart={sys.executable} -m traind serve --state-dir {w}/state "
                     f"--slots 1\n{_common(w)}Environment=TRAIND_TEST_HOOKS=1\n"
                     "WatchdogSec=3s\nRestartSec=1s\nTimeoutStopSec=1s\n")
     b.add_dropin("traind@.service", f"[Unit]\nAssertPathExists=\nAssertPathExists={w}/jobs/%i.yaml\n"
-                 f"[Service]\nExecStart=\nExecStart={sys.executable} -m daemon run {w}/jobs/%i.yaml "
+                 f"[Service]\nExecStart=\nExecStart={sys.executable} -m traind run {w}/jobs/%i.yaml "
                  f"--set run_dir={w}/unit-runs/%i\n{_common(w)}")
     try:
         b.boot()
@@ -114,7 +114,7 @@ def test_units_under_real_systemd(tmp_path, box):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs/tmpl.yaml").write_text(yaml.safe_dump({
         "name": "tmpl", "workdir": str(REPO), "env": {"OMP_NUM_THREADS": "1"},
-        "command": [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", "60", "--every-steps", "20"]}))
+        "command": [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", "60", "--every-steps", "20"]}))
     out = box.sd("systemctl", "start", "traind@tmpl.service")
     assert out.returncode == 0, out.stderr
     try:

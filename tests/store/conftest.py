@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import checkpoints as ck
+from traind import store as ck
 
 
 def commit_bytes(ckpt_dir, step, payload: bytes, *, epoch=0, reason="periodic", metrics=None,
@@ -37,7 +37,7 @@ def spawn_holder():
     def start(ckpt_dir):
         import subprocess
         import sys
-        code = ("import sys, time; from daemon.checkpoints import WriterLock\n"
+        code = ("import sys, time; from traind.store import WriterLock\n"
                 f"WriterLock({str(ckpt_dir)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         procs.append(p)

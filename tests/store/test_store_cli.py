@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from daemon import checkpoints as ck
+from traind import store as ck
 
 from .conftest import commit_bytes, payload
 
 
 def traind(*args):
-    return subprocess.run([sys.executable, "-m", "daemon", "ckpt", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "traind", "ckpt", *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -81,7 +81,7 @@ def test_inspect_reads_state_without_torch_or_running_code(tmp_path):
     assert not marker.exists()
     text = traind("inspect", tmp_path / "checkpoints" / "step-000000040")
     assert "tensor_count:" in text.stdout and text.returncode == 0
-    probe = ("import sys, daemon.cli, daemon.cli_ckpt; daemon.cli.main(['ckpt', 'inspect', sys.argv[1]]);"
+    probe = ("import sys, traind.cli, traind.cli.ckpt; traind.cli.main(['ckpt', 'inspect', sys.argv[1]]);"
              "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True).returncode == 0
 
@@ -89,7 +89,7 @@ def test_inspect_reads_state_without_torch_or_running_code(tmp_path):
 def test_inspect_reads_what_the_store_writes(tmp_path):
     """The store writes state.pt with torch's zip crc32 off; inspect must still read it."""
     import torch
-    from jobs.store import CheckpointStore
+    from traind.jobs.store import CheckpointStore
     store = CheckpointStore(tmp_path)
     store.save({"epoch": 1, "global_step": 7, "state_dict": torch.nn.Linear(3, 2).state_dict(),
                 "hyper_parameters": {"width": 3}}, step=7, epoch=1, reason="final")
@@ -142,7 +142,7 @@ def test_inspect_survives_mangled_pickles(tmp_path):
     import random
     import zipfile
     from collections import OrderedDict
-    from daemon.ckpt_inspect import summarize_state
+    from traind.store.inspect import summarize_state
     good = pickle.dumps({"epoch": 1, "hyper_parameters": {"lr": 0.1, "layers": [1, 2]},
                          "state_dict": OrderedDict(w=[1.0, 2.0])}, protocol=2)
     rng = random.Random(3)

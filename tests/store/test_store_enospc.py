@@ -5,9 +5,10 @@ import subprocess
 import pytest
 import torch
 
-from daemon import checkpoints as ck
-from daemon.errors import TraindError
-from jobs.store import CheckpointStore, load_checkpoint
+from traind import store as ck
+from traind.store import faults
+from traind.contract.errors import TraindError
+from traind.jobs.store import CheckpointStore, load_checkpoint
 
 MIB = 1 << 20
 
@@ -23,7 +24,7 @@ def small_fs(tmp_path):
     try:
         yield mnt
     finally:
-        ck.fault_hook = None
+        faults.fault_hook = None
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
@@ -70,11 +71,11 @@ def test_enospc_mid_write_cleans_up_and_keeps_earlier_checkpoints(small_fs, poin
     filler = small_fs / "filler"
     with CheckpointStore(small_fs / "run", keep_last=1) as store:
         a = store.save(state_of(MIB, 1.0), step=1, epoch=0)
-        ck.fault_hook = fill_disk_at(point, filler, leave)
+        faults.fault_hook = fill_disk_at(point, filler, leave)
         with pytest.raises(TraindError, match=r"step 2 failed: No space left on device; nothing committed"):
             store.save(state_of(MIB, 2.0), step=2, epoch=0, blocking=blocking)
             store.flush()
-        ck.fault_hook = None
+        faults.fault_hook = None
         assert_only_a_intact(store, a)
         filler.unlink()                                   # space is back: saving works again
         assert store.save(state_of(MIB, 3.0), step=3, epoch=0).valid

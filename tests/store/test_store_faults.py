@@ -14,8 +14,9 @@ import time
 import pytest
 import torch
 
-from daemon import checkpoints as ck
-from jobs.store import CheckpointStore, load_checkpoint
+from traind import store as ck
+from traind.store import faults
+from traind.jobs.store import CheckpointStore, load_checkpoint
 
 torch.set_num_threads(1)
 COMMITTED_AFTER = {"commit:renamed", "commit:parent-durable", "prune:renamed", "prune:durable",
@@ -31,14 +32,14 @@ def make_state(tag: int, big: bool = False) -> dict:
 def record_points(ckpt_dir) -> list[tuple[str, int]]:
     """The (point, occurrence) sequence of one save that also prunes, observed in-process."""
     seen = []
-    ck.fault_hook = seen.append
+    faults.fault_hook = seen.append
     try:
         with CheckpointStore(ckpt_dir, keep_last=1) as store:
             store.save(make_state(1), step=1, epoch=0)
             seen.clear()
             store.save(make_state(2), step=2, epoch=0)
     finally:
-        ck.fault_hook = None
+        faults.fault_hook = None
     counts = collections.Counter()
     points = []
     for name in seen:
@@ -61,7 +62,7 @@ def fork_writer(ckpt_dir, *, step, tag, kill_at=None, blocking=True, big=False, 
             counts[name] += 1
             if (name, counts[name]) == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-        ck.fault_hook = hook
+        faults.fault_hook = hook
         store = CheckpointStore(ckpt_dir, keep_last=2)
         if ready_w is not None:
             os.write(ready_w, b"go")
@@ -167,8 +168,9 @@ def test_writer_lock_where_the_checkpoints_dir_cannot_be_made_or_locked_is_one_l
     """A file named `checkpoints`, a `.lock` that is a directory, a full disk: were tracebacks in the job."""
     import errno
 
-    from daemon import checkpoints as ck, ckpt_fs
-    from daemon.errors import TraindError
+    from traind import store as ck
+    from traind.fs import durable as ckpt_fs
+    from traind.contract.errors import TraindError
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "checkpoints").write_text("keep me")
     with pytest.raises(TraindError, match=r"a/checkpoints: cannot create the checkpoints dir: File exists$"):

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from daemon import checkpoints as ck
-from daemon.errors import TraindError
+from traind import store as ck
+from traind.contract.errors import TraindError
 
 from .conftest import commit_bytes, payload, wait_dead
 
@@ -244,7 +244,7 @@ def test_prune_keeps_corrupt_newer_ones_and_deletes_nothing_without_a_valid_one(
 
 def test_block_checksums_written_inline_match_parallel_verify(tmp_path):
     import random
-    from daemon import ckpt_hash
+    from traind.store import hashing as ckpt_hash
     rng = random.Random(7)
     data = rng.randbytes(100_000)
     w = ckpt_hash.HashingWriter(tmp_path / "f", block_size=4096)
@@ -261,7 +261,7 @@ def test_block_checksums_written_inline_match_parallel_verify(tmp_path):
 
 
 def test_flip_names_the_damaged_block(ckpt_dir, monkeypatch):
-    from daemon import ckpt_hash
+    from traind.store import hashing as ckpt_hash
     monkeypatch.setattr(ckpt_hash, "BLOCK_SIZE", 4096)
     info = commit_bytes(ckpt_dir, 1, payload(1, 65536))
     man = json.loads((info.path / ck.MANIFEST_NAME).read_text())
@@ -275,7 +275,7 @@ def test_flip_names_the_damaged_block(ckpt_dir, monkeypatch):
 
 
 def test_first_begin_makes_the_new_checkpoints_dir_durable(tmp_path, monkeypatch):
-    from daemon import ckpt_fs
+    from traind.fs import durable as ckpt_fs
     synced = []
     real = ckpt_fs.fsync_dir
     monkeypatch.setattr(ckpt_fs, "fsync_dir", lambda p: (synced.append(Path(p)), real(p)))

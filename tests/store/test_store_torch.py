@@ -7,9 +7,10 @@ import zipfile
 import pytest
 import torch
 
-from daemon import checkpoints as ck
-from daemon.errors import TraindError
-from jobs.store import CheckpointStore, load_checkpoint
+from traind import store as ck
+from traind.store import faults
+from traind.contract.errors import TraindError
+from traind.jobs.store import CheckpointStore, load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -158,7 +159,7 @@ def test_load_refuses_a_corrupt_checkpoint(tmp_path):
 
 
 def test_eio_mid_write_and_unpicklable_state_are_one_line_errors(tmp_path, monkeypatch):
-    from daemon import ckpt_hash
+    from traind.store import hashing as ckpt_hash
     _, _, state = make_state(1, width=256)
     real_write_all = ckpt_hash.write_all
     written = []
@@ -186,7 +187,7 @@ def test_eio_mid_write_and_unpicklable_state_are_one_line_errors(tmp_path, monke
 
 
 def test_snapshot_copies_every_kind_of_tensor_exactly():
-    from jobs.store import _Snapshotter
+    from traind.jobs.store import _Snapshotter
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     state = {
         "big": torch.randn(3_000_000),                           # split into chunks
@@ -242,7 +243,7 @@ def test_tied_weights_stay_tied_through_a_nonblocking_save(tmp_path):
     (2, {"metric": "m", "top": 2}, "keep_best.top"),
 ])
 def test_bad_retention_policy_is_a_usage_error_naming_the_field(tmp_path, keep_last, keep_best, field):
-    from daemon.errors import UsageError
+    from traind.contract.errors import UsageError
     with pytest.raises(UsageError, match=f"field '{field}'"):
         CheckpointStore(tmp_path, keep_last=keep_last, keep_best=keep_best)
     with CheckpointStore(tmp_path, keep_last=1, keep_best={"metric": "m"}):   # lock was not kept
@@ -283,7 +284,7 @@ def test_a_second_nonblocking_save_waits_for_the_one_in_flight(tmp_path):
         if point == "begin:mkdir":
             temp_dirs.append(sum(p.name.startswith(ck.TMP_PREFIX) for p in ckpt_dir.iterdir()))
             time.sleep(0.3)
-    ck.fault_hook = slow_begin
+    faults.fault_hook = slow_begin
     try:
         with CheckpointStore(tmp_path, keep_last=5) as store:
             store.save(state, step=1, epoch=0, blocking=False)
@@ -294,7 +295,7 @@ def test_a_second_nonblocking_save_waits_for_the_one_in_flight(tmp_path):
             waited = time.monotonic() - t0
             second = store.flush()
     finally:
-        ck.fault_hook = None
+        faults.fault_hook = None
     assert waited >= 0.2, waited                    # the first was still held when save() came
     assert temp_dirs == [1, 1]
     first = load_checkpoint(ckpt_dir / "step-000000001")["state_dict"]["0.weight"]

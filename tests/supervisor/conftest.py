@@ -27,7 +27,7 @@ def write_spec(tmp_path: Path, *, job_args=(), command=None, **sections) -> Path
 
 
 def start_traind(*args, cwd=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "daemon", *map(str, args)], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "traind", *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 

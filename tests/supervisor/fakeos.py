@@ -1,4 +1,4 @@
-"""A scripted stand-in for daemon.osproc.RealOS: a fake clock, fake children, recorded effects.
+"""A scripted stand-in for traind.supervisor.osproc.RealOS: a fake clock, fake children, recorded effects.
 
 The script is a list of (time, event). Children react to what the supervisor does through
 `on_spawn(attempt_index) -> [(delay, event)]` and `on_send` / `on_signal` tables of the same shape.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from daemon.osproc import ChildExited, ChildMessage, ExitStatus, SpawnFailure, StopRequested
+from traind.supervisor.osproc import ChildExited, ChildMessage, ExitStatus, SpawnFailure, StopRequested
 
 
 def exited(code=None, sig=None):

@@ -2,7 +2,7 @@
 
 State is one integer advanced by a fixed recurrence per step, so a run that was interrupted and
 resumed any number of times must end with the same value as an uninterrupted one. Checkpoints go
-through daemon.checkpoints (begin / commit), like a real job's store would.
+through traind.store (begin / commit), like a real job's store would.
 
     python fixture_job.py --steps N [--every K] [--step-seconds S] [--mode MODE]
 
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import checkpoints, protocol
+from traind import store as checkpoints
+from traind.contract import protocol
 
 MOD = (1 << 61) - 1
 STOP = []

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import protocol
-from daemon.osproc import SignalArrived
-from daemon.runfiles import read_events, read_status
-from daemon.spec import validate
-from daemon.states import State
-from daemon.supervisor import Supervisor
+from traind.contract import protocol
+from traind.supervisor.osproc import SignalArrived
+from traind.supervisor.runfiles import read_events, read_status
+from traind.supervisor.spec import validate
+from traind.supervisor.states import State
+from traind.supervisor.loop import Supervisor
 
 from .fakeos import FakeOS, Info, exited, msg
 

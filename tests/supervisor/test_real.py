@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runfiles import lock_holder, pid_alive, read_events, read_status
+from traind.fs.locks import pid_alive
+from traind.supervisor.runfiles import lock_holder, read_events, read_status
 
 from .conftest import start_traind, traind, write_spec
 from .fixture_job import advance

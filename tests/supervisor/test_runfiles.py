@@ -6,15 +6,15 @@ import threading
 
 import pytest
 
-from daemon.errors import TraindError
-from daemon.runfiles import RunFiles, RunLock, lock_is_held, read_events, read_status
+from traind.contract.errors import TraindError
+from traind.supervisor.runfiles import RunFiles, RunLock, lock_is_held, read_events, read_status
 
 from .conftest import REPO
 
 HOLD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from daemon.runfiles import RunLock
+from traind.supervisor.runfiles import RunLock
 RunLock({run!r}).acquire()
 print("held", flush=True)
 time.sleep(30)
@@ -80,7 +80,7 @@ def test_lock_holder_record_on_a_full_disk_does_not_fail_the_lock(tmp_path, monk
     import errno
     import os as os_module
 
-    from daemon import runfiles
+    from traind.supervisor import runfiles
 
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")

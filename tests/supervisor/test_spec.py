@@ -2,12 +2,12 @@
 
 import pytest
 
-from daemon.errors import UsageError
-from daemon.spec import load_spec
+from traind.contract.errors import UsageError
+from traind.supervisor.spec import load_spec
 
 from .conftest import traind
 
-GOOD = "name: tiny\ncommand: [python, -m, jobs.examples.tiny]\n"
+GOOD = "name: tiny\ncommand: [python, -m, traind.jobs.examples.tiny]\n"
 
 MISTAKES = [
     # (spec text, --set overrides, fragment the message must contain)
@@ -107,10 +107,10 @@ def test_nonexistent_command_is_a_clear_usage_error(tmp_path):
 
 def test_bare_python_means_traind_s_own_interpreter(tmp_path):
     import sys
-    from daemon.spec import load_spec
+    from traind.supervisor.spec import load_spec
     spec_file = tmp_path / "job.yaml"
-    spec_file.write_text("name: j\ncommand: [python3, -m, jobs.examples.tiny]\n")
-    assert load_spec(spec_file, []).command == (sys.executable, "-m", "jobs.examples.tiny")
+    spec_file.write_text("name: j\ncommand: [python3, -m, traind.jobs.examples.tiny]\n")
+    assert load_spec(spec_file, []).command == (sys.executable, "-m", "traind.jobs.examples.tiny")
     spec_file.write_text("name: j\ncommand: [/usr/bin/env, python]\n")
     assert load_spec(spec_file, []).command == ("/usr/bin/env", "python")
 

@@ -1,7 +1,7 @@
 """The transition function alone: every edge, and the non-edges that must stay non-edges."""
 import pytest
 
-from daemon.states import TERMINAL, Facts, State, Trigger, transition
+from traind.supervisor.states import TERMINAL, Facts, State, Trigger, transition
 
 S, T = State, Trigger
 

@@ -8,14 +8,15 @@ import sys
 
 import pytest
 
-from daemon.runfiles import lock_holder, pid_alive, read_events
+from traind.fs.locks import pid_alive
+from traind.supervisor.runfiles import lock_holder, read_events
 
 from .conftest import REPO, start_traind, write_spec
 from .test_real import wait_for
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY, KILLS = 3500, 50, 20
-JOB = [sys.executable, "-m", "jobs.examples.tiny", "--max-steps", str(STEPS), "--every-steps", str(EVERY)]
+JOB = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", str(STEPS), "--every-steps", str(EVERY)]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 

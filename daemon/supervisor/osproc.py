@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.channel import SupervisorChannel
-from daemon.protocol import ENV_CONTROL_FD
+from traind.supervisor.channel import SupervisorChannel
+from traind.contract.protocol import ENV_CONTROL_FD
 
 # epoll refuses a timeout past ~24 days (a spec may ask for a longer backoff or grace): waking
 # early is harmless, the loop just computes its deadlines again.

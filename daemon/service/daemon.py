@@ -13,7 +13,6 @@ Other threads (watchdog's observer, APScheduler) only post actions and wake the 
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,56 +29,21 @@ from pathlib import Path
 
 import yaml
 
-from daemon import exitcodes, spool
-from daemon.errors import TraindError, UsageError
-from daemon.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, atomic_write, transition
-from daemon.sdnotify import Notifier
-from daemon.serve_os import ServeOS
-from daemon.spec import validate
+from traind.contract import exitcodes
+from traind.service import spool
+from traind.contract.errors import TraindError, UsageError
+from traind.fs.durable import atomic_write
+from traind.service.client import SERVE_STATE_NAME, ServeLock
+from traind.service.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, transition
+from traind.service.sdnotify import Notifier
+from traind.service.serve_os import ServeOS
+from traind.supervisor.spec import validate
 
 log = logging.getLogger("traind.serve")
 
-DEFAULT_RUNNER = (sys.executable, "-m", "daemon", "run")   # `traind run`, same interpreter
+DEFAULT_RUNNER = (sys.executable, "-m", "traind", "run")   # `traind run`, same interpreter
 TICK_SECONDS = 0.5
 SPOOL_SETTLE_SECONDS = 2.0     # a rescan leaves a freshly written (maybe half-copied) file alone
-
-
-def default_state_dir(environ=os.environ) -> Path:
-    """$TRAIND_STATE_DIR, else systemd's $STATE_DIRECTORY, else /var/lib/traind (root) or
-    $XDG_STATE_HOME/traind. The CLI clients use the same rule to find the daemon."""
-    if environ.get("TRAIND_STATE_DIR"):
-        return Path(environ["TRAIND_STATE_DIR"])
-    if environ.get("STATE_DIRECTORY"):
-        return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/traind")
-    return Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "traind"
-
-
-def daemon_status(state_dir: Path) -> dict | None:
-    """serve.json of the daemon using state_dir if one holds serve.lock now, else None."""
-    try:
-        fd = os.open(Path(state_dir) / "serve.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None                 # we got the lock: nobody serves this state dir
-    except BlockingIOError:
-        try:
-            return json.loads((Path(state_dir) / "serve.json").read_text())
-        except (OSError, ValueError):
-            return {}
-    finally:
-        os.close(fd)
-
-
-def lookup_run_dir(name: str, state_dir: Path | None = None) -> Path | None:
-    """RUN_DIR of the job NAME known to the daemon (for `traind status NAME`), or None."""
-    if not spool.valid_name(name):
-        return None
-    rec_dir = JobTable(state_dir or default_state_dir()).job_dir(name)
-    return rec_dir / "run" if (rec_dir / "job.json").is_file() else None
 
 
 @dataclass
@@ -128,7 +92,7 @@ class Daemon:
         self._signals: list[int] = []
         self._last_status = ""
         self._last_ping = 0.0
-        self._lock_fd: int | None = None
+        self._lock: ServeLock | None = None
         self._waiting_logged: set[str] = set()
 
     # ---------------------------------------------------------------- start-up
@@ -141,14 +105,7 @@ class Daemon:
         spool.make_private_dir(cfg.control_dir)
         if grouped:
             os.chown(cfg.spool_dir, -1, cfg.group)
-        self._lock_fd = os.open(cfg.state_dir / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(self._lock_fd, 32, 0).decode().strip()
-            raise TraindError(f"{cfg.state_dir}/serve.lock: another traind serve (pid {pid}) uses this state dir") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = ServeLock(cfg.state_dir).acquire()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -179,7 +136,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- the loop
     def serve_forever(self, observer_factory=None, scheduler_factory=None) -> int:
-        from daemon.serve_threads import start_observer, start_scheduler
+        from traind.service.threads import start_observer, start_scheduler
         observer = (observer_factory or start_observer)(self.cfg.spool_dir, self.post)
         scheduler = (scheduler_factory or start_scheduler)(self.post)
         try:
@@ -420,7 +377,7 @@ class Daemon:
             self._last_ping = self.os.monotonic()
 
     def _write_serve_state(self) -> None:
-        atomic_write(self.cfg.state_dir / "serve.json", json.dumps({
+        atomic_write(self.cfg.state_dir / SERVE_STATE_NAME, json.dumps({
             "pid": os.getpid(), "heartbeat": time.time(), "slots": self.cfg.slots,
             "stopping": self.stopping, "status": self._summary()}).encode())
 
@@ -446,17 +403,6 @@ class Daemon:
             log.warning("test hook: main loop hangs now (no more WATCHDOG=1)")
             while True:
                 time.sleep(3600)
-
-
-def request_cancel(state_dir: Path, name: str) -> JobRecord | None:
-    """Client side of `traind cancel`: drop a request file the daemon's loop picks up.
-    None: the spec is still in the spool (submitted, not accepted yet); the request waits for it."""
-    rec = JobTable(state_dir).load(name) if spool.valid_name(name) else None
-    pending = rec is None and spool.valid_name(name) and (state_dir / "spool" / f"{name}{spool.SPEC_SUFFIX}").exists()
-    if rec is None and not pending:
-        raise UsageError(f"{state_dir}/jobs: no job named {name!r}")
-    atomic_write(state_dir / "control" / f"cancel-{name}", b"")
-    return rec
 
 
 def parse_runner(text: str | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m daemon.deathsig PARENT_PID -- CMD...`: exec CMD so that it gets SIGTERM when the
+"""`python -m traind.service.deathsig PARENT_PID -- CMD...`: exec CMD so that it gets SIGTERM when the
 daemon dies.
 
 Why: a job's `traind run` must never outlive `traind serve` unsupervised (after `kill -9` of the
@@ -19,7 +19,7 @@ PR_SET_PDEATHSIG = 1
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m daemon.deathsig PARENT_PID -- CMD...", file=sys.stderr)
+        print("usage: python -m traind.service.deathsig PARENT_PID -- CMD...", file=sys.stderr)
         return 2
     parent, cmd = int(argv[0]), argv[2:]
     libc = ctypes.CDLL(None, use_errno=True)

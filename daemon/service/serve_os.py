@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import runfiles
+from traind.supervisor import runfiles
 
 
 class ServeOS:
@@ -18,7 +18,7 @@ class ServeOS:
     def spawn(self, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
         with open(log_path, "ab", buffering=0) as out:
             # Own session: a stop can signal the whole group; deathsig: it dies with the daemon.
-            return subprocess.Popen([sys.executable, "-m", "daemon.deathsig", str(os.getpid()), "--", *argv],
+            return subprocess.Popen([sys.executable, "-m", "traind.service.deathsig", str(os.getpid()), "--", *argv],
                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 

@@ -10,15 +10,15 @@ import errno
 import importlib
 import sys
 
-from daemon import __version__
-from daemon.errors import TraindError
+from traind import __version__
+from traind.contract.errors import TraindError
 
 # Modules that add commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "daemon.cli_run",      # run, status
-    "daemon.cli_serve",    # serve, submit, ls, cancel, logs, systemd
-    "daemon.cli_ckpt",     # ckpt ls|verify|inspect
-    "daemon.cli_slurm",    # slurm submit
+    "traind.cli.run",      # run, status
+    "traind.cli.serve",    # serve, submit, ls, cancel, logs, systemd
+    "traind.cli.ckpt",     # ckpt ls|verify|inspect
+    "traind.cli.slurm",    # slurm submit
 )
 
 

@@ -10,34 +10,54 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from daemon import checkpoints as ck
-from daemon.ckpt_fs import fsync_dir, remove_tree
+from traind.fs.durable import fsync_dir, remove_tree
+from traind.fs.locks import pid_alive
+from traind.store import format as ck
+from traind.store.faults import reach
 
 log = logging.getLogger("traind.checkpoints")
 
+KEEP_BEST_FIELDS = ("metric", "mode", "k")
+
+
+@dataclass(frozen=True)
+class RetentionProblem:
+    field: str          # "keep_last", "keep_best.mode", ...
+    expected: str       # "an integer >= 1"
+    value: object
+
+
+def check_retention(keep_last, keep_best) -> tuple[tuple[int, dict | None] | None, RetentionProblem | None]:
+    """The one retention rule (spec, Trainer/Session policy and CheckpointStore all use it):
+    keep_last an integer >= 1 (the newest is always kept); keep_best null or
+    {metric: a name, mode: min|max (min), k: an integer >= 1 (1)}.
+    Returns ((keep_last, keep_best normalised), None) or (None, what is wrong)."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(keep_last) or keep_last < 1:
+        return None, RetentionProblem("keep_last", "an integer >= 1", keep_last)
+    if keep_best is None:
+        return (keep_last, None), None
+    if not isinstance(keep_best, dict):
+        return None, RetentionProblem("keep_best", "a mapping {metric, mode, k} or null", keep_best)
+    for key in keep_best:
+        if key not in KEEP_BEST_FIELDS:
+            return None, RetentionProblem(f"keep_best.{key}", "one of the fields metric, mode, k", key)
+    metric, mode, k = keep_best.get("metric"), keep_best.get("mode", "min"), keep_best.get("k", 1)
+    if not isinstance(metric, str) or not metric:
+        return None, RetentionProblem("keep_best.metric", "a metric name", metric)
+    if mode not in ("min", "max"):
+        return None, RetentionProblem("keep_best.mode", "one of min, max", mode)
+    if not is_int(k) or k < 1:
+        return None, RetentionProblem("keep_best.k", "an integer >= 1", k)
+    return (keep_last, {"metric": metric, "mode": mode, "k": k}), None
+
 # Temp dirs written from another host cannot be checked for a live owner; leave them this long.
 FOREIGN_TMP_MAX_AGE_S = 24 * 3600
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _tmp_owner(name: str) -> tuple[str, int] | None:
-    """'.tmp-step-000000012-host-123-4' -> ('host', 123); None when the name is not ours."""
-    parts = name.split("-")
-    if len(parts) != 6 or not parts[4].isdigit():
-        return None
-    return parts[3], int(parts[4])
 
 
 def clean_stale(ckpt_dir) -> list[Path]:
@@ -54,11 +74,11 @@ def clean_stale(ckpt_dir) -> list[Path]:
         if entry.name.startswith(ck.TRASH_PREFIX):
             stale = True
         elif entry.name.startswith(ck.TMP_PREFIX):
-            owner = _tmp_owner(entry.name)
+            owner = ck.tmp_dir_owner(entry.name)
             if owner is None or owner[0] != host:
-                stale = _age(path) > FOREIGN_TMP_MAX_AGE_S
+                stale = _mtime_age(path) > FOREIGN_TMP_MAX_AGE_S
             else:
-                stale = owner[1] != os.getpid() and not _pid_alive(owner[1])
+                stale = owner[1] != os.getpid() and not pid_alive(owner[1])
         else:
             continue
         if stale:
@@ -68,7 +88,7 @@ def clean_stale(ckpt_dir) -> list[Path]:
     return removed
 
 
-def _age(path: Path) -> float:
+def _mtime_age(path: Path) -> float:
     try:
         return time.time() - path.lstat().st_mtime
     except FileNotFoundError:
@@ -116,13 +136,13 @@ def prune(ckpt_dir, keep_last: int, keep_best: dict | None = None, protect=()) -
         return []
     trashed = []
     for path in doomed:
-        trash = ckpt_dir / f"{ck.TRASH_PREFIX}{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+        trash = ckpt_dir / ck.trash_dir_name(path.name)
         os.rename(path, trash)
-        ck._reach("prune:renamed")
+        reach("prune:renamed")
         trashed.append(trash)
     fsync_dir(ckpt_dir)
-    ck._reach("prune:durable")
+    reach("prune:durable")
     for trash in trashed:
         remove_tree(trash)
-        ck._reach("prune:removed")
+        reach("prune:removed")
     return doomed

@@ -28,14 +28,14 @@ Lifecycle (one transition function; every edge is named below and in `transition
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from daemon import exitcodes
-from daemon.errors import TraindError
+from traind.contract import exitcodes
+from traind.contract.errors import TraindError
+from traind.fs.durable import atomic_write
 
 
 class JobState(str, Enum):
@@ -120,23 +120,6 @@ class JobRecord:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["state"] = JobState(known.get("state", "queued"))
         return cls(**known)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """temp file + fsync + rename + directory fsync: after a crash, the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class JobTable:

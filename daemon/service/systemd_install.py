@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.errors import TraindError, UsageError
+from traind.contract.errors import TraindError, UsageError
 
 UNIT_NAMES = ("traind.service", "traind@.service")
 SHIPPED_EXE = "/usr/local/bin/traind"
 
 
 def units_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "systemd"
+    return Path(__file__).resolve().parents[2] / "systemd"   # daemon/service/ -> the source tree
 
 
 def render(unit_text: str, exe: str) -> str:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from daemon.errors import TraindError, UsageError
-from daemon.spec import NAME_RE, read_spec_text, validate  # one rule for job names, the spec's
+from traind.contract.errors import TraindError, UsageError
+from traind.fs.durable import rename_durably, write_durably
+from traind.supervisor.spec import MAX_SPEC_BYTES, NAME_RE, parse_spec_text, read_spec_text, validate  # the spec's rules
 
 SPEC_SUFFIX = ".yaml"
-MAX_SPEC_BYTES = 256 * 1024
 REFUSED_SUBDIR = ".refused"
 
 
@@ -78,11 +78,12 @@ def check_and_read(path: Path, *, uid: int | None = None, group: int | None = No
     if len(data) > MAX_SPEC_BYTES:
         return Refused(path, f"larger than {MAX_SPEC_BYTES} bytes")
     try:
-        spec = yaml.safe_load(data.decode())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        return Refused(path, f"not valid YAML: {str(err).splitlines()[0]}")
-    if not isinstance(spec, dict):
-        return Refused(path, "not a YAML mapping")
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        return Refused(path, f"not UTF-8 text (byte {err.start})")
+    spec, why = parse_spec_text(text)
+    if spec is None:
+        return Refused(path, why)
     if "name" in spec and not valid_name(spec["name"]):
         return Refused(path, f"field 'name': {spec['name']!r} must match {NAME_RE.pattern}")
     return Accepted(path, name, spec, st.st_uid)
@@ -128,14 +129,9 @@ def prepare_spec(spec_path: Path, name: str | None) -> tuple[str, bytes]:
     `workdir` is relative to the spec file's own folder; once the spec sits in the spool that
     folder is gone, so the client resolves it here, where it still knows.
     """
-    try:
-        spec = yaml.safe_load(read_spec_text(spec_path))
-    except yaml.YAMLError as err:
-        raise UsageError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    except RecursionError:
-        raise UsageError(f"{spec_path}: YAML nested too deeply") from None
-    if not isinstance(spec, dict):
-        raise UsageError(f"{spec_path}: not a YAML mapping")
+    spec, why = parse_spec_text(read_spec_text(spec_path))
+    if spec is None:
+        raise UsageError(f"{spec_path}: {why}")
     job = name or spec.get("name")
     if not job:
         raise UsageError(f"{spec_path}: field 'name' is missing (or pass --name)")
@@ -168,8 +164,7 @@ def submit(spool: Path, name: str, data: bytes) -> Path:
         if os.geteuid() == 0:
             owner = os.stat(spool)
             os.fchown(fd, owner.st_uid, owner.st_gid)
-        os.write(fd, data)
-        os.fsync(fd)
+        write_durably(fd, data)
     except OSError as err:
         os.unlink(tmp)
         raise TraindError(f"{tmp}: cannot write: {err.strerror}") from None
@@ -178,10 +173,5 @@ def submit(spool: Path, name: str, data: bytes) -> Path:
     if final.exists():
         os.unlink(tmp)
         raise UsageError(f"{final}: a spec named {name!r} is already waiting in the spool")
-    os.rename(tmp, final)  # the daemon sees one "moved in" event for a whole file
-    dfd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    rename_durably(tmp, final)  # the daemon sees one "moved in" event for a whole file
     return final

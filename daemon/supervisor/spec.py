@@ -17,11 +17,13 @@ from typing import Any
 
 import yaml
 
-from daemon.errors import UsageError
+from traind.contract.errors import UsageError
+from traind.contract.exitcodes import PREEMPTED
+from traind.store.retention import KEEP_BEST_FIELDS, check_retention
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
+STOPPABLE_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
 SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
 SLURM_MAX_SIGNAL_SECONDS = 65535     # sbatch --signal=...@TIME takes 0..65535
 REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/slurm.requeue_argv
@@ -51,7 +53,7 @@ class KeepBest:
 
 
 @dataclass(frozen=True)
-class CheckpointPolicy:
+class CheckpointSpec:
     every_steps: int | None = None
     every_seconds: float | None = None
     keep_last: int = 3
@@ -92,7 +94,7 @@ class JobSpec:
     run_dir: Path
     source: Path                      # the spec file (for messages)
     env: dict[str, str] = field(default_factory=dict)
-    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     preemption: Preemption = field(default_factory=Preemption)
     health: Health = field(default_factory=Health)
@@ -126,23 +128,31 @@ def read_spec_text(path: Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    """Read, override and validate a spec file. Raises UsageError (one line) on any mistake."""
-    path = Path(path)
-    text = read_spec_text(path)
+def parse_spec_text(text: str) -> tuple[dict | None, str | None]:
+    """(the spec's top-level mapping, None) or (None, why the text is not one). The one place a
+    spec's YAML is parsed (`traind run`, `submit`, the daemon's spool)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "syntax error"
-        raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
+        return None, f"not valid YAML{where}: {problem}"
     except RecursionError:    # the parser recurses once per level of [ or {
-        raise UsageError(f"{path}: YAML nested too deeply") from None
+        return None, "YAML nested too deeply"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping of fields at the top level, got {_kind(raw)}")
+        return None, f"expected a mapping of fields at the top level, got {_kind(raw)}"
+    return raw, None
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read, override and validate a spec file. Raises UsageError (one line) on any mistake."""
+    path = Path(path)
+    raw, why = parse_spec_text(read_spec_text(path))
+    if raw is None:
+        raise UsageError(f"{path}: {why}")
     for item in overrides:
         apply_override(raw, item, path)
     return validate(raw, path)
@@ -302,20 +312,19 @@ def _env(c: _Checker, value: Any) -> dict[str, str]:
     return env
 
 
-def _checkpoint(c: _Checker, value: Any) -> CheckpointPolicy:
+def _checkpoint(c: _Checker, value: Any) -> CheckpointSpec:
     d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best"))
-    keep_best = None
-    if d.get("keep_best") is not None:
-        kb = c.section(d["keep_best"], "checkpoint.keep_best", ("metric", "mode", "k"))
-        keep_best = KeepBest(metric=c.string(kb.get("metric"), "checkpoint.keep_best.metric"),
-                             mode=c.choice(kb.get("mode", "min"), "checkpoint.keep_best.mode", ("min", "max")),
-                             k=c.number(kb.get("k", 1), "checkpoint.keep_best.k", minimum=1, integer=True))
-    return CheckpointPolicy(
+    if isinstance(d.get("keep_best"), dict):
+        c.section(d["keep_best"], "checkpoint.keep_best", KEEP_BEST_FIELDS)
+    retention, problem = check_retention(d.get("keep_last", 3), d.get("keep_best"))
+    if problem is not None:
+        raise c.fail(f"checkpoint.{problem.field}", problem.expected, problem.value)
+    keep_last, kb = retention
+    return CheckpointSpec(
         every_steps=c.number(d.get("every_steps"), "checkpoint.every_steps", minimum=1, integer=True, nullable=True),
         every_seconds=c.number(d.get("every_seconds"), "checkpoint.every_seconds", minimum=0, strict=True,
                                nullable=True),
-        keep_last=c.number(d.get("keep_last", 3), "checkpoint.keep_last", minimum=1, integer=True),
-        keep_best=keep_best)
+        keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb))
 
 
 def _restart(c: _Checker, value: Any) -> RestartPolicy:
@@ -325,8 +334,8 @@ def _restart(c: _Checker, value: Any) -> RestartPolicy:
     if not isinstance(codes, list):
         raise c.fail("restart.no_retry_exit_codes", "a list of exit codes 1..255, e.g. [2]", codes)
     for i, code in enumerate(codes):
-        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255 or code == 75:
-            raise c.fail(f"restart.no_retry_exit_codes[{i}]", "an exit code 1..255 other than 0 and 75", code)
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255 or code == PREEMPTED:
+            raise c.fail(f"restart.no_retry_exit_codes[{i}]", f"an exit code 1..255 other than 0 and {PREEMPTED}", code)
     backoff = Backoff(
         initial_seconds=c.number(b.get("initial_seconds", 1.0), "restart.backoff.initial_seconds"),
         max_seconds=c.number(b.get("max_seconds", 60.0), "restart.backoff.max_seconds"),
@@ -347,9 +356,9 @@ def _preemption(c: _Checker, value: Any) -> Preemption:
     d = c.section(value, "preemption", ("signals", "grace_seconds", "requeue", "spot"))
     sigs = d.get("signals", ["SIGTERM", "SIGUSR1"])
     if not isinstance(sigs, list):
-        raise c.fail("preemption.signals", "a list of signal names from " + ", ".join(STOP_SIGNALS), sigs)
+        raise c.fail("preemption.signals", "a list of signal names from " + ", ".join(STOPPABLE_SIGNALS), sigs)
     for i, sig in enumerate(sigs):
-        c.choice(sig, f"preemption.signals[{i}]", STOP_SIGNALS)
+        c.choice(sig, f"preemption.signals[{i}]", STOPPABLE_SIGNALS)
     s = c.section(d.get("spot"), "preemption.spot", ("provider", "poll_seconds", "base_url"))
     spot = Spot(provider=c.choice(s.get("provider", "none"), "preemption.spot.provider", SPOT_PROVIDERS),
                 poll_seconds=c.number(s.get("poll_seconds", 5.0), "preemption.spot.poll_seconds", strict=True,

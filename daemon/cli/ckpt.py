@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import checkpoints as ck
-from daemon.errors import UsageError
+from traind import store as ck
+from traind.contract.errors import UsageError
 
 
 def register(sub) -> None:
@@ -110,7 +110,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from daemon.ckpt_inspect import summarize_state   # only this command needs it
+    from traind.store.inspect import summarize_state   # only this command needs it
 
     p = _existing_dir(args.path)
     skipped = []

@@ -2,7 +2,7 @@
 
 One loop, in a fixed order: (1) act on deadlines that passed (backoff over, grace over, hang,
 periodic checkpoint due), (2) block in `os.wait()` until an event or the next deadline, (3) handle
-each event. Every state change goes through `daemon.states.transition` and `_apply`, which logs it,
+each event. Every state change goes through `traind.supervisor.states.transition` and `_apply`, which logs it,
 appends it to events.jsonl and rewrites status.json. Every OS effect goes through `self.os`.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon import protocol
-from daemon.exitcodes import FAILED, OK, PREEMPTED
-from daemon.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
+from traind.contract import protocol
+from traind.contract.exitcodes import FAILED, OK, PREEMPTED
+from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                            SpawnFailure, StopRequested, signal_name)
-from daemon.runfiles import RunFiles, RunLock
-from daemon.spec import JobSpec, signal_numbers
-from daemon.states import TERMINAL, Facts, State, Transition, Trigger, transition
+from traind.supervisor.runfiles import RunFiles, RunLock
+from traind.supervisor.spec import JobSpec, signal_numbers
+from traind.supervisor.states import TERMINAL, Facts, State, Transition, Trigger, transition
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
@@ -70,7 +70,7 @@ class RunResult:
 
 def find_resume_point(run_dir: Path):
     """(CheckpointInfo|None, skipped newer ones). Imported late: the store is its own part."""
-    from daemon import checkpoints
+    from traind import store as checkpoints
     return checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
 
 

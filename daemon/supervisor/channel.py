@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from daemon import protocol
+from traind.contract import protocol
 
 
 @dataclass(frozen=True)

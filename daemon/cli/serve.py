@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import spool
-from daemon.errors import UsageError
-from daemon.jobqueue import FINAL_STATES, JobTable
-from daemon.serve import Daemon, ServeConfig, daemon_status, default_state_dir, parse_runner, request_cancel
+from traind.service import spool
+from traind.contract.errors import UsageError
+from traind.service.jobqueue import FINAL_STATES, JobTable
+from traind.service.client import daemon_status, default_state_dir, request_cancel
+from traind.service.daemon import Daemon, ServeConfig, parse_runner
 
 
 def register(sub):
@@ -198,7 +199,7 @@ def _copy_from(path: Path, offset: int) -> int:
 
 # ------------------------------------------------------------------------------ systemd install
 def cmd_systemd_install(args) -> int:
-    from daemon.systemd_install import install
+    from traind.service.systemd_install import install
     for line in install(args.unit_dir, exe=args.exe, create_user=args.create_user,
                     reload=not args.no_reload, jobs_dir=args.jobs_dir):
         print(line)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from daemon import checkpoints
-from daemon.errors import UsageError
-from daemon.slurm import ENV_SUBMITTED_LEAD
+from traind import store as checkpoints
+from traind.contract.errors import UsageError
+from traind.cluster.slurm import ENV_SUBMITTED_LEAD
 
 DEFAULT_LEAD_SECONDS = 120        # nothing measured yet: enough for a few GiB on a local disk
 MIN_LEAD_SECONDS = 60             # SLURM's signal tick is 30 s; less than this is a gamble
@@ -204,7 +204,7 @@ def render_script(job: BatchJob) -> str:
         if opt not in given:
             lines.append(f"#SBATCH {opt}" + (f"={_quote(value)}" if value is not None else ""))
     lines += [f"#SBATCH {_directive(g)}" for g in job.sbatch_options]
-    argv = [job.python, "-m", "daemon", "run", str(job.spec_path)]
+    argv = [job.python, "-m", "traind", "run", str(job.spec_path)]
     for item in job.overrides:
         argv += ["--set", item]
     command = " ".join(shlex.quote(a) for a in argv)

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from daemon import slurm, spot
+from traind.cluster import slurm
+from traind.cluster import spot
 
 
 def stderr_log(line: str) -> None:
@@ -62,7 +63,7 @@ class ClusterHooks:
 
 def attach(spec, *, environ: Mapping[str, str] | None = None, log: Callable[[str], None] = stderr_log,
            runner: slurm.CommandRunner | None = None) -> ClusterHooks:
-    """Build the hooks for one `traind run` of `spec` (a daemon.spec.JobSpec)."""
+    """Build the hooks for one `traind run` of `spec` (a traind.supervisor.spec.JobSpec)."""
     env = os.environ if environ is None else environ
     job = slurm.detect(env)
     spot_cfg = spec.preemption.spot

@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from traind.contract import exitcodes
+
 
 class State(str, enum.Enum):
     STARTING = "starting"        # child spawned, not heard from yet
@@ -46,7 +48,7 @@ class Trigger(str, enum.Enum):
     BACKOFF_ELAPSED = "backoff_elapsed"
 
 
-PREEMPTED_EXIT = 75  # the job's own "I checkpointed and stopped" code (daemon.exitcodes.PREEMPTED)
+PREEMPTED_EXIT = 75  # the job's own "I checkpointed and stopped" code (traind.contract.exitcodes.PREEMPTED)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import xxhash
 
-from daemon.ckpt_fs import fsync_file, start_writeback, write_all
+from traind.fs.durable import start_writeback, write_all
 
 ALGO = "xxh3_128"
 BLOCK_SIZE = 16 << 20
@@ -122,7 +122,7 @@ class HashingWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             try:
-                fsync_file(fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
             if self._in_block:

@@ -1,4 +1,5 @@
-"""Small filesystem primitives the checkpoint store's crash safety rests on (torch-free).
+"""The filesystem primitives crash safety rests on (stdlib only): one implementation of each,
+used by the store, the supervisor's run files and the service's job table and spool.
 
 Durability on Linux needs an fsync of the file AND of the directory holding its name; a rename is
 atomic but only durable once the parent directory is fsynced.
@@ -8,13 +9,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import os
 import shutil
-import weakref
 from pathlib import Path
-
-from daemon.errors import TraindError
 
 
 def write_all(fd: int, view: memoryview) -> None:
@@ -36,16 +33,57 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         fn(fd, ctypes.c_longlong(offset), ctypes.c_longlong(nbytes), ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
 
 
-def fsync_file(fd: int) -> None:
-    os.fsync(fd)
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file someone else wrote, by name."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(fd: int, data) -> None:
+    """Every byte (short writes retried), then fsync."""
+    write_all(fd, memoryview(data).cast("B"))
+    os.fsync(fd)
+
+
+def rename_durably(src: Path, dst: Path) -> None:
+    """rename, then fsync the directory holding the new name: only then does the rename survive
+    a power loss."""
+    os.rename(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace path with data: temp file + write + fsync + rename + directory fsync, so that after
+    a crash a reader finds the old file or the new one, whole. `durable=False` skips both fsyncs
+    (a status file rewritten every few seconds: a reader still never sees half of it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        if durable:
+            write_durably(fd, data)
+        else:
+            write_all(fd, memoryview(data).cast("B"))
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    if durable:
+        rename_durably(tmp, path)
+    else:
+        os.replace(tmp, path)
 
 
 def make_dirs_durable(path: Path) -> None:
@@ -107,93 +145,3 @@ def swap_into_place(src: Path, dst: Path, trash: Path) -> None:
             raise OSError(err, os.strerror(err), str(dst))
     os.rename(dst, trash)
     os.rename(src, dst)
-
-
-_held_fork_private: "weakref.WeakSet[ExclusiveFileLock]" = weakref.WeakSet()
-
-
-def _drop_fork_private_locks() -> None:
-    """In a forked child: close its copies of the parent's fork-private locks. flock belongs to
-    the open file description, which a fork shares: a DataLoader worker notices its SIGKILLed
-    parent only within ~5 s, and until then its copy would keep the lock held, refusing the
-    restarted job as "another writer". Closing a copy never unlocks the parent's."""
-    for lock in list(_held_fork_private):
-        fd, lock._fd = lock._fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    _held_fork_private.clear()
-
-
-os.register_at_fork(after_in_child=_drop_fork_private_locks)
-
-
-class ExclusiveFileLock:
-    """flock(LOCK_EX|LOCK_NB) on a file that records the holder's pid.
-
-    flock belongs to the open file description, so the lock dies with the holder's process (no
-    stale lock after a crash) and two locks in one process conflict too. With `fork_private`, a
-    forked child (a DataLoader worker, say) does not keep the lock: only its holder does."""
-
-    fork_private = False
-
-    def __init__(self, path: Path, what: str):
-        self.path = Path(path)
-        self.what = what
-        self._fd = -1
-
-    @property
-    def held(self) -> bool:
-        return self._fd >= 0
-
-    def acquire(self):
-        if self._fd >= 0:
-            return self
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as err:   # a read-only mount, a directory in the way
-            raise TraindError(f"{self.what}: cannot open lock file {self.path}: {err.strerror or err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f"pid {holder}" if holder else "another process"
-            raise TraindError(f"{self.what} is locked by {who} (another writer); lock file {self.path}") from None
-        except OSError:
-            os.close(fd)
-            raise
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:   # a full disk: the flock holds all the same, only the holder's pid is missing
-            pass
-        self._fd = fd
-        if self.fork_private:
-            _held_fork_private.add(self)
-        return self
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            _held_fork_private.discard(self)
-            fd, self._fd = self._fd, -1
-            try:
-                os.ftruncate(fd, 0)
-            finally:
-                os.close(fd)      # closing drops the flock
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.errors import UsageError
-from daemon.runfiles import lock_is_held, read_status
-from daemon.spec import JobSpec, load_spec
+from traind.contract.errors import UsageError
+from traind.supervisor.runfiles import lock_is_held, read_status
+from traind.supervisor.spec import JobSpec, load_spec
 
 
 def register(sub) -> None:
@@ -59,11 +59,11 @@ def _probe(spec: JobSpec, field: str, path: Path) -> tuple[bool, bool]:
 
 
 def cmd_run(args) -> int:
-    from daemon.supervisor import Supervisor   # after the spec is known to be good
+    from traind.supervisor.loop import Supervisor   # after the spec is known to be good
     spec = load_spec(args.spec, args.overrides)
     check_runnable(spec)
     # --- cluster hooks (daemon/cluster.py): SLURM requeue after an emergency stop, spot notices ---
-    from daemon import cluster
+    from traind.cluster import hooks as cluster
     hooks = cluster.attach(spec)
     supervisor = Supervisor(spec, followup=hooks.followup)
     hooks.start(supervisor.request_stop, supervisor.say)
@@ -79,7 +79,7 @@ def resolve_run_dir(arg: str, state_dir: Path | None) -> Path:
     run_dir = Path(arg)
     if run_dir.is_dir():
         return run_dir
-    from daemon.serve import lookup_run_dir
+    from traind.service.client import lookup_run_dir
     found = lookup_run_dir(arg, state_dir)
     if found is None:
         raise UsageError(f"{arg}: no such run dir, nor a job of that name in the traind state dir")
@@ -101,7 +101,7 @@ def cmd_status(args) -> int:
 
 
 def _latest_checkpoint(run_dir: Path) -> dict | None:
-    from daemon import checkpoints
+    from traind import store as checkpoints
     info, skipped = checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
     out = None if info is None else {"step": info.step, "path": str(info.path), "created": info.created}
     if out is not None and skipped:

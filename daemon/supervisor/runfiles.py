@@ -7,14 +7,13 @@ cannot start a second child on the same run.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import time
 from pathlib import Path
 
-from daemon.errors import TraindError
+from traind.contract.errors import TraindError
+from traind.fs.durable import atomic_write
+from traind.fs.locks import ExclusiveFileLock, is_locked, pid_alive, read_holder
 
 EVENTS_NAME = "events.jsonl"
 STATUS_NAME = "status.json"
@@ -62,16 +61,7 @@ class RunFiles:
 
 
 def write_json_atomic(path: Path, obj: dict, *, durable: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = (json.dumps(obj, indent=1, default=str) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(obj, indent=1, default=str) + "\n").encode(), mode=0o644, durable=durable)
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -102,44 +92,30 @@ def read_events(run_dir: Path) -> list[dict]:
     return out
 
 
-class RunLock:
-    """flock on RUN_DIR/supervisor.lock; the file names the supervisor and its current child."""
+class RunLock(ExclusiveFileLock):
+    """flock on RUN_DIR/supervisor.lock; the file names the supervisor and its current child.
+    The child inherits the fd, so the lock outlives a SIGKILLed supervisor while its child runs."""
+
+    tries = LOCK_TRIES
+    retry_seconds = LOCK_RETRY_SECONDS
+    clear_on_release = False     # the child may still hold it: keep saying who it is
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.fd: int | None = None
+        super().__init__(Path(run_dir) / LOCK_NAME, what="the run lock")
+        self._child_pid: int | None = None
 
-    def acquire(self) -> "RunLock":
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as err:   # a read-only mount, a directory in the way
-            raise TraindError(f"{self.path}: cannot open the run lock: {err.strerror or err}") from None
-        for attempt in range(LOCK_TRIES):   # a reader's brief probe must not refuse a real start
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    os.close(fd)
-                    raise TraindError(f"{self.path}: cannot lock: {err.strerror}") from None
-                if attempt == LOCK_TRIES - 1:
-                    os.close(fd)
-                    raise TraindError(self._held_message()) from None
-                time.sleep(LOCK_RETRY_SECONDS)
-        self.fd = fd
-        self.record(child_pid=None)
-        return self
+    def holder_text(self) -> str:
+        return json.dumps({"supervisor_pid": os.getpid(), "child_pid": self._child_pid})
 
     def record(self, child_pid: int | None) -> None:
         """Who holds the lock now (read by a refused supervisor to say so)."""
-        data = json.dumps({"supervisor_pid": os.getpid(), "child_pid": child_pid}).encode()
-        try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, data, 0)
-        except OSError:   # a full disk: the flock holds all the same, only the holder's name is missing
-            pass
+        self._child_pid = child_pid
+        self.write_holder(self.holder_text())
 
-    def _held_message(self) -> str:
+    def open_error(self, why: str) -> str:
+        return f"{self.path}: cannot open the run lock: {why}"
+
+    def busy_message(self, holder_text: str) -> str:
         holder = lock_holder(self.path.parent)
         sup, child = holder.get("supervisor_pid"), holder.get("child_pid")
         if sup and pid_alive(sup):
@@ -150,56 +126,15 @@ class RunLock:
                     f"(pid {sup}); it is writing its emergency checkpoint and will exit; retry when it has")
         return f"{self.path.parent}: run dir locked by another process (supervisor.lock)"
 
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
 
 def lock_holder(run_dir: Path) -> dict:
     try:
-        return json.loads((Path(run_dir) / LOCK_NAME).read_text() or "{}")
-    except (OSError, ValueError):
+        holder = json.loads(read_holder(Path(run_dir) / LOCK_NAME) or "{}")
+    except ValueError:
         return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def lock_is_held(run_dir: Path) -> bool:
-    """Is a supervisor (or its orphaned child) holding the run? Read from /proc/locks, so asking
-    never takes the lock itself; a brief shared-lock probe where /proc/locks cannot be read."""
-    path = Path(run_dir) / LOCK_NAME
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            held = [line.split()[5] for line in f if line.split()[1:2] == ["FLOCK"] and len(line.split()) > 5]
-        if key in held:
-            return True
-        if not any(h.endswith(f":{st.st_ino}") for h in held):
-            return False
-        # same inode, other device numbering (btrfs subvolumes, ...): ask the lock itself
-    except OSError:
-        pass
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
+    """Is a supervisor (or its orphaned child) holding the run?"""
+    return is_locked(Path(run_dir) / LOCK_NAME)

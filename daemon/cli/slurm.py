@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from daemon import slurm_batch
-from daemon.errors import TraindError, UsageError
-from daemon.slurm import CommandRunner
+from traind.cluster import sbatch as slurm_batch
+from traind.contract.errors import TraindError, UsageError
+from traind.cluster.slurm import CommandRunner
 
 EPILOG = """\
 Any other option (e.g. --array 0-3, --mem 4G, --qos high, --exclusive) is passed to sbatch.
@@ -56,7 +56,7 @@ class _OwnOptions(argparse.ArgumentParser):
 
 
 def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int:
-    from daemon.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
+    from traind.supervisor.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
     runner = runner or CommandRunner()
     extra = split_options(args)
     spec = load_spec(args.spec, list(args.overrides))
