@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from traind.jobs.hparams import HyperparametersMixin
-from traind.jobs.preemption import STOP_SIGNALS
+from traind.jobs.preemption import RECORDED_SIGNALS
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -79,7 +79,7 @@ class _WorkerInit:
 
     def __call__(self, worker_id: int) -> None:
         import signal
-        for sig in STOP_SIGNALS:
+        for sig in RECORDED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         if self.user_fn is not None:
             self.user_fn(worker_id)

@@ -10,7 +10,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RECORDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)   # the job's own stop signals
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,6 @@ class StopFlags:
     def __init__(self) -> None:
         self.stop: StopRequest | None = None
         self.checkpoint_reason: str | None = None   # a periodic checkpoint asked for from outside
-        self.signals_seen = 0
 
     def request_stop(self, reason: str) -> None:
         if self.stop is None:
@@ -38,7 +37,7 @@ class StopFlags:
         return reason
 
     def clear(self) -> None:  # for tests and for a second Session in one process
-        self.stop, self.checkpoint_reason, self.signals_seen = None, None, 0
+        self.stop, self.checkpoint_reason = None, None
 
 
 FLAGS = StopFlags()
@@ -47,11 +46,10 @@ _installed: set[int] = set()
 
 def _on_signal(signum, _frame) -> None:
     # Record only. A second SIGTERM during the emergency save lands here too and changes nothing.
-    FLAGS.signals_seen += 1
     FLAGS.request_stop(signal.Signals(signum).name)
 
 
-def install(signals=STOP_SIGNALS) -> None:
+def install(signals=RECORDED_SIGNALS) -> None:
     """Install the recording handlers (idempotent). Must run in the main thread; elsewhere it is a no-op."""
     if threading.current_thread() is not threading.main_thread():
         return

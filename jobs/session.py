@@ -25,7 +25,7 @@ import torch
 from traind import __version__
 from traind.contract import exitcodes
 from traind.contract import protocol
-from traind.contract.errors import TraindError, UsageError
+from traind.contract.errors import IllegalTransition, TraindError, UsageError
 from traind.jobs import preemption
 from traind.jobs.callbacks import CheckpointPolicy
 from traind.jobs.clock import SystemClock
@@ -81,7 +81,7 @@ def transition(phase: Phase, event: Event) -> Phase:
         return Phase.PREEMPTED                                # STOPPING -> PREEMPTED (exit 75)
     if phase is Phase.FINISHING and event is Event.SAVED:
         return Phase.DONE                                     # FINISHING -> DONE (exit 0)
-    raise RuntimeError(f"illegal session transition: {phase.value} on {event.value}")
+    raise IllegalTransition(f"illegal session transition: {phase.value} on {event.value}")
 
 
 @contextlib.contextmanager
@@ -243,14 +243,21 @@ class Session:
                 with one_line_errors():
                     raise TraindError(f"session.batches(): a dataset of {len(dataset)} samples "
                                       f"gives no batch of {batch_size}")
-            for batch in loader:
-                self.position.batches_consumed += 1
-                self._epoch_end_pending = self.position.batches_consumed >= total
+            for batch, _ in self.consume(loader):
                 yield batch
                 if self.should_stop():
                     return
             if self.position.batches_consumed >= total:   # step_done() did not roll it over
                 self._next_epoch()
+
+    def consume(self, loader):
+        """(batch, epoch_ended) from one epoch's resumable loader, moving the data position on:
+        the one place it advances (batches() and the Trainer both read through it)."""
+        total = loader.batch_sampler.batches_per_epoch()
+        for batch in loader:
+            self.position.batches_consumed += 1
+            self._epoch_end_pending = self.position.batches_consumed >= total
+            yield batch, self._epoch_end_pending
 
     def _next_epoch(self) -> None:
         self.position.epoch += 1

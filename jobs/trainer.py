@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from traind.jobs import preemption
 from traind.jobs.callbacks import Callback, CheckpointPolicy
 from traind.jobs.optim import parse_optimizers
 from traind.jobs.precision import Precision
@@ -43,7 +42,6 @@ class Trainer:
                  checkpoint_every_seconds: float | None = None, checkpoint_at_epoch_end: bool = False,
                  keep_last: int = 3, keep_best: dict | None = None, log_every_n_steps: int = 50,
                  accelerator: str = "auto") -> None:
-        preemption.install()     # before the user builds a large model or we restore anything
         if max_steps is None and max_epochs is None:
             raise ValueError("Trainer needs max_steps or max_epochs")
         if accumulate_grad_batches < 1:
@@ -108,19 +106,17 @@ class Trainer:
         while not (session.should_stop() or self.should_stop or self._epochs_done()):
             loader = datamodule.train_dataloader(session.position)
             total = loader.batch_sampler.batches_per_epoch()
-            batch_idx = session.position.batches_consumed
+            consumed = session.position.batches_consumed
             micro_losses: list[float] = []
             module.train()
-            for batch in loader:
+            for batch, epoch_ended in session.consume(loader):
                 batch = move_to(batch, self.device)
                 with self.precision.autocast():
-                    loss = _loss_of(module.training_step(batch, batch_idx), "training_step")
+                    loss = _loss_of(module.training_step(batch, consumed), "training_step")
                 self.precision.backward(loss / self.accumulate)
                 micro_losses.append(loss.detach().float().item())
-                batch_idx += 1
-                session.position.batches_consumed = batch_idx
-                epoch_ended = batch_idx >= total
-                if batch_idx % self.accumulate and not epoch_ended:
+                consumed += 1
+                if consumed % self.accumulate and not epoch_ended:
                     continue            # accumulating: no step boundary here
                 self.precision.step(optimizers, params, self.clip_val)
                 for opt in optimizers:
@@ -133,7 +129,7 @@ class Trainer:
                 session.step_done(metrics, epoch_ended=epoch_ended)
                 if session.should_stop() or self.should_stop:
                     return
-            if batch_idx < total:     # the loader ended early (it never does unless the data shrank)
+            if consumed < total:      # the loader ended early (it never does unless the data shrank)
                 break
 
     def _step_boundary(self, module, datamodule, optimizers, schedulers, loss: float,

@@ -17,7 +17,8 @@ from traind.service import spool
 from traind.contract.errors import UsageError
 from traind.service.jobqueue import FINAL_STATES, JobTable
 from traind.service.client import daemon_status, default_state_dir, request_cancel
-from traind.service.daemon import Daemon, ServeConfig, parse_runner
+from traind.service.config import ServeConfig, parse_runner
+from traind.service.daemon import Daemon
 
 
 def register(sub):

@@ -18,13 +18,10 @@ import logging
 import os
 import queue
 import select
-import shlex
 import signal
 import stat
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,6 +31,7 @@ from traind.service import spool
 from traind.contract.errors import TraindError, UsageError
 from traind.fs.durable import atomic_write
 from traind.service.client import SERVE_STATE_NAME, ServeLock
+from traind.service.config import Running, ServeConfig
 from traind.service.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, transition
 from traind.service.sdnotify import Notifier
 from traind.service.serve_os import ServeOS
@@ -41,43 +39,8 @@ from traind.supervisor.spec import validate
 
 log = logging.getLogger("traind.serve")
 
-DEFAULT_RUNNER = (sys.executable, "-m", "traind", "run")   # `traind run`, same interpreter
 TICK_SECONDS = 0.5
 SPOOL_SETTLE_SECONDS = 2.0     # a rescan leaves a freshly written (maybe half-copied) file alone
-
-
-@dataclass
-class ServeConfig:
-    state_dir: Path
-    slots: int = 1
-    gpus: list[str] | None = None          # CUDA_VISIBLE_DEVICES per slot; default: the slot index
-    group: int | None = None               # gid whose members may also submit
-    runner: list[str] = field(default_factory=lambda: list(DEFAULT_RUNNER))
-    stop_timeout: float = 300.0            # emergency checkpoints get this long on SIGTERM
-    cancel_timeout: float = 120.0
-    keep_refused_days: float = 7.0
-    test_hooks: bool = False               # STATE/test-hang makes the loop hang (watchdog tests)
-
-    def __post_init__(self):
-        # Absolute: job specs get run dirs under it, and the supervisor reads relative ones
-        # against the job's workdir.
-        self.state_dir = Path(self.state_dir).absolute()
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.state_dir / "spool"
-
-    @property
-    def control_dir(self) -> Path:
-        return self.state_dir / "control"
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen
-    slot: int
-    stop_deadline: float | None = None   # monotonic; SIGKILL of the group after it
-    killed: bool = False                 # we SIGKILLed it: its exit code says nothing about the job
 
 
 class Daemon:
@@ -403,7 +366,3 @@ class Daemon:
             log.warning("test hook: main loop hangs now (no more WATCHDOG=1)")
             while True:
                 time.sleep(3600)
-
-
-def parse_runner(text: str | None) -> list[str]:
-    return shlex.split(text) if text else list(DEFAULT_RUNNER)

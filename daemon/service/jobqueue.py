@@ -34,7 +34,7 @@ from enum import Enum
 from pathlib import Path
 
 from traind.contract import exitcodes
-from traind.contract.errors import TraindError
+from traind.contract.errors import IllegalTransition, TraindError
 from traind.fs.durable import atomic_write
 
 
@@ -57,10 +57,6 @@ class Event(str, Enum):
     EXITED = "exited"            # with an exit code
     CANCEL = "cancel"
     INTERRUPTED = "interrupted"  # the daemon stopped supervising it (kill -9 of the daemon, stop deadline)
-
-
-class IllegalTransition(ValueError):
-    pass
 
 
 def transition(state: JobState, event: Event, exit_code: int | None = None) -> JobState:
@@ -89,7 +85,7 @@ def transition(state: JobState, event: Event, exit_code: int | None = None) -> J
         return S.CANCELLING                                # a repeated request changes nothing
     if state in FINAL_STATES and event is Event.CANCEL:
         return state                                       # cancelling a finished job is a no-op
-    raise IllegalTransition(f"{state.value} --{event.value}-->")
+    raise IllegalTransition(f"illegal job transition: {state.value} --{event.value}-->")
 
 
 @dataclass

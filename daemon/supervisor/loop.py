@@ -7,16 +7,16 @@ appends it to events.jsonl and rewrites status.json. Every OS effect goes throug
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from traind import store
 from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED
+from traind.supervisor.attempts import Attempt, Outcome, RunResult, as_int, fmt_seconds, json_line, step_rate
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                            SpawnFailure, StopRequested, signal_name)
 from traind.supervisor.runfiles import RunFiles, RunLock
@@ -27,51 +27,9 @@ CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this o
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
-@dataclass
-class Outcome:
-    """How an emergency stop ended; given to the follow-up (SLURM requeue, ...)."""
-    trigger: str                      # "SIGTERM", "SIGUSR1", "request: <reason>", ...
-    checkpoint_committed: bool        # an emergency checkpoint committed during the stop
-    checkpoint_step: int | None       # the resume point now (latest valid checkpoint)
-    exit: ExitStatus | None           # the child's, None if no child was running
-    attempt: int
-
-
-def default_followup(outcome: Outcome) -> int:
-    return PREEMPTED
-
-
-@dataclass
-class Attempt:
-    number: int
-    pid: int | None = None
-    started: float = 0.0              # monotonic
-    resume_step: int | None = None
-    spoke: bool = False
-    last_message_at: float | None = None
-    first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate
-    last_step: int | None = None
-    exit: ExitStatus | None = None
-    reason: str | None = None
-
-    def summary(self) -> dict:
-        return {"attempt": self.number, "pid": self.pid, "resume_step": self.resume_step,
-                "last_step": self.last_step, "exit": None if self.exit is None else self.exit.describe(),
-                "reason": self.reason}
-
-
-@dataclass
-class RunResult:
-    exit_code: int
-    state: State
-    message: str
-    attempts: list[dict] = field(default_factory=list)
-
-
 def find_resume_point(run_dir: Path):
-    """(CheckpointInfo|None, skipped newer ones). Imported late: the store is its own part."""
-    from traind import store as checkpoints
-    return checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
+    """(CheckpointInfo|None, skipped newer ones): read from manifests and checksums, never unpickled."""
+    return store.latest_valid(store.checkpoints_dir(run_dir))
 
 
 class Supervisor:
@@ -79,7 +37,7 @@ class Supervisor:
                  find_resume=find_resume_point, log: Callable[[str], None] | None = None):
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
-        self.followup = followup or default_followup
+        self.followup = followup or (lambda outcome: PREEMPTED)
         self.find_resume = find_resume
         self._log = log or _stderr_log
         self.files = RunFiles(spec.run_dir)
@@ -239,12 +197,12 @@ class Supervisor:
         if kind == protocol.HELLO:
             self.say(f"child pid {msg.get('pid')} says hello (resumed step {msg.get('resumed_step')})")
         elif kind == protocol.HEARTBEAT:
-            step = _int(msg.get("step"))
+            step = as_int(msg.get("step"))
             a.last_step = step
             if a.first_beat is None and step is not None:
                 a.first_beat = (now, step)
             self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
-                                   "time": self.os.wall(), "steps_per_second": _rate(a, now, step)}
+                                   "time": self.os.wall(), "steps_per_second": step_rate(a, now, step)}
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
             self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
@@ -254,7 +212,7 @@ class Supervisor:
             if self.spec.checkpoint.every_seconds and self.state is State.RUNNING:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
             self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
-                     f"{_fmt_seconds(msg.get('seconds'))})")
+                     f"{fmt_seconds(msg.get('seconds'))})")
             self.status_dirty = True
         elif kind == protocol.STOPPING:
             self.say(f"child is stopping: {msg.get('reason')}")
@@ -318,14 +276,14 @@ class Supervisor:
     def _spawn_attempt(self) -> None:
         number = self.attempt_base + len(self.attempts) + 1
         info, _ = self._resume_point(quiet=False)
-        a = Attempt(number=number, started=self.os.monotonic(), resume_step=None if info is None else info.step)
+        a = Attempt(number=number, resume_step=None if info is None else info.step)
         self.attempts.append(a)
         self.stop_deadline, self.killed = None, False
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env,
                protocol.ENV_RUN_DIR: str(self.spec.run_dir),
                protocol.ENV_RESUME_FROM: "" if info is None else str(info.path),
                protocol.ENV_ATTEMPT: str(number), protocol.ENV_JOB_NAME: self.spec.name,
-               protocol.ENV_CHECKPOINT_POLICY: _json(self.spec.checkpoint_json())}
+               protocol.ENV_CHECKPOINT_POLICY: json_line(self.spec.checkpoint_json())}
         pid = self.os.spawn(self.spec.command, cwd=self.spec.workdir, env=env,
                             log_path=self.files.attempt_log(number), keep_fds=(self.lock.fd,))
         if isinstance(pid, SpawnFailure):
@@ -423,22 +381,3 @@ class Supervisor:
 
 def _stderr_log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _rate(a: Attempt, now: float, step: int | None) -> float | None:
-    if a.first_beat is None or step is None or now <= a.first_beat[0]:
-        return None
-    return round((step - a.first_beat[1]) / (now - a.first_beat[0]), 3)
-
-
-def _fmt_seconds(value) -> str:
-    return f"{value:.2f}s" if isinstance(value, (int, float)) else "time unknown"
-
-
-def _json(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-

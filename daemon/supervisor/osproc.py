@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from traind.supervisor.channel import SupervisorChannel
@@ -44,36 +45,14 @@ class ExitStatus:
         return f"exit code {self.code}"
 
 
-@dataclass(frozen=True)
-class SpawnFailure:
-    message: str
-
-
-# Events returned by wait(), in the order they happened where that matters.
-@dataclass(frozen=True)
-class SignalArrived:
-    signo: int
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    reason: str
-
-
-@dataclass(frozen=True)
-class ChildMessage:
-    msg: dict
-
-
-@dataclass(frozen=True)
-class BadMessage:
-    error: str
-
-
-@dataclass(frozen=True)
-class ChildExited:
-    pid: int
-    status: ExitStatus
+# What spawn() returns when the command cannot start, and the events wait() returns, in the order
+# they happened where that matters (one line each: they are plain records).
+class SpawnFailure(NamedTuple): message: str
+class SignalArrived(NamedTuple): signo: int
+class StopRequested(NamedTuple): reason: str
+class ChildMessage(NamedTuple): msg: dict
+class BadMessage(NamedTuple): error: str
+class ChildExited(NamedTuple): pid: int; status: ExitStatus   # noqa: E702
 
 
 def signal_name(signo: int) -> str:
@@ -238,11 +217,6 @@ class RealOS:
         except (OSError, ValueError, AttributeError):
             pass   # echo is a courtesy; the attempt log has everything
 
-    def close(self) -> None:
-        self.restore_signal_handlers()
-        self._sel.close()
-        for fd in (self._sig_r, self._sig_w, self._wake_r, self._wake_w):
-            os.close(fd)
 
 
 def _recorded_by_wakeup_fd(signo, frame) -> None:

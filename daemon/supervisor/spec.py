@@ -6,7 +6,6 @@ raw mapping first (the value parsed as YAML), so they are validated by exactly t
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from traind.contract.errors import UsageError
+from traind.supervisor.checker import Checker, kind_of
 from traind.contract.exitcodes import PREEMPTED
 from traind.store.retention import KEEP_BEST_FIELDS, check_retention
 
@@ -143,7 +143,7 @@ def parse_spec_text(text: str) -> tuple[dict | None, str | None]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        return None, f"expected a mapping of fields at the top level, got {_kind(raw)}"
+        return None, f"expected a mapping of fields at the top level, got {kind_of(raw)}"
     return raw, None
 
 
@@ -175,83 +175,9 @@ def apply_override(raw: dict, item: str, path: Path) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             dotted = ".".join(parts[: depth + 1])
-            raise UsageError(f"{path}: {dotted} (from --set {key}): is {_kind(child)}, cannot set a sub-field")
+            raise UsageError(f"{path}: {dotted} (from --set {key}): is {kind_of(child)}, cannot set a sub-field")
         node = child
     node[parts[-1]] = value
-
-
-# --- validation ----------------------------------------------------------------------------------
-
-class _Checker:
-    """Validates one mapping; every error names the file and the dotted field."""
-
-    def __init__(self, source: Path):
-        self.source = source
-
-    def fail(self, where: str, expected: str, value: Any = ...) -> UsageError:
-        got = "" if value is ... else f", got {_show(value)}"
-        return UsageError(f"{self.source}: {where}: expected {expected}{got}")
-
-    def section(self, value: Any, where: str, valid: tuple[str, ...]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(where, "a mapping", value)
-        for key in value:
-            if key not in valid:
-                label = f"{where}.{key}" if where else str(key)
-                raise UsageError(f"{self.source}: {label}: unknown field; valid fields here: {', '.join(valid)}")
-        return value
-
-    def number(self, value: Any, where: str, *, minimum: float = 0.0, strict: bool = False,
-               nullable: bool = False, integer: bool = False, maximum: float | None = None) -> Any:
-        if value is None and nullable:
-            return None
-        kind = "an integer" if integer else "a number"
-        bound = f" > {minimum:g}" if strict else f" >= {minimum:g}"
-        bound += "" if maximum is None else f" and <= {maximum:g}"
-        expected = kind + bound + (" or null" if nullable else "")
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type:
-            raise self.fail(where, expected, value)
-        if value < minimum or (strict and value == minimum) or value != value or (maximum is not None and value > maximum):
-            raise self.fail(where, expected, value)
-        if integer:
-            return value
-        try:
-            number = float(value)
-        except OverflowError:      # an integer too large for a float
-            number = math.inf
-        if not math.isfinite(number):   # .inf or 1e999 would overflow the sleeps and deadlines
-            raise self.fail(where, "a finite " + expected[2:], value)
-        return number
-
-    def choice(self, value: Any, where: str, choices: tuple) -> Any:
-        if not any(type(value) is type(c) and value == c for c in choices):  # 1 is not True here
-            raise self.fail(where, "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
-                                                         for c in choices), value)
-        return value
-
-    def string(self, value: Any, where: str, *, nullable: bool = False) -> str | None:
-        if value is None and nullable:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, "a non-empty string" + (" or null" if nullable else ""), value)
-        if "\0" in value:     # would fail much later, in a path or exec call, as a traceback
-            raise self.fail(where, "a string without NUL bytes", value)
-        return value
-
-    def argv(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(where, "a non-empty list of strings, e.g. [python, train.py]", value)
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item == "":
-                raise self.fail(f"{where}[{i}]", "a non-empty string", item)
-            if "\0" in str(item):
-                raise self.fail(f"{where}[{i}]", "a string without NUL bytes", item)
-            out.append(str(item))
-        return tuple(out)
 
 
 PYTHON_NAMES = ("python", "python3")
@@ -271,7 +197,7 @@ TOP_FIELDS = ("name", "command", "workdir", "run_dir", "env", "checkpoint", "res
 
 
 def validate(raw: dict, source: Path) -> JobSpec:
-    c = _Checker(source)
+    c = Checker(source)
     c.section(raw, "", TOP_FIELDS)
     if "name" not in raw:
         raise c.fail("name", "a job name matching [A-Za-z0-9][A-Za-z0-9._-]{0,63} (the field is missing)")
@@ -295,7 +221,7 @@ def validate(raw: dict, source: Path) -> JobSpec:
         health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), raw=raw)
 
 
-def _env(c: _Checker, value: Any) -> dict[str, str]:
+def _env(c: Checker, value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -312,7 +238,7 @@ def _env(c: _Checker, value: Any) -> dict[str, str]:
     return env
 
 
-def _checkpoint(c: _Checker, value: Any) -> CheckpointSpec:
+def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
     d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best"))
     if isinstance(d.get("keep_best"), dict):
         c.section(d["keep_best"], "checkpoint.keep_best", KEEP_BEST_FIELDS)
@@ -327,7 +253,7 @@ def _checkpoint(c: _Checker, value: Any) -> CheckpointSpec:
         keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb))
 
 
-def _restart(c: _Checker, value: Any) -> RestartPolicy:
+def _restart(c: Checker, value: Any) -> RestartPolicy:
     d = c.section(value, "restart", ("max_restarts", "window_seconds", "no_retry_exit_codes", "backoff"))
     b = c.section(d.get("backoff"), "restart.backoff", ("initial_seconds", "max_seconds", "factor", "jitter"))
     codes = d.get("no_retry_exit_codes", [2])
@@ -352,7 +278,7 @@ def _restart(c: _Checker, value: Any) -> RestartPolicy:
         no_retry_exit_codes=tuple(codes), backoff=backoff)
 
 
-def _preemption(c: _Checker, value: Any) -> Preemption:
+def _preemption(c: Checker, value: Any) -> Preemption:
     d = c.section(value, "preemption", ("signals", "grace_seconds", "requeue", "spot"))
     sigs = d.get("signals", ["SIGTERM", "SIGUSR1"])
     if not isinstance(sigs, list):
@@ -370,13 +296,13 @@ def _preemption(c: _Checker, value: Any) -> Preemption:
                       spot=spot)
 
 
-def _health(c: _Checker, value: Any) -> Health:
+def _health(c: Checker, value: Any) -> Health:
     d = c.section(value, "health", ("hang_timeout_seconds",))
     return Health(hang_timeout_seconds=c.number(d.get("hang_timeout_seconds", 300.0),
                                                 "health.hang_timeout_seconds", strict=True, nullable=True))
 
 
-def _slurm(c: _Checker, value: Any) -> Slurm:
+def _slurm(c: Checker, value: Any) -> Slurm:
     d = c.section(value, "slurm", ("requeue_command", "lead_seconds"))
     cmd = c.argv(d.get("requeue_command", ["scontrol", "requeue", "{job_id}"]), "slurm.requeue_command")
     for i, part in enumerate(cmd):   # filled in only after the emergency checkpoint: check it now
@@ -392,15 +318,3 @@ def _slurm(c: _Checker, value: Any) -> Slurm:
 
 def signal_numbers(names: tuple[str, ...]) -> set[int]:
     return {int(getattr(signal, n)) for n in names}
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return _kind(value)
-    text = "null" if value is None else repr(value) if not isinstance(value, bool) else str(value).lower()
-    return text if len(text) <= 60 else text[:57] + "..."
-
