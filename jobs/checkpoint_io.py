@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from traind import store as checkpoints
+from traind import store
 from traind.contract.errors import TraindError
 from traind.jobs.store import load_checkpoint
 
@@ -16,9 +16,9 @@ log = logging.getLogger("traind.store")
 def resolve(path) -> Path:
     """A state.pt, a checkpoint dir, or a run/checkpoints dir -> that file or checkpoint dir."""
     path = Path(path)
-    if path.is_file() or (path / checkpoints.MANIFEST_NAME).exists():
+    if path.is_file() or (path / store.MANIFEST_NAME).exists():
         return path
-    chosen, skipped = checkpoints.latest_valid(checkpoints.checkpoints_dir(path))
+    chosen, skipped = store.latest_valid(store.checkpoints_dir(path))
     if chosen is None:
         why = f" ({len(skipped)} invalid, newest: {skipped[0].error})" if skipped else ""
         raise TraindError(f"{path}: no valid checkpoint{why}")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from traind import store as ck
+from traind.cli.show import ago, size, timestamp
 from traind.contract.errors import UsageError
 
 
@@ -52,24 +52,6 @@ def _is_checkpoint_dir(p: Path) -> bool:
     return bool(ck.STEP_DIR_RE.match(p.name)) or (p / ck.MANIFEST_NAME).exists()
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _age(created: float | None) -> str:
-    if created is None:
-        return "-"
-    s = max(0.0, time.time() - created)
-    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= secs:
-            return f"{s / secs:.1f}{unit}"
-    return f"{s:.0f}s"
-
-
 def _status(info: ck.CheckpointInfo) -> str:
     return "valid" if info.valid else f"INVALID: {info.error}"
 
@@ -78,7 +60,7 @@ def _print_table(infos: list[ck.CheckpointInfo]) -> None:
     rows = [("STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS")]
     for i in infos:
         rows.append((str(i.step if i.step is not None else "?"), str(i.epoch if i.epoch is not None else "-"),
-                     i.reason or "-", _size(i.size), _age(i.created), _status(i)))
+                     i.reason or "-", size(i.size), ago(i.created, missing="-"), _status(i)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5])
@@ -142,5 +124,7 @@ def cmd_inspect(args) -> int:
         for key, value in out.items():
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, default=str)
+            elif key == "created":       # people read times, not epoch seconds (--json keeps those)
+                value = f"{timestamp(value)} ({ago(value, missing='?')} ago)"
             print(f"{key + ':':<18}{value}")
     return 0 if info.valid and "state_error" not in out else 1

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from traind.cli.show import ago
 from traind.contract.errors import UsageError
 from traind.supervisor.runfiles import lock_is_held, read_status
 from traind.supervisor.spec import JobSpec, load_spec
@@ -62,15 +63,15 @@ def cmd_run(args) -> int:
     from traind.supervisor.loop import Supervisor   # after the spec is known to be good
     spec = load_spec(args.spec, args.overrides)
     check_runnable(spec)
-    # --- cluster hooks (daemon/cluster.py): SLURM requeue after an emergency stop, spot notices ---
-    from traind.cluster import hooks as cluster
-    hooks = cluster.attach(spec)
-    supervisor = Supervisor(spec, followup=hooks.followup)
-    hooks.start(supervisor.request_stop, supervisor.say)
+    # --- cluster hooks (traind.cluster.hooks): SLURM requeue after an emergency stop, spot notices ---
+    from traind.cluster import hooks
+    attached = hooks.attach(spec)
+    supervisor = Supervisor(spec, followup=attached.followup)
+    attached.start(supervisor.request_stop, supervisor.say)
     try:
         result = supervisor.run()
     finally:
-        hooks.stop()
+        attached.stop()
     return result.exit_code
 
 
@@ -101,8 +102,8 @@ def cmd_status(args) -> int:
 
 
 def _latest_checkpoint(run_dir: Path) -> dict | None:
-    from traind import store as checkpoints
-    info, skipped = checkpoints.latest_valid(checkpoints.checkpoints_dir(run_dir))
+    from traind import store
+    info, skipped = store.latest_valid(store.checkpoints_dir(run_dir))
     out = None if info is None else {"step": info.step, "path": str(info.path), "created": info.created}
     if out is not None and skipped:
         out["skipped_newer"] = [f"{Path(s.path).name}: {s.error}" for s in skipped]
@@ -122,27 +123,20 @@ def format_status(s: dict, *, now: float) -> str:
     hb = s.get("last_heartbeat")
     if isinstance(hb, dict):      # status.json is ours, but may have been edited: never a traceback here
         rate = hb.get("steps_per_second")
-        lines.append(f"heartbeat:   step {hb.get('step')}, {_age(now, hb.get('time'))} ago"
+        lines.append(f"heartbeat:   step {hb.get('step')}, {ago(now=now, then=hb.get('time'))} ago"
                      + (f", {rate:.1f} steps/s" if isinstance(rate, (int, float)) and rate else ""))
     ck = s.get("valid_checkpoint")
     ck = ck if isinstance(ck, dict) else None
-    lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {_age(now, ck.get('created'))} ago"))
+    lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {ago(now=now, then=ck.get('created'))} ago"))
     for skipped in (ck or {}).get("skipped_newer", []):
         lines.append(f"  skipped:   {skipped}")
     fail = s.get("last_failure")
     if isinstance(fail, dict):
         lines.append(f"last failure: attempt {fail.get('attempt')} {fail.get('exit')}"
-                     + (f" ({fail['reason']})" if fail.get("reason") else "") + f", {_age(now, fail.get('time'))} ago")
+                     + (f" ({fail['reason']})" if fail.get("reason") else "") + f", {ago(now=now, then=fail.get('time'))} ago")
     if s.get("message"):
         lines.append(f"result:      {s['message']} (exit {s.get('exit_code')})")
     return "\n".join(lines)
-
-
-def _age(now: float, then) -> str:
-    if not isinstance(then, (int, float)):
-        return "?"
-    sec = max(0.0, now - then)
-    return f"{sec:.1f}s" if sec < 120 else f"{sec / 60:.1f}min" if sec < 7200 else f"{sec / 3600:.1f}h"
 
 
 if __name__ == "__main__":  # pragma: no cover

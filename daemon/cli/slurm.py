@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from traind.cluster import sbatch as slurm_batch
+from traind.cluster import sbatch
 from traind.contract.errors import TraindError, UsageError
 from traind.cluster.slurm import CommandRunner
 
@@ -65,21 +65,21 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
         options.append(("--time", args.time))
     if args.partition:
         options.append(("--partition", args.partition))
-    options += slurm_batch.group_options(extra)
+    options += sbatch.group_options(extra)
 
-    measurement = slurm_batch.measure_stop(spec.run_dir)
+    measurement = sbatch.measure_stop(spec.run_dir)
     lead = args.lead if args.lead is not None else spec.slurm.lead_seconds
     if lead is not None and not 0 < lead <= SLURM_MAX_SIGNAL_SECONDS:   # also NaN, which no comparison lets through
         raise UsageError(f"--lead: expected a number of seconds > 0 and <= {SLURM_MAX_SIGNAL_SECONDS}, got {lead:g}")
-    lead = int(round(lead)) if lead is not None else slurm_batch.lead_for(measurement)
-    warning = slurm_batch.lead_warning(lead, measurement)
+    lead = int(round(lead)) if lead is not None else sbatch.lead_for(measurement)
+    warning = sbatch.lead_warning(lead, measurement)
     if warning:
         print(f"traind: {warning}", file=sys.stderr)
 
-    job = slurm_batch.BatchJob(spec_path=Path(args.spec).resolve(), name=spec.name, run_dir=spec.run_dir,
+    job = sbatch.BatchJob(spec_path=Path(args.spec).resolve(), name=spec.name, run_dir=spec.run_dir,
                                lead_seconds=lead, sbatch_options=tuple(options),
                                overrides=tuple(args.overrides))
-    script = slurm_batch.render_script(job)
+    script = sbatch.render_script(job)
     if args.print_only:
         sys.stdout.write(script)
         return 0
@@ -105,7 +105,7 @@ def _refuse_shared_run_dir(run_dir: Path, runner: CommandRunner) -> None:
     res = runner.run(["squeue", "-h", "-o", "%i|%k"], timeout=30)
     if not res.ok:
         return  # no squeue answer: the run's own lock still keeps two supervisors apart
-    holder = slurm_batch.parse_run_dir_comments(res.stdout).get(str(run_dir))
+    holder = sbatch.parse_run_dir_comments(res.stdout).get(str(run_dir))
     if holder:
         raise UsageError(f"run_dir {run_dir}: already used by queued SLURM job {holder}; cancel it, "
                          f"use --set run_dir=..., or pass --allow-shared-run-dir")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from traind import store as checkpoints
+from traind import store
 from traind.contract.errors import UsageError
 from traind.cluster.slurm import ENV_SUBMITTED_LEAD
 
@@ -94,19 +94,19 @@ def _recorded_checkpoint_seconds(run_dir: Path, infos) -> list[tuple[float, str]
     except (OSError, ValueError, AttributeError):
         pass
     for info in infos[:5]:
-        manifest, _ = checkpoints.read_manifest(info.path)
+        manifest, _ = store.read_manifest(info.path)
         extra = (manifest or {}).get("extra")
         for key in ("save_seconds", "write_seconds", "seconds"):
             value = extra.get(key) if isinstance(extra, dict) else None
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                found.append((float(value), f"checkpoint write in {info.path / checkpoints.MANIFEST_NAME}"))
+                found.append((float(value), f"checkpoint write in {info.path / store.MANIFEST_NAME}"))
                 break
     return found
 
 
 def measure_stop(run_dir: Path) -> StopMeasurement:
     """The longest emergency stop (or, failing that, checkpoint write) this run dir has recorded."""
-    infos = checkpoints.list_checkpoints(run_dir, deep=False)
+    infos = store.list_checkpoints(run_dir, deep=False)
     candidates = [(d, f"stop request -> child exit in {run_dir / 'events.jsonl'}")
                   for d in _stop_durations(run_dir / "events.jsonl")]
     candidates += _recorded_checkpoint_seconds(run_dir, infos)

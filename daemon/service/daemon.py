@@ -20,7 +20,6 @@ import queue
 import select
 import signal
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import yaml
 
 from traind.contract import exitcodes
 from traind.service import spool
-from traind.contract.errors import TraindError, UsageError
+from traind.contract.errors import UsageError
 from traind.fs.durable import atomic_write
 from traind.service.client import SERVE_STATE_NAME, ServeLock
 from traind.service.config import Running, ServeConfig

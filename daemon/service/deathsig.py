@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from traind.contract import exitcodes
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> int:
         print(f"traind: prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
         return 1
     if os.getppid() != parent:  # the daemon died before prctl took effect
-        return 75
+        return exitcodes.PREEMPTED
     os.execvp(cmd[0], cmd)
     return 127  # not reached
 

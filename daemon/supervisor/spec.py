@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,9 +307,12 @@ def _slurm(c: Checker, value: Any) -> Slurm:
     d = c.section(value, "slurm", ("requeue_command", "lead_seconds"))
     cmd = c.argv(d.get("requeue_command", ["scontrol", "requeue", "{job_id}"]), "slurm.requeue_command")
     for i, part in enumerate(cmd):   # filled in only after the emergency checkpoint: check it now
-        try:
-            part.format_map({k: "" for k in REQUEUE_PLACEHOLDERS})
-        except (KeyError, IndexError, ValueError) as err:
+        try:    # only bare {name}s: no {job_id.real}, {job_id[0]}, {job_id!r} or format specs
+            fields = [f for _, f, spec, conv in string.Formatter().parse(part) if f is not None
+                      and (f not in REQUEUE_PLACEHOLDERS or spec or conv)]
+        except ValueError:
+            fields = [part]
+        if fields:
             raise c.fail(f"slurm.requeue_command[{i}]", "placeholders among {" + "}, {".join(REQUEUE_PLACEHOLDERS)
                          + "} (write {{ }} for a literal brace)", part) from None
     return Slurm(requeue_command=cmd,

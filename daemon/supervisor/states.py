@@ -48,7 +48,7 @@ class Trigger(str, enum.Enum):
     BACKOFF_ELAPSED = "backoff_elapsed"
 
 
-PREEMPTED_EXIT = 75  # the job's own "I checkpointed and stopped" code (traind.contract.exitcodes.PREEMPTED)
+PREEMPTED_EXIT = exitcodes.PREEMPTED  # the job's own "I checkpointed and stopped" code
 
 
 @dataclass(frozen=True)
