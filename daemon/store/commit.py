@@ -117,6 +117,7 @@ class PendingCheckpoint:
         self.done = True
         if replaced is not None:
             remove_tree(replaced)
+        retention.remember_verified(final)
         return fmt.info_from_manifest(final, manifest)
 
     def _rename_into_place(self, final: Path) -> Path | None:

@@ -123,14 +123,55 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Checkpoints that passed (or failed) deep verification in this process, by the identity of their
+# manifest. Sizes alone cannot tell a bit-rotted state.pt from a good one, so retention counts a
+# checkpoint as a keeper only once its checksums were read (or written, by commit: remember_verified).
+_deep_verdicts: dict[tuple, bool] = {}
+
+
+def _identity(ckpt_path: Path) -> tuple | None:
+    try:
+        st = (ckpt_path / ck.MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return str(ckpt_path.resolve()), st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def remember_verified(ckpt_path: Path) -> None:
+    """The writer hashed every byte as it wrote them: no need to read them back."""
+    key = _identity(ckpt_path)
+    if key is not None:
+        _deep_verdicts[key] = True
+
+
+def deep_valid(info) -> bool:
+    key = _identity(info.path)
+    if key is None:
+        return False
+    if key not in _deep_verdicts:
+        verdict = ck.verify(info.path)
+        _deep_verdicts[key] = verdict.valid
+        if not verdict.valid:
+            info.error = verdict.error
+    return _deep_verdicts[key]
+
+
 def prune(ckpt_dir, keep_last: int, keep_best: dict | None = None, protect=()) -> list[Path]:
     """Delete checkpoints beyond the last `keep_last` + the best k; returns what was removed.
 
     Only step-N dirs directly inside ckpt_dir are candidates (never a path outside it, never a
-    symlink's target); the newest checkpoint and the protected ones are always kept."""
+    symlink's target); the newest checkpoint and the protected ones are always kept. A keeper must
+    pass deep verification: a bit-rotted checkpoint of the right size is never counted as one of
+    the last N, so it can never cost a newer valid checkpoint its place."""
     ckpt_dir = ck.checkpoints_dir(ckpt_dir)
     infos = ck.list_checkpoints(ckpt_dir, deep=False)
-    keep = choose_keep(infos, keep_last, keep_best, protect)
+    while True:
+        keep = choose_keep(infos, keep_last, keep_best, protect)
+        rotten = [i for i in infos if i.valid and i.path.resolve() in keep and not deep_valid(i)]
+        if not rotten:
+            break
+        for info in rotten:       # invalid from now on: choose again without it
+            info.valid = False
     doomed = [i.path for i in infos if i.path.resolve() not in keep]
     if not doomed:
         return []
