@@ -6,6 +6,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from traind.contract.errors import UsageError
+from traind.jobs.checkpoint_io import read_state
 from traind.jobs.hparams import HyperparametersMixin
 
 
@@ -48,13 +50,18 @@ class TrainModule(HyperparametersMixin, nn.Module):
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
-    def load_from_checkpoint(cls, path, map_location="cpu", strict: bool = True, **overrides):
+    def load_from_checkpoint(cls, path, map_location="cpu", strict: bool = True, *,
+                             unverified: bool = False, **overrides):
         """Rebuild the module from the checkpoint's hyperparameters (`overrides` win), load its weights.
 
-        `path` is a checkpoint dir (…/step-N), its state.pt, or a run dir (its latest valid checkpoint)."""
-        from traind.jobs.checkpoint_io import load_state   # late import: keeps module import light
-
-        state = load_state(path, map_location=map_location)
+        `path` is a run dir (its newest valid checkpoint), a checkpoint dir (…/step-N) or a file in
+        one (its state.pt); the checkpoint is verified (sizes, checksums) before it is loaded.
+        `unverified=True` loads one file as it is, with no manifest to check it against: the
+        explicit way to load a file you trust that traind did not write (a plain torch.save or a
+        Lightning .ckpt). Either way it is read with weights_only=True."""
+        state_file, state = read_state(path, map_location=map_location, unverified=unverified)
+        if "state_dict" not in state:
+            raise UsageError(f"{state_file}: no 'state_dict' in it; not a traind/Lightning checkpoint")
         hparams = dict(state.get("hyper_parameters") or {})
         hparams.update(overrides)
         module = cls(**hparams)

@@ -25,6 +25,7 @@ import torch
 from traind import store as ck
 from traind.store import CheckpointInfo
 from traind.contract.errors import TraindError, UsageError
+from traind.jobs.checkpoint_io import UnusableCheckpoint, load_checkpoint  # noqa: F401 (re-exported)
 from traind.store.retention import check_retention
 
 log = logging.getLogger("traind.store")
@@ -38,15 +39,6 @@ def tensor_bytes(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(tensor_bytes(v) for v in obj)
     return 0
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Verify a checkpoint dir (sizes + checksums), then load its state.pt with weights_only=True,
-    so a checkpoint carrying a malicious pickle cannot run code."""
-    info = ck.verify(path)
-    if not info.valid:
-        raise TraindError(f"cannot load checkpoint: {info.error}")
-    return torch.load(info.path / ck.STATE_NAME, map_location=map_location, weights_only=True)
 
 
 def write_state(pending: ck.PendingCheckpoint, state: dict) -> None:
@@ -318,12 +310,9 @@ class CheckpointStore:
         return info
 
     def load(self, path=None, map_location="cpu") -> dict:
-        if path is None:
-            info = self.latest_valid()
-            if info is None:
-                raise TraindError(f"{self.ckpt_dir}: no valid checkpoint to load")
-            path = info.path
-        return load_checkpoint(path, map_location=map_location)
+        """The checkpoint `path` names (default: the newest valid one here), verified, then loaded
+        with weights_only=True; one that verifies but cannot be loaded is an UnusableCheckpoint."""
+        return load_checkpoint(self.ckpt_dir if path is None else path, map_location=map_location)
 
     def protect(self, path) -> None:
         """Never prune this checkpoint (e.g. the one the run resumed from)."""
