@@ -66,8 +66,9 @@ class CheckpointPolicy(Callback):
     def monitor(self) -> str | None:
         return (self.keep_best or {}).get("metric")
 
-    def apply_overrides(self, raw_json: str, where: str = "$TRAIND_CHECKPOINT") -> None:
-        """Apply the spec's checkpoint section (JSON); unknown or mistyped fields are a UsageError."""
+    def apply_overrides(self, raw_json: str, where: str = "$TRAIND_CHECKPOINT") -> list[str]:
+        """Apply the spec's checkpoint section (JSON); unknown or mistyped fields are a UsageError.
+        Returns one line per value the spec changed, saying which wins (the spec's)."""
         try:
             section = json.loads(raw_json)
         except ValueError as err:
@@ -75,12 +76,16 @@ class CheckpointPolicy(Callback):
         if not isinstance(section, dict):
             raise UsageError(f"{where}: expected an object, got {type(section).__name__}")
         known = ("every_steps", "every_seconds", "at_epoch_end", "keep_last", "keep_best")
+        changed = []
         for key, value in section.items():
             if key not in known:
                 raise UsageError(f"{where}: unknown field {key!r} (valid: {', '.join(known)})")
-            if value is not None:       # null = not set in the spec: the job's own value stays
+            if value is not None and value != getattr(self, key):   # null = not in the spec: the code's stays
+                changed.append(f"checkpoint.{key}: the spec's {value!r} wins over {getattr(self, key)!r} "
+                               "given in the code")
                 setattr(self, key, value)
         self._validate(where)
+        return changed
 
     def _validate(self, where: str) -> None:
         steps = self.every_steps

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from traind import store
+from traind.contract import exitcodes
 from traind.contract.errors import TraindError, UsageError
 
 log = logging.getLogger("traind.store")
@@ -32,7 +33,11 @@ class UnusableCheckpoint(TraindError):
     """A checkpoint whose bytes are as committed (it verifies) but that can never be loaded:
     torch cannot read its state.pt, or weights_only=True refuses what it holds. Loading it
     again fails the same way, so a resume must fall back to another checkpoint.
-    `.path`: the checkpoint dir (the file itself for `load_unverified`)."""
+    `.path`: the checkpoint dir (the file itself for `load_unverified`). A job that cannot load
+    the resume point it was given exits 65: its supervisor sets that checkpoint aside (never
+    deleting it) and restarts from the previous valid one, without spending the restart budget."""
+
+    exit_code = exitcodes.UNUSABLE_CHECKPOINT
 
     def __init__(self, path, message: str) -> None:
         super().__init__(message)

@@ -13,11 +13,9 @@ in-flight save, writes a blocking emergency checkpoint and exits 75.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -25,12 +23,13 @@ import torch
 from traind import __version__
 from traind.contract import exitcodes
 from traind.contract import protocol
-from traind.contract.errors import IllegalTransition, TraindError, UsageError
+from traind.contract.errors import TraindError, UsageError
 from traind.jobs import preemption
 from traind.jobs.callbacks import CheckpointPolicy
 from traind.jobs.clock import SystemClock
 from traind.jobs.control import ControlChannel
 from traind.jobs.data import DataPosition, resumable_loader
+from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
 from traind.jobs.reporting import Console, MetricsLog
 from traind.jobs.rng import capture_rng, restore_rng
@@ -38,61 +37,6 @@ from traind.jobs.store import CheckpointStore
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
-
-
-class Preempted(SystemExit):
-    """Raised after the emergency checkpoint is durable: the process exits 75 (resumable)."""
-
-    def __init__(self, step: int, reason: str) -> None:
-        super().__init__(exitcodes.PREEMPTED)
-        self.step, self.reason = step, reason
-
-
-class Phase(Enum):
-    """STARTING -> TRAINING -> FINISHING -> DONE; STARTING|TRAINING -> STOPPING -> PREEMPTED;
-    any phase -> FAILED when an exception escapes the user's code or a save."""
-    STARTING = "starting"
-    TRAINING = "training"
-    STOPPING = "stopping"
-    FINISHING = "finishing"
-    DONE = "done"
-    PREEMPTED = "preempted"
-    FAILED = "failed"
-
-
-class Event(Enum):
-    RESTORED = "restored"
-    STOP_REQUESTED = "stop requested"
-    FINISHED = "finished"
-    SAVED = "saved"
-    ERROR = "error"
-
-
-def transition(phase: Phase, event: Event) -> Phase:
-    if event is Event.ERROR:
-        return Phase.FAILED                                   # any -> FAILED
-    if phase is Phase.STARTING and event is Event.RESTORED:
-        return Phase.TRAINING                                 # STARTING -> TRAINING
-    if phase in (Phase.STARTING, Phase.TRAINING) and event is Event.STOP_REQUESTED:
-        return Phase.STOPPING                                 # -> STOPPING (emergency save)
-    if phase is Phase.TRAINING and event is Event.FINISHED:
-        return Phase.FINISHING                                # TRAINING -> FINISHING (final save)
-    if phase is Phase.STOPPING and event is Event.SAVED:
-        return Phase.PREEMPTED                                # STOPPING -> PREEMPTED (exit 75)
-    if phase is Phase.FINISHING and event is Event.SAVED:
-        return Phase.DONE                                     # FINISHING -> DONE (exit 0)
-    raise IllegalTransition(f"illegal session transition: {phase.value} on {event.value}")
-
-
-@contextlib.contextmanager
-def one_line_errors():
-    """Our own failures (locked run dir, bad $TRAIND_CHECKPOINT, disk full) end the job with one
-    line and their exit code; the user's exceptions keep their traceback."""
-    try:
-        yield
-    except TraindError as err:
-        print(f"traind: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
 
 
 def _as_list(value) -> list:
@@ -140,12 +84,14 @@ class Session:
         self._save_started = 0.0
         self._last_heartbeat = -1e18
         self._epoch_end_pending = False
-        with one_line_errors():
+        self.control, self._error_sent = None, False
+        with one_line_errors(self._report_error):
             self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
             self.policy = policy or CheckpointPolicy(every_steps, every_seconds,
                                                      keep_last=keep_last, keep_best=keep_best)
             if env.get(protocol.ENV_CHECKPOINT_POLICY):
-                self.policy.apply_overrides(env[protocol.ENV_CHECKPOINT_POLICY])
+                for line in self.policy.apply_overrides(env[protocol.ENV_CHECKPOINT_POLICY]):
+                    self.console.line(line)      # say which one wins: the spec's or the code's
             if self.policy not in self.callbacks:
                 self.callbacks.insert(0, self.policy)
             try:
@@ -240,7 +186,7 @@ class Session:
                                       num_workers=num_workers, drop_last=drop_last, **loader_kwargs)
             total = loader.batch_sampler.batches_per_epoch()
             if total == 0:
-                with one_line_errors():
+                with one_line_errors(self._report_error):
                     raise TraindError(f"session.batches(): a dataset of {len(dataset)} samples "
                                       f"gives no batch of {batch_size}")
             for batch, _ in self.consume(loader):
@@ -270,7 +216,7 @@ class Session:
         self.step += 1
         now = self.clock.monotonic()
         rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
-        with one_line_errors():
+        with one_line_errors(self._report_error):
             self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics,
                                      TIMING_KEYS[0]: round(self.clock.wall(), 3),
                                      TIMING_KEYS[1]: round(rate, 3)})
@@ -281,14 +227,15 @@ class Session:
         self.console.step(self.step, self.position.epoch, metrics, rate, now)
         if now - self._last_heartbeat >= HEARTBEAT_MIN_INTERVAL:
             self._last_heartbeat = now
-            self._send(protocol.HEARTBEAT, step=self.step, epoch=self.position.epoch, metrics=metrics)
+            self._send(protocol.HEARTBEAT, step=self.step, epoch=self.position.epoch, metrics=metrics,
+                       steps_per_second=round(rate, 3))   # measured on the job's own clock
         if self.max_steps is not None and self.step >= self.max_steps:
             self.finished = True
         if self.should_stop():
             return                      # the final or emergency checkpoint follows at once
         asked = FLAGS.take_checkpoint_request()
         if asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now):
-            with one_line_errors():
+            with one_line_errors(self._report_error):
                 self.save(reason=protocol.REASON_PERIODIC, blocking=False)
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -349,7 +296,7 @@ class Session:
         """End of training: emergency checkpoint + exit 75 if a stop was asked, else a final one."""
         if self.phase in (Phase.DONE, Phase.PREEMPTED, Phase.FAILED):
             return
-        with one_line_errors():
+        with one_line_errors(self._report_error):
             if FLAGS.stop is not None and not self.finished:
                 self._stop_with_emergency_checkpoint()
             self.phase = transition(self.phase, Event.FINISHED)
@@ -382,9 +329,15 @@ class Session:
             os._exit(exitcodes.PREEMPTED)
         raise Preempted(self.step, reason)
 
+    def _report_error(self, message: str) -> None:
+        """Tell the supervisor why we fail, in the job's own words (once: the first reason wins)."""
+        if not self._error_sent:
+            self._error_sent = True
+            self._send(protocol.ERROR, message=message[:2000])
+
     def _fail(self, exc: BaseException) -> None:
         self.phase = transition(self.phase, Event.ERROR)
-        self._send(protocol.ERROR, message=f"{type(exc).__name__}: {exc}"[:2000])
+        self._report_error(f"{type(exc).__name__}: {exc}")
         try:
             self._shutdown()   # lets an in-flight periodic save finish: it is still a good state
         except Exception as err:  # the user's exception matters more; ours is one line

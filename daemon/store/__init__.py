@@ -10,11 +10,11 @@ from traind.store.commit import PendingCheckpoint, WriterLock, begin, check_free
 from traind.store.format import (BLOCKS_FIELD, CHECKPOINTS_SUBDIR, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME,
                                  STEP_DIR_RE, TMP_PREFIX, TRASH_PREFIX, CheckpointInfo, checkpoints_dir, host_tag,
                                  latest_valid, list_checkpoints, read_manifest, step_dir_name, verify)
-from traind.store.retention import check_retention, choose_keep, clean_stale, prune
+from traind.store.retention import check_retention, choose_keep, clean_stale, prune, set_aside
 
 __all__ = [
     "CHECKPOINTS_SUBDIR", "MANIFEST_NAME", "FORMAT_VERSION", "STATE_NAME", "BLOCKS_FIELD", "STEP_DIR_RE",
     "TMP_PREFIX", "TRASH_PREFIX", "CheckpointInfo", "checkpoints_dir", "verify", "list_checkpoints",
     "latest_valid", "read_manifest", "step_dir_name", "host_tag", "WriterLock", "begin", "check_free_space",
-    "free_bytes", "PendingCheckpoint", "prune", "clean_stale", "choose_keep", "check_retention",
+    "free_bytes", "PendingCheckpoint", "prune", "clean_stale", "choose_keep", "check_retention", "set_aside",
 ]

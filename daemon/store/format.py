@@ -40,6 +40,7 @@ REASONS = ("periodic", "emergency", "final")
 STEP_DIR_RE = re.compile(r"^step-(\d{9,})$")
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+UNUSABLE_PREFIX = ".unusable-"   # set aside: verifies, but the job could not load it; kept for a human
 LOCK_NAME = ".lock"
 
 
@@ -305,3 +306,7 @@ def tmp_dir_owner(name: str) -> tuple[str, int] | None:
 
 def trash_dir_name(step_dir: str) -> str:
     return f"{TRASH_PREFIX}{step_dir}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def unusable_dir_name(step_dir: str) -> str:
+    return f"{UNUSABLE_PREFIX}{step_dir}-{time.time_ns()}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from traind.fs.durable import fsync_dir, remove_tree
+from traind.fs.durable import atomic_write, fsync_dir, remove_tree
 from traind.fs.locks import pid_alive
 from traind.store import format as ck
 from traind.store.faults import reach
@@ -86,6 +86,21 @@ def clean_stale(ckpt_dir) -> list[Path]:
             remove_tree(path)
             removed.append(path)
     return removed
+
+
+def set_aside(ckpt_path: Path, why: str) -> Path:
+    """Take a committed checkpoint that verifies but that the job cannot use (a pickle that
+    weights_only refuses, a state torch cannot read) out of discovery's sight, in one rename.
+    Nothing is deleted: it stays as .unusable-step-N-<ns>/ with a WHY file for a human."""
+    ckpt_path = Path(ckpt_path)
+    dest = ckpt_path.parent / ck.unusable_dir_name(ckpt_path.name)
+    os.rename(ckpt_path, dest)
+    fsync_dir(ckpt_path.parent)
+    try:
+        atomic_write(dest / "WHY", (why.strip() + "\n").encode(), mode=0o644)
+    except OSError:
+        pass      # the rename is what matters; the note is a courtesy
+    return dest
 
 
 def _mtime_age(path: Path) -> float:

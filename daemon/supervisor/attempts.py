@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from traind.supervisor.osproc import ExitStatus
@@ -23,6 +24,7 @@ class Attempt:
     number: int
     pid: int | None = None
     resume_step: int | None = None
+    resume_path: str | None = None
     spoke: bool = False
     last_message_at: float | None = None
     first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate
@@ -48,10 +50,31 @@ def as_int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def step_rate(a: Attempt, now: float, step: int | None) -> float | None:
-    if a.first_beat is None or step is None or now <= a.first_beat[0]:
+MIN_RATE_SPAN_SECONDS = 2.0   # heartbeats read in one batch share a receive time: never divide by ~0
+
+
+def step_rate(a: Attempt, now: float, step: int | None, reported=None) -> float | None:
+    """Steps per second: the job's own figure (its clock), else from our receive times, once
+    they span long enough to mean something."""
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool) and math.isfinite(reported):
+        return round(float(reported), 3)
+    if a.first_beat is None or step is None or now - a.first_beat[0] < MIN_RATE_SPAN_SECONDS:
         return None
     return round((step - a.first_beat[1]) / (now - a.first_beat[0]), 3)
+
+
+def backoff_delay(policy, failures_in_a_row: int, rand: float) -> float:
+    """Exponential backoff with +-jitter (rand in [0, 1)), capped at policy.max_seconds."""
+    base = min(policy.max_seconds, policy.initial_seconds * policy.factor ** (failures_in_a_row - 1))
+    return max(0.0, base * (1 + policy.jitter * (2 * rand - 1)))
+
+
+def same_failure_before_first_step(history: list[tuple[float, str]], limit: int, window: float) -> bool:
+    """The last `limit` attempts all died before speaking, all the same way, within the restart
+    window (failures spread wider apart are the budget's business, not a job that cannot start)."""
+    recent = history[-limit:] if limit else []
+    return (bool(recent) and len(recent) == limit and len({why for _, why in recent}) == 1
+            and recent[-1][0] - recent[0][0] <= window)
 
 
 def fmt_seconds(value) -> str:

@@ -15,11 +15,12 @@ from typing import Callable
 
 from traind import store
 from traind.contract import protocol
-from traind.contract.exitcodes import FAILED, OK, PREEMPTED
-from traind.supervisor.attempts import Attempt, Outcome, RunResult, as_int, fmt_seconds, json_line, step_rate
+from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
+from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
+                                       same_failure_before_first_step, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                            SpawnFailure, StopRequested, signal_name)
-from traind.supervisor.runfiles import RunFiles, RunLock
+from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
 from traind.supervisor.spec import JobSpec, signal_numbers
 from traind.supervisor.states import TERMINAL, Facts, State, Transition, Trigger, transition
 
@@ -39,30 +40,27 @@ class Supervisor:
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
         self.find_resume = find_resume
-        self._log = log or _stderr_log
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.files = RunFiles(spec.run_dir)
+        self.records = Recorder(self.files, self.os.wall, self.say)
         self.state = State.STARTING
         self.attempts: list[Attempt] = []
         self.failure_times: list[float] = []    # monotonic, for max_restarts within window_seconds
         self.consecutive_failures = 0           # drives the backoff; progress resets it
         self.stop_trigger: str | None = None    # set by a signal / request_stop (not by a hang)
         self.stop_deadline: float | None = None
-        self.killed = False
-        self.emergency_committed = False
         self.backoff_until: float | None = None
         self.next_checkpoint_at: float | None = None
-        self.last_drain = 0.0
-        self.last_checkpoint: dict | None = None
-        self.last_heartbeat: dict | None = None
-        self.last_failure: dict | None = None
+        self.killed = self.emergency_committed = self.status_dirty = False
+        self.last_checkpoint = self.last_heartbeat = self.last_failure = None   # dicts, for status.json
         self.exit_code: int | None = None
         self.message = ""
-        self.started_wall = 0.0
+        self.last_drain = self.started_wall = 0.0
         self.attempt_base = 0
-        self.status_dirty = False
         self.resume_cache = None                # (info, skipped) found when the last child exited
-        self.write_errors: set[str] = set()
         self.idle_self_stops = 0
+        self.earlier_attempts: list[dict] = []
+        self.startup_failures: list[tuple[float, str]] = []   # (when, how) attempts died before speaking
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
 
     # --- public -----------------------------------------------------------------------------------
@@ -75,6 +73,7 @@ class Supervisor:
         lock = RunLock(self.spec.run_dir).acquire()
         self.lock = lock
         self.attempt_base = self.files.attempts_so_far()   # numbering goes on across `traind run`s
+        self.earlier_attempts = self.files.earlier_attempts()   # ... and so does the status's list
         self.os.install_signal_handlers(sorted(self.stop_signals))
         self.started_wall = self.os.wall()
         self.say(f"supervising {' '.join(self.spec.command)} (run dir {self.spec.run_dir}, pid {os.getpid()})")
@@ -202,11 +201,16 @@ class Supervisor:
             if a.first_beat is None and step is not None:
                 a.first_beat = (now, step)
             self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
-                                   "time": self.os.wall(), "steps_per_second": step_rate(a, now, step)}
+                                   "time": self.os.wall(),
+                                   "steps_per_second": step_rate(a, now, step, msg.get("steps_per_second"))}
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
             self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
                                     "seconds": msg.get("seconds"), "time": self.os.wall()}
+            step = as_int(msg.get("step"))
+            if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
+                self.last_heartbeat = {**self.last_heartbeat, "step": step, "time": self.os.wall()}  # the final one
+                a.last_step = step
             if self.state is State.STOPPING and msg.get("reason") != protocol.REASON_PERIODIC:
                 self.emergency_committed = True
             if self.spec.checkpoint.every_seconds and self.state is State.RUNNING:
@@ -226,6 +230,7 @@ class Supervisor:
             return
         a.exit = status
         now = self.os.monotonic()
+        unusable = status.code == UNUSABLE_CHECKPOINT and a.resume_path is not None and self._set_aside(a)
         # No child runs until the next spawn, so this is also that spawn's resume point.
         self.resume_cache = self.find_resume(self.spec.run_dir)
         newest = self.resume_cache[0]
@@ -236,8 +241,9 @@ class Supervisor:
         self_stop = status.code == PREEMPTED and self.state is not State.STOPPING
         self.idle_self_stops = 0 if not self_stop or progressed else self.idle_self_stops + 1
         self_stop_ok = self_stop and self.idle_self_stops < MAX_IDLE_SELF_STOPS
-        crash = status.code != 0 and not self_stop_ok \
+        crash = status.code != 0 and not self_stop_ok and not unusable \
             and not (self.state is State.STOPPING and self.stop_trigger is not None)
+        never_starts = self._never_starts(a, status) if crash else False
         if crash:
             self.failure_times = [t for t in self.failure_times if now - t <= self.spec.restart.window_seconds]
             self.failure_times.append(now)
@@ -245,6 +251,7 @@ class Supervisor:
                                  "time": self.os.wall()}
             self.consecutive_failures = 0 if progressed else self.consecutive_failures
         facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None, self_stop_ok=self_stop_ok,
+                      resume_point_unusable=unusable, never_starts=never_starts,
                       no_retry=status.code in self.spec.restart.no_retry_exit_codes,
                       budget_left=len(self.failure_times) <= self.spec.restart.max_restarts)
         t = transition(self.state, Trigger.CHILD_EXITED, facts)
@@ -259,24 +266,48 @@ class Supervisor:
             self._spawn_attempt()
         elif t.target is State.BACKING_OFF:
             self.consecutive_failures += 1
-            delay = self._backoff_delay()
+            delay = backoff_delay(self.spec.restart.backoff, self.consecutive_failures, self.os.random())
             self.backoff_until = now + delay
             self.say(f"attempt {a.number} {status.describe()}{' (progress: backoff reset)' if progressed else ''}; "
                      f"restart {len(self.failure_times)}/{self.spec.restart.max_restarts} in {delay:.2f}s")
         elif t.target is State.FAILED:
-            self._finish(FAILED, f"{t.edge}: attempt {a.number} {status.describe()}; "
+            why = f" ({a.reason})" if a.reason else ""
+            tail = " | ".join(self.files.log_tail(a.number)) if never_starts or not a.reason else ""
+            self._finish(FAILED, f"{t.edge}: attempt {a.number} {status.describe()}{why}; "
                                  + "; ".join(f"#{x.number} {x.exit.describe() if x.exit else '?'}"
-                                             for x in self.attempts))
+                                             for x in self.attempts)
+                                 + (f"; its last output: {tail}" if tail else ""))
 
-    def _backoff_delay(self) -> float:
-        b = self.spec.restart.backoff
-        base = min(b.max_seconds, b.initial_seconds * b.factor ** (self.consecutive_failures - 1))
-        return max(0.0, base * (1 + b.jitter * (2 * self.os.random() - 1)))
+    def _set_aside(self, a: Attempt) -> bool:
+        """The child could not load the checkpoint it was given: move it out of discovery's sight
+        (never deleted), so the next attempt resumes from the previous valid one, unpenalised."""
+        why = a.reason or f"attempt {a.number} exited {UNUSABLE_CHECKPOINT}: it could not load this checkpoint"
+        try:
+            dest = store.set_aside(Path(a.resume_path), why)
+        except OSError as err:
+            self.say(f"cannot set aside unusable checkpoint {a.resume_path}: {err.strerror or err}")
+            return False
+        self.say(f"checkpoint {Path(a.resume_path).name} is unusable ({why}); set aside as {dest.name}, "
+                 "falling back to the previous valid one")
+        self._event("checkpoint_unusable", reason=why, checkpoint_step=a.resume_step, path=str(dest))
+        return True
+
+    def _never_starts(self, a: Attempt, status: ExitStatus) -> bool:
+        """Has the job failed before its first step, the same way, max_startup_failures times in a
+        row? (An import error, a missing file: retrying for minutes helps nobody.)"""
+        if a.spoke:
+            self.startup_failures.clear()
+            return False
+        tail = self.files.log_tail(a.number, lines=1)
+        self.startup_failures.append((self.os.monotonic(), f"{status.describe()}: {tail[-1] if tail else ''}"))
+        return same_failure_before_first_step(self.startup_failures, self.spec.restart.max_startup_failures,
+                                              self.spec.restart.window_seconds)
 
     def _spawn_attempt(self) -> None:
         number = self.attempt_base + len(self.attempts) + 1
         info, _ = self._resume_point(quiet=False)
-        a = Attempt(number=number, resume_step=None if info is None else info.step)
+        a = Attempt(number=number, resume_step=None if info is None else info.step,
+                    resume_path=None if info is None else str(info.path))
         self.attempts.append(a)
         self.stop_deadline, self.killed = None, False
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env,
@@ -341,20 +372,13 @@ class Supervisor:
 
     def _event(self, kind: str, *, exit_status: ExitStatus | None = None, durable: bool = False, **fields) -> None:
         a = self.attempts[-1] if self.attempts else None
-        record = {"time": round(self.os.wall(), 3), "event": kind, "attempt": None if a is None else a.number,
-                  "state": self.state.value, **fields}
-        if exit_status is not None:
-            record["exit_code"], record["signal"] = exit_status.code, (
-                None if exit_status.signal is None else signal_name(exit_status.signal))
-        try:
-            self.files.append_event(record, durable=durable)
-        except OSError as err:      # a full disk must not take the supervisor (and the child) down
-            self._record_failed("events.jsonl", err)
+        self.records.event(kind, attempt=None if a is None else a.number, state=self.state.value,
+                           exit_status=exit_status, durable=durable, **fields)
 
     def _write_status(self, durable: bool = False) -> None:
         self.status_dirty = False
         a = self.attempts[-1] if self.attempts else None
-        status = {
+        self.records.status({
             "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
             "state": self.state.value, "attempt": None if a is None else a.number,
             "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.failure_times),
@@ -362,22 +386,9 @@ class Supervisor:
             "started": self.started_wall, "updated": self.os.wall(),
             "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
             "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
-            "attempts": [x.summary() for x in self.attempts[-20:]],
-        }
-        try:
-            self.files.write_status(status, durable=durable)
-        except OSError as err:
-            self._record_failed("status.json", err)
-
-    def _record_failed(self, what: str, err: OSError) -> None:
-        if what not in self.write_errors:
-            self.write_errors.add(what)
-            self.say(f"cannot write {what} ({err.strerror or err}); supervising on without it")
+            "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
+        }, durable=durable)
 
     def say(self, text: str) -> None:
         a = self.attempts[-1] if self.attempts else None
         self._log(f"traind[{self.spec.name}{'' if a is None else f' #{a.number}'}]: {text}")
-
-
-def _stderr_log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

@@ -39,6 +39,9 @@ class ExitStatus:
     def from_returncode(cls, rc: int) -> "ExitStatus":
         return cls(None, -rc) if rc < 0 else cls(rc, None)
 
+    def signal_name(self) -> str | None:
+        return None if self.signal is None else signal_name(self.signal)
+
     def describe(self) -> str:
         if self.signal is not None:
             return f"killed by {signal_name(self.signal)}"

@@ -38,6 +38,25 @@ class RunFiles:
     def attempt_log(self, attempt: int) -> Path:
         return self.logs_dir / f"attempt-{attempt}.log"
 
+    def log_tail(self, attempt: int, lines: int = 5) -> list[str]:
+        """The last non-empty lines the attempt wrote (its stderr and stdout), for a final message."""
+        try:
+            with open(self.attempt_log(attempt), "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line.rstrip()[:300] for line in text.splitlines() if line.strip()][-lines:]
+
+    def earlier_attempts(self) -> list[dict]:
+        """The attempts an earlier `traind run` of this run dir recorded (status.json), if readable."""
+        try:
+            status = read_status(self.run_dir) or {}
+        except TraindError:
+            return []
+        attempts = status.get("attempts")
+        return [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
+
     def attempts_so_far(self) -> int:
         return sum(1 for p in self.logs_dir.glob("attempt-*.log"))
 
@@ -58,6 +77,34 @@ class RunFiles:
 
     def write_status(self, status: dict, *, durable: bool = False) -> None:
         write_json_atomic(self.status_path, status, durable=durable)
+
+
+class Recorder:
+    """The supervisor's records (events.jsonl, status.json). A write that fails (a full disk, a
+    directory in the way) is said once and the supervisor goes on: it must never take the
+    supervisor, and with it the child, down."""
+
+    def __init__(self, files: RunFiles, wall, say):
+        self.files, self.wall, self.say = files, wall, say
+        self.failed: set[str] = set()
+
+    def event(self, kind: str, *, attempt: int | None, state: str, exit_status=None, durable: bool = False,
+              **fields) -> None:
+        record = {"time": round(self.wall(), 3), "event": kind, "attempt": attempt, "state": state, **fields}
+        if exit_status is not None:
+            record["exit_code"], record["signal"] = exit_status.code, exit_status.signal_name()
+        self._tolerant(EVENTS_NAME, self.files.append_event, record, durable=durable)
+
+    def status(self, status: dict, *, durable: bool = False) -> None:
+        self._tolerant(STATUS_NAME, self.files.write_status, status, durable=durable)
+
+    def _tolerant(self, what: str, write, *args, **kw) -> None:
+        try:
+            write(*args, **kw)
+        except OSError as err:
+            if what not in self.failed:
+                self.failed.add(what)
+                self.say(f"cannot write {what} ({err.strerror or err}); supervising on without it")
 
 
 def write_json_atomic(path: Path, obj: dict, *, durable: bool) -> None:

@@ -43,6 +43,7 @@ class RestartPolicy:
     max_restarts: int = 10
     window_seconds: float = 3600.0
     no_retry_exit_codes: tuple[int, ...] = (2,)
+    max_startup_failures: int = 5     # the same failure before the first step this often in a row: fail
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -255,7 +256,8 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
 
 
 def _restart(c: Checker, value: Any) -> RestartPolicy:
-    d = c.section(value, "restart", ("max_restarts", "window_seconds", "no_retry_exit_codes", "backoff"))
+    d = c.section(value, "restart", ("max_restarts", "window_seconds", "no_retry_exit_codes", "max_startup_failures",
+                                     "backoff"))
     b = c.section(d.get("backoff"), "restart.backoff", ("initial_seconds", "max_seconds", "factor", "jitter"))
     codes = d.get("no_retry_exit_codes", [2])
     if not isinstance(codes, list):
@@ -276,7 +278,9 @@ def _restart(c: Checker, value: Any) -> RestartPolicy:
     return RestartPolicy(
         max_restarts=c.number(d.get("max_restarts", 10), "restart.max_restarts", integer=True),
         window_seconds=c.number(d.get("window_seconds", 3600.0), "restart.window_seconds", strict=True),
-        no_retry_exit_codes=tuple(codes), backoff=backoff)
+        no_retry_exit_codes=tuple(codes), backoff=backoff,
+        max_startup_failures=c.number(d.get("max_startup_failures", 5), "restart.max_startup_failures", minimum=1,
+                                      integer=True, maximum=1000))
 
 
 def _preemption(c: Checker, value: Any) -> Preemption:

@@ -9,6 +9,9 @@ Legal edges (each branch of `transition` names the one it takes):
     STOPPING    -> PREEMPTED     the child exited after a requested stop (checkpoint or not)
     STARTING|RUNNING -> STARTING     the child exited 75 on its own (preempted directly): restart now
                                      (unless it keeps doing so without progress: then it is a crash)
+    STARTING|RUNNING -> STARTING     the child could not load its resume point (exit 65): that
+                                     checkpoint is set aside, restart at once from the previous one
+    STARTING|RUNNING -> FAILED       the child keeps failing the same way before its first step
     STARTING|RUNNING|STOPPING -> BACKING_OFF  a crash (or a hang) with restart budget left
     STARTING|RUNNING|STOPPING -> FAILED       a crash with a do-not-retry code, or no budget left
     BACKING_OFF -> STARTING      the backoff delay elapsed
@@ -59,6 +62,8 @@ class Facts:
     no_retry: bool = False            # exit code is in restart.no_retry_exit_codes
     budget_left: bool = True          # failures in the window (this one included) <= max_restarts
     self_stop_ok: bool = True         # an unasked exit 75 may restart at once (False: it loops)
+    resume_point_unusable: bool = False  # exit 65 and the resume point was set aside
+    never_starts: bool = False        # failed before its first step the same way, too many times
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,12 @@ def _child_exited(state: State, f: Facts, edge) -> Transition:
         return edge(State.PREEMPTED, "child stopped on request")               # STOPPING -> PREEMPTED
     if f.exit_code == PREEMPTED_EXIT and state is not State.STOPPING and f.self_stop_ok:
         return edge(State.STARTING, "child preempted itself: restart at once")  # -> STARTING
+    if f.resume_point_unusable and state is not State.STOPPING:
+        return edge(State.STARTING, "resume point unusable: fall back")        # -> STARTING
     if f.no_retry:
         return edge(State.FAILED, "do-not-retry exit code")                    # * -> FAILED
+    if f.never_starts:
+        return edge(State.FAILED, "fails the same way before its first step")  # * -> FAILED
     if not f.budget_left:
         return edge(State.FAILED, "restart budget exhausted")                  # * -> FAILED
     return edge(State.BACKING_OFF, "hang" if state is State.STOPPING else "crash")  # * -> BACKING_OFF

@@ -1,7 +1,6 @@
 """The torch side: CheckpointStore save/load, non-blocking snapshots, failures, safe loading."""
 import json
 import os
-import pickle
 import zipfile
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from traind import store as ck
 from traind.store import faults
 from traind.contract.errors import TraindError
+from traind.jobs.checkpoint_io import UnusableCheckpoint
 from traind.jobs.store import CheckpointStore, load_checkpoint
 
 torch.set_num_threads(1)
@@ -140,9 +140,10 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     assert info.valid                                        # checksums are fine: it is the content
     with zipfile.ZipFile(info.path / "state.pt") as z:
         assert any(b"system" in z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
-    with pytest.raises(pickle.UnpicklingError):
+    # refused as one line naming the file (issue 10.3; was torch's raw UnpicklingError)
+    with pytest.raises(UnusableCheckpoint, match="state.pt: refused"):
         load_checkpoint(info.path)
-    with CheckpointStore(tmp_path) as store, pytest.raises(pickle.UnpicklingError):
+    with CheckpointStore(tmp_path) as store, pytest.raises(UnusableCheckpoint):
         store.load()
     assert not marker.exists()
 

@@ -1,0 +1,106 @@
+"""Issue 10 (items 3, 4, 7, 9) on the scripted fake OS: a job that can never start, a resume point
+the job cannot load, the job's own reason in the final message, honest status figures."""
+import json
+from pathlib import Path
+
+from traind import store
+from traind.contract.exitcodes import UNUSABLE_CHECKPOINT
+from traind.supervisor.runfiles import read_events, read_status
+from traind.supervisor.states import State
+
+from .fakeos import FakeOS, exited, msg
+from .test_loop_fake import Resume, run
+
+
+def test_a_job_that_fails_the_same_way_before_its_first_step_fails_after_a_few_tries(tmp_path):
+    def on_spawn(n):
+        log = tmp_path / "run" / "logs" / f"attempt-{n}.log"   # n counts spawns from 1
+        log.write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'nonexistent_mod'\n")
+        return [(0.2, exited(code=1))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 10, "window_seconds": 3600})
+    assert result.state is State.FAILED and len(fake.spawns) == 5      # default max_startup_failures
+    assert "fails the same way before its first step" in result.message
+    assert "No module named 'nonexistent_mod'" in result.message       # the tail of its output
+    assert fake.spawns[-1] < 20      # backoff 1, 2, 4, 8: seconds, not the ~5 minutes of 10 restarts
+
+
+def test_startup_failure_limit_is_configurable_and_progress_resets_it(tmp_path):
+    def on_spawn(n):
+        if n == 2:      # the second attempt speaks, then crashes: it did start
+            return [(0.1, msg("hello", pid=1, resumed_step=None)), (0.5, exited(code=1))]
+        return [(0.2, exited(code=1))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 10, "max_startup_failures": 2})
+    assert result.state is State.FAILED and "fails the same way before its first step" in result.message
+    assert len(fake.spawns) == 4     # #1 silent, #2 spoke (resets), #3 and #4 silent -> 2 in a row
+
+
+def test_different_failures_before_the_first_step_are_left_to_the_budget(tmp_path):
+    def on_spawn(n):
+        return [(0.2, exited(code=1 + n % 2))] if n < 4 else [(0.1, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 10, "max_startup_failures": 2,
+                                                "no_retry_exit_codes": [9]})
+    assert result.state is State.SUCCEEDED
+
+
+def test_an_unusable_resume_point_is_set_aside_and_the_run_falls_back_unpenalised(tmp_path):
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    for step in (50, 100):
+        pending = store.begin(ckpt_dir, step, 10)
+        pending.write_bytes(store.STATE_NAME, b"state %d" % step)
+        pending.commit(step, 0, "periodic", {})
+
+    def on_spawn(n):
+        if n == 1:   # refuses step 100 (a pickle weights_only will not load) and says so
+            return [(0.1, msg("error", message="step-000000100/state.pt: refused", unusable_checkpoint=True)),
+                    (0.2, exited(code=UNUSABLE_CHECKPOINT))]
+        return [(0.1, msg("hello", pid=1, resumed_step=50)), (0.5, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    sup, result, lines = run(tmp_path, fake, resume=lambda run_dir: store.latest_valid(store.checkpoints_dir(run_dir)),
+                             restart={"max_restarts": 0})
+    assert result.state is State.SUCCEEDED, result.message   # max_restarts 0: it did not count
+    assert [a["resume_step"] for a in result.attempts] == [100, 50]
+    aside = [p for p in ckpt_dir.iterdir() if p.name.startswith(".unusable-step-000000100")]
+    assert len(aside) == 1 and (aside[0] / store.STATE_NAME).read_bytes() == b"state 100"   # nothing deleted
+    assert "refused" in (aside[0] / "WHY").read_text()
+    assert any(e["event"] == "checkpoint_unusable" for e in read_events(tmp_path / "run"))
+    assert store.latest_valid(ckpt_dir)[0].step == 50
+
+
+def test_exit_65_without_a_resume_point_is_an_ordinary_failure(tmp_path):
+    fake = FakeOS(on_spawn=lambda n: [(0.2, exited(code=UNUSABLE_CHECKPOINT))])
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 1})
+    assert result.state is State.FAILED and "restart budget exhausted" in result.message
+
+
+def test_the_final_message_carries_the_jobs_own_reason(tmp_path):
+    reason = "/data/run/metrics.jsonl: cannot write: No space left on device"
+    fake = FakeOS(on_spawn=lambda n: [(0.1, msg("hello", pid=1, resumed_step=None)),
+                                      (0.2, msg("error", message=reason)), (0.3, exited(code=1))])
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 0})
+    assert result.state is State.FAILED and reason in result.message
+
+
+def test_status_rate_comes_from_the_job_and_the_final_step_is_shown(tmp_path):
+    def on_spawn(n):
+        beats = [(0.1, msg("hello", pid=1, resumed_step=None))]
+        # heartbeats read in one batch share a receive time: a rate from those explodes
+        beats += [(1.0, msg("heartbeat", step=s, epoch=0, metrics={}, steps_per_second=42.0)) for s in (1, 2, 3)]
+        beats += [(1.5, msg("checkpoint", step=10, epoch=0, path="p", reason="final", seconds=0.1)),
+                  (1.6, exited(code=0))]
+        return beats
+    fake = FakeOS(on_spawn=on_spawn)
+    run(tmp_path, fake)
+    status = read_status(tmp_path / "run")
+    assert status["last_heartbeat"]["steps_per_second"] == 42.0
+    assert status["last_heartbeat"]["step"] == 10      # not the last heartbeat's 3
+
+
+def test_status_keeps_the_attempts_of_earlier_invocations(tmp_path):
+    for _ in range(2):
+        fake = FakeOS(on_spawn=lambda n: [(0.1, exited(code=75))])
+        run(tmp_path, fake, restart={"max_restarts": 0}, preemption={"grace_seconds": 5})
+    attempts = read_status(tmp_path / "run")["attempts"]
+    assert len(attempts) >= 2 and attempts[0]["attempt"] < attempts[-1]["attempt"]
