@@ -7,11 +7,12 @@ atomic but only durable once the parent directory is fsynced.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
 from pathlib import Path
+
+from traind.fs.libc import libc_fn
 
 
 def write_all(fd: int, view: memoryview) -> None:
@@ -28,7 +29,7 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """Ask the kernel to start writing this range to disk now (sync_file_range WRITE: no wait,
     no durability promise). The disk then works while we are still serialising, and the final
     fsync has little left to do. A no-op where unavailable; fsync still makes it durable."""
-    fn = _libc_fn("sync_file_range")
+    fn = libc_fn("sync_file_range")
     if fn is not None:
         fn(fd, ctypes.c_longlong(offset), ctypes.c_longlong(nbytes), ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
 
@@ -115,17 +116,6 @@ def remove_tree(path: Path) -> None:
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_libc = None
-
-
-def _libc_fn(name: str):
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    return getattr(_libc, name, None) if _libc else None
 
 
 def swap_into_place(src: Path, dst: Path, trash: Path) -> None:
@@ -134,7 +124,7 @@ def swap_into_place(src: Path, dst: Path, trash: Path) -> None:
     With renameat2(RENAME_EXCHANGE) dst is complete at every instant. Without it (old kernel or
     filesystem) there is a short window where dst is absent: discovery then falls back to an older
     checkpoint, which is still correct, never partial."""
-    fn = _libc_fn("renameat2")
+    fn = libc_fn("renameat2")
     if fn is not None:
         rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE)
         if rc == 0:

@@ -9,14 +9,13 @@ has the watchdog observer and the scheduler). If the parent is already gone, exi
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 
 from traind.contract import exitcodes
+from traind.fs.libc import PR_SET_PDEATHSIG, prctl
 
-PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str]) -> int:
@@ -24,9 +23,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m traind.service.deathsig PARENT_PID -- CMD...", file=sys.stderr)
         return 2
     parent, cmd = int(argv[0]), argv[2:]
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        print(f"traind: prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
+    err = prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if err != 0:
+        print(f"traind: prctl(PR_SET_PDEATHSIG) failed: {'no prctl' if err is None else os.strerror(err)}",
+              file=sys.stderr)
         return 1
     if os.getppid() != parent:  # the daemon died before prctl took effect
         return exitcodes.PREEMPTED

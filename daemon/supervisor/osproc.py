@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from pathlib import Path
 
+from traind.fs.libc import PR_SET_CHILD_SUBREAPER, prctl
 from traind.supervisor.channel import SupervisorChannel
 from traind.contract.protocol import ENV_CONTROL_FD
 
@@ -91,6 +92,8 @@ class RealOS:
         self._old_handlers: dict[int, object] = {}
         self._old_wakeup_fd: int | None = None
         self.wakeups = 0   # times wait() returned: the benchmark reads it
+        self.subreaper = False
+        self.orphans_reaped = 0
 
     # clocks and chance
     def monotonic(self) -> float:
@@ -128,6 +131,11 @@ class RealOS:
 
     # the child
     def spawn(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=()) -> int | SpawnFailure:
+        if not self.subreaper:
+            # Processes the job leaves behind (a double-forked worker, say) are re-parented to us
+            # rather than to PID 1, which in a container without an init never reaps them; we reap
+            # them (reap_orphans), so they neither linger as zombies nor look alive to lock checks.
+            self.subreaper = os.getpid() == 1 or prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
         channel = SupervisorChannel()
         env = {**env, ENV_CONTROL_FD: str(channel.child_fd())}
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -185,7 +193,23 @@ class RealOS:
             self.echo_output()
             if "exit" in kinds:
                 events.append(self._reap(child))
+        self.reap_orphans()
         return events
+
+    def reap_orphans(self) -> int:
+        """Reap exited processes that were re-parented to us, never the child itself (its exit
+        status is read through its pidfd). Only zombies are touched: a live orphan runs on."""
+        mine = None if self._child is None else self._child.pid
+        reaped = 0
+        for pid in _zombie_children():
+            if pid == mine:
+                continue
+            try:
+                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:
+                pass
+        self.orphans_reaped += reaped
+        return reaped
 
     def _drain(self, child: _Child) -> list:
         got = child.channel.drain()
@@ -220,6 +244,26 @@ class RealOS:
         except (OSError, ValueError, AttributeError):
             pass   # echo is a courtesy; the attempt log has everything
 
+
+
+def _zombie_children() -> list[int]:
+    """Our children (of every thread) that have exited and wait to be reaped, from /proc."""
+    pids = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    zombies = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    zombies.append(pid)
+        except (OSError, IndexError):
+            pass
+    return zombies
 
 
 def _recorded_by_wakeup_fd(signo, frame) -> None:
