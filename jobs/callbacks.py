@@ -23,6 +23,8 @@ class Callback:
     def on_validation_end(self, trainer, module, metrics: dict) -> None: ...
     def on_epoch_end(self, trainer, module) -> None: ...
 
+    monitor: str | None = None     # the metric a callback watches, if any (the Trainer warns if never logged)
+
     def state_dict(self) -> dict:
         return {}
 

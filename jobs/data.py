@@ -7,10 +7,13 @@ seeded the same way, so workers > 0 change nothing.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from traind.contract.errors import UsageError
 
 from traind.jobs.hparams import HyperparametersMixin
 from traind.jobs.preemption import RECORDED_SIGNALS
@@ -100,6 +103,32 @@ def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPositio
         loader_kwargs["worker_init_fn"] = _WorkerInit(loader_kwargs.get("worker_init_fn"))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       generator=generator, **loader_kwargs)
+
+
+def resumable_like(loader: DataLoader, position: DataPosition, where: str) -> DataLoader:
+    """The resumable equivalent of a plain DataLoader that a Lightning-style `train_dataloader(self)`
+    returned: same dataset, batch size, shuffling, workers and collate_fn, but its order is a
+    function of (seed, epoch) and it starts after the batches already consumed."""
+    if loader.batch_size is None:
+        raise UsageError(f"{where}: returns a DataLoader with a custom batch_sampler, which cannot resume "
+                         "mid-epoch; give it batch_size= instead, or implement train_dataset()")
+    extra = {"collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory}
+    return resumable_loader(loader.dataset, loader.batch_size, position=position,
+                            shuffle=isinstance(loader.sampler, RandomSampler), num_workers=loader.num_workers,
+                            drop_last=loader.drop_last, **extra)
+
+
+def train_loader(datamodule, position: DataPosition) -> DataLoader:
+    """The epoch's loader from a DataModule: `train_dataloader(position)` (ours), or a plain
+    Lightning-style `train_dataloader()` made resumable."""
+    fn = datamodule.train_dataloader
+    try:
+        takes_position = len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        takes_position = True
+    if takes_position:
+        return fn(position)
+    return resumable_like(fn(), position, f"{type(datamodule).__name__}.train_dataloader()")
 
 
 class DataModule(HyperparametersMixin):

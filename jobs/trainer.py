@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from traind.jobs.callbacks import Callback, CheckpointPolicy
+from traind.jobs.data import train_loader
 from traind.jobs.optim import parse_optimizers
 from traind.jobs.precision import Precision
 from traind.jobs.reporting import Console
@@ -104,7 +105,7 @@ class Trainer:
         session = self.session
         params = [p for group in (o.param_groups for o in optimizers) for g in group for p in g["params"]]
         while not (session.should_stop() or self.should_stop or self._epochs_done()):
-            loader = datamodule.train_dataloader(session.position)
+            loader = train_loader(datamodule, session.position)
             total = loader.batch_sampler.batches_per_epoch()
             consumed = session.position.batches_consumed
             micro_losses: list[float] = []
@@ -141,11 +142,14 @@ class Trainer:
                 cfg.maybe_step(count=step, metrics={**self.callback_metrics, **metrics})
         val_due = (self.val_check_interval and step % self.val_check_interval == 0) or \
                   (epoch_ended and not self.val_check_interval)
-        if val_due and datamodule.val_dataset() is not None:
+        has_val = datamodule.val_dataset() is not None
+        if val_due and has_val:
             metrics.update(self._validate(module, datamodule))
             for cb in self.callbacks:
                 cb.on_validation_end(self, module, metrics)
         self.callback_metrics.update(metrics)
+        if (val_due and has_val) or (epoch_ended and not has_val):   # where a watched metric shows up
+            self._warn_unlogged_monitors()
         if epoch_ended:
             finished_epochs = self.session.position.epoch + 1
             for cfg in schedulers:
@@ -156,6 +160,20 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_step_end(self, module, metrics)
         return metrics
+
+    def _warn_unlogged_monitors(self) -> None:
+        """keep_best / EarlyStopping watching a metric nobody logs silently do nothing: say so,
+        once, after the first validation or epoch end (where a validation metric would appear)."""
+        if getattr(self, "_monitors_checked", False):
+            return
+        self._monitors_checked = True
+        for cb in self.callbacks:
+            metric = cb.monitor if isinstance(cb.monitor, str) else None
+            if metric and metric not in self.callback_metrics:
+                self.session.console.line(
+                    f"warning: {type(cb).__name__} watches {metric!r}, which is never logged "
+                    f"(logged: {', '.join(sorted(self.callback_metrics)) or 'nothing'}); it does nothing. "
+                    "Log it with self.log() in training_step or validation_step")
 
     @torch.no_grad()
     def _validate(self, module, datamodule) -> dict:
