@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from traind.contract import protocol
 from traind.contract.errors import TraindError
 
 METRICS_NAME = "metrics.jsonl"
@@ -84,6 +85,9 @@ class Console:
                  every_seconds: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        # Under a supervisor our output is its attempt log, echoed with the job's name in front:
+        # no "traind: " of our own there, so its lines and ours are told apart.
+        self.prefix = "" if os.environ.get(protocol.ENV_CONTROL_FD) else "traind: "
         self.max_steps = max_steps
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self._last_print = -math.inf
@@ -111,9 +115,9 @@ class Console:
         """A message line; on a terminal it goes above the progress line, which is redrawn."""
         with self._lock:
             if self.tty:
-                self.stream.write(f"\r\033[Ktraind: {text}\n{self._bar}")
+                self.stream.write(f"\r\033[K{self.prefix}{text}\n{self._bar}")
             else:
-                self.stream.write(f"traind: {text}\n")
+                self.stream.write(f"{self.prefix}{text}\n")
             self.stream.flush()
 
     def close(self) -> None:

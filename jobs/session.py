@@ -228,7 +228,7 @@ class Session:
         if now - self._last_heartbeat >= HEARTBEAT_MIN_INTERVAL:
             self._last_heartbeat = now
             self._send(protocol.HEARTBEAT, step=self.step, epoch=self.position.epoch, metrics=metrics,
-                       steps_per_second=round(rate, 3))   # measured on the job's own clock
+                       steps_per_second=round(rate, 3), total=self.max_steps)   # rate: the job's own clock
         if self.max_steps is not None and self.step >= self.max_steps:
             self.finished = True
         if self.should_stop():
@@ -273,7 +273,8 @@ class Session:
     def _on_commit(self, info) -> None:     # may run on the store's background thread
         self._committed_step = info.step
         seconds = round(self.clock.monotonic() - self._save_started, 3)
-        self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
+        if self.control is None:     # supervised: the supervisor logs each commit, once
+            self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
                    reason=info.reason, seconds=seconds)
 

@@ -61,17 +61,22 @@ def _probe(spec: JobSpec, field: str, path: Path) -> tuple[bool, bool]:
 
 def cmd_run(args) -> int:
     from traind.supervisor.loop import Supervisor   # after the spec is known to be good
+    from traind.supervisor.osproc import RealOS
+    from traind.supervisor.terminal import Terminal
     spec = load_spec(args.spec, args.overrides)
     check_runnable(spec)
     # --- cluster hooks (traind.cluster.hooks): SLURM requeue after an emergency stop, spot notices ---
     from traind.cluster import hooks
     attached = hooks.attach(spec)
-    supervisor = Supervisor(spec, followup=attached.followup)
+    terminal = Terminal(sys.stderr, spec.name)
+    supervisor = Supervisor(spec, os_=RealOS(echo_to=terminal), followup=attached.followup, log=terminal.line,
+                            live=terminal.live)
     attached.start(supervisor.request_stop, supervisor.say)
     try:
         result = supervisor.run()
     finally:
         attached.stop()
+        terminal.close()
     return result.exit_code
 
 

@@ -69,12 +69,24 @@ def backoff_delay(policy, failures_in_a_row: int, rand: float) -> float:
     return max(0.0, base * (1 + policy.jitter * (2 * rand - 1)))
 
 
-def same_failure_before_first_step(history: list[tuple[float, str]], limit: int, window: float) -> bool:
-    """The last `limit` attempts all died before speaking, all the same way, within the restart
-    window (failures spread wider apart are the budget's business, not a job that cannot start)."""
-    recent = history[-limit:] if limit else []
-    return (bool(recent) and len(recent) == limit and len({why for _, why in recent}) == 1
-            and recent[-1][0] - recent[0][0] <= window)
+class StartupGuard:
+    """Tells a job that can never start (an import error, a missing file: retrying for minutes
+    helps nobody) from one that crashes: `limit` attempts in a row died before speaking, the same
+    way (exit status + last output line), within the restart window (failures spread wider apart
+    are the budget's business)."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self.history: list[tuple[float, str]] = []     # (when, how) attempts in a row died before speaking
+
+    def never_starts(self, a: Attempt, status: ExitStatus, last_line: str, now: float) -> bool:
+        if a.spoke:
+            self.history.clear()
+            return False
+        self.history.append((now, f"{status.describe()}: {last_line}"))
+        recent = self.history[-self.limit:] if self.limit else []
+        return (bool(recent) and len(recent) == self.limit and len({why for _, why in recent}) == 1
+                and recent[-1][0] - recent[0][0] <= self.window)
 
 
 def fmt_seconds(value) -> str:

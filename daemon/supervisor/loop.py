@@ -17,12 +17,13 @@ from traind import store
 from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
-                                       same_failure_before_first_step, step_rate)
+                                       StartupGuard, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                            SpawnFailure, StopRequested, signal_name)
 from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
 from traind.supervisor.spec import JobSpec, signal_numbers
 from traind.supervisor.states import TERMINAL, Facts, State, Transition, Trigger, transition
+from traind.supervisor.terminal import live_text
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
@@ -35,12 +36,14 @@ def find_resume_point(run_dir: Path):
 
 class Supervisor:
     def __init__(self, spec: JobSpec, *, os_=None, followup: Callable[[Outcome], int] | None = None,
-                 find_resume=find_resume_point, log: Callable[[str], None] | None = None):
+                 find_resume=find_resume_point, log: Callable[[str], None] | None = None,
+                 live: Callable[[str], None] | None = None):
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
         self.find_resume = find_resume
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._live = live            # redraws one status line on a terminal (None: plain lines only)
         self.files = RunFiles(spec.run_dir)
         self.records = Recorder(self.files, self.os.wall, self.say)
         self.state = State.STARTING
@@ -60,7 +63,7 @@ class Supervisor:
         self.resume_cache = None                # (info, skipped) found when the last child exited
         self.idle_self_stops = 0
         self.earlier_attempts: list[dict] = []
-        self.startup_failures: list[tuple[float, str]] = []   # (when, how) attempts died before speaking
+        self.startup_guard = StartupGuard(spec.restart.max_startup_failures, spec.restart.window_seconds)
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
 
     # --- public -----------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ class Supervisor:
             if a.first_beat is None and step is not None:
                 a.first_beat = (now, step)
             self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
-                                   "time": self.os.wall(),
+                                   "time": self.os.wall(), "total": as_int(msg.get("total")),
                                    "steps_per_second": step_rate(a, now, step, msg.get("steps_per_second"))}
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
@@ -243,7 +246,8 @@ class Supervisor:
         self_stop_ok = self_stop and self.idle_self_stops < MAX_IDLE_SELF_STOPS
         crash = status.code != 0 and not self_stop_ok and not unusable \
             and not (self.state is State.STOPPING and self.stop_trigger is not None)
-        never_starts = self._never_starts(a, status) if crash else False
+        never_starts = crash and self.startup_guard.never_starts(
+            a, status, (self.files.log_tail(a.number, lines=1) or [""])[-1], now)
         if crash:
             self.failure_times = [t for t in self.failure_times if now - t <= self.spec.restart.window_seconds]
             self.failure_times.append(now)
@@ -292,16 +296,6 @@ class Supervisor:
         self._event("checkpoint_unusable", reason=why, checkpoint_step=a.resume_step, path=str(dest))
         return True
 
-    def _never_starts(self, a: Attempt, status: ExitStatus) -> bool:
-        """Has the job failed before its first step, the same way, max_startup_failures times in a
-        row? (An import error, a missing file: retrying for minutes helps nobody.)"""
-        if a.spoke:
-            self.startup_failures.clear()
-            return False
-        tail = self.files.log_tail(a.number, lines=1)
-        self.startup_failures.append((self.os.monotonic(), f"{status.describe()}: {tail[-1] if tail else ''}"))
-        return same_failure_before_first_step(self.startup_failures, self.spec.restart.max_startup_failures,
-                                              self.spec.restart.window_seconds)
 
     def _spawn_attempt(self) -> None:
         number = self.attempt_base + len(self.attempts) + 1
@@ -388,6 +382,9 @@ class Supervisor:
             "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
             "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
         }, durable=durable)
+        if self._live is not None:
+            self._live(live_text(self.spec.name, None if a is None else a.number, self.state.value,
+                                 self.last_heartbeat, self.last_checkpoint))
 
     def say(self, text: str) -> None:
         a = self.attempts[-1] if self.attempts else None

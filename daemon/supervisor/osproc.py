@@ -239,8 +239,12 @@ class RealOS:
                 f.seek(child.log_offset)
                 while data := f.read(1 << 20):
                     child.log_offset += len(data)
-                    self._echo_to.buffer.write(data)
-                self._echo_to.flush()
+                    if hasattr(self._echo_to, "job_output"):     # a Terminal: prefixed lines
+                        self._echo_to.job_output(data, child.log_path.stem)
+                    else:
+                        self._echo_to.buffer.write(data)
+                if not hasattr(self._echo_to, "job_output"):
+                    self._echo_to.flush()
         except (OSError, ValueError, AttributeError):
             pass   # echo is a courtesy; the attempt log has everything
 
