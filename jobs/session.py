@@ -276,7 +276,7 @@ class Session:
         if self.control is None:     # supervised: the supervisor logs each commit, once
             self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
-                   reason=info.reason, seconds=seconds)
+                   reason=info.reason, seconds=seconds, bytes=info.size)
 
     def _send(self, msg_type: str, **fields) -> None:
         if self.control is not None:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "traind.cli.serve",    # serve, submit, ls, cancel, logs, systemd
     "traind.cli.ckpt",     # ckpt ls|verify|inspect
     "traind.cli.slurm",    # slurm submit
+    "traind.cli.plot",     # plot
 )
 
 

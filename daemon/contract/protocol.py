@@ -21,7 +21,7 @@ ENV_CHECKPOINT_POLICY = "TRAIND_CHECKPOINT"  # JSON of the spec's `checkpoint:` 
 # --- child -> supervisor ----------------------------------------------------------------------
 HELLO = "hello"            # {"pid": int, "resumed_step": int|None}
 HEARTBEAT = "heartbeat"    # {"step", "epoch", "metrics": {str: float}, "steps_per_second", "total": max steps|None}
-CHECKPOINT = "checkpoint"  # {"step": int, "epoch": int, "path": str, "reason": str, "seconds": float}
+CHECKPOINT = "checkpoint"  # {"step": int, "epoch": int, "path": str, "reason": str, "seconds": float, "bytes": int}
 STOPPING = "stopping"      # {"reason": str}  about to exit after an emergency checkpoint
 ERROR = "error"            # {"message": str}
 

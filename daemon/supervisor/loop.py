@@ -209,7 +209,8 @@ class Supervisor:
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
             self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
-                                    "seconds": msg.get("seconds"), "time": self.os.wall()}
+                                    "seconds": msg.get("seconds"), "bytes": as_int(msg.get("bytes")),
+                                    "time": self.os.wall()}
             step = as_int(msg.get("step"))
             if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
                 self.last_heartbeat = {**self.last_heartbeat, "step": step, "time": self.os.wall()}  # the final one
@@ -220,6 +221,8 @@ class Supervisor:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
             self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
                      f"{fmt_seconds(msg.get('seconds'))})")
+            self._event("checkpoint", checkpoint_step=step, reason=msg.get("reason"), seconds=msg.get("seconds"),
+                        bytes=as_int(msg.get("bytes")))
             self.status_dirty = True
         elif kind == protocol.STOPPING:
             self.say(f"child is stopping: {msg.get('reason')}")
@@ -358,7 +361,9 @@ class Supervisor:
         if t is None:
             return
         self.state = t.target
+        last_step = self.attempts[-1].last_step if exit_status is not None and self.attempts else None
         self._event("transition", source=t.source.value, target=t.target.value, edge=t.edge, reason=reason,
+                    last_step=last_step,
                     exit_status=exit_status, checkpoint_step=checkpoint_step)
         detail = f" ({exit_status.describe()})" if exit_status else (f" ({reason})" if reason else "")
         self.say(f"{t.source.value} -> {t.target.value}: {t.edge}{detail}")
