@@ -21,6 +21,8 @@ def register(sub) -> None:
     run.add_argument("spec", metavar="SPEC.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                      help="override a spec field (value parsed as YAML), e.g. --set restart.max_restarts=3")
+    run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on 127.0.0.1:PORT (needs prometheus_client)")
     run.set_defaults(func=cmd_run)
     st = sub.add_parser("status", help="state of a supervised run (a run dir, or a job name of `traind serve`)",
                         description="State, attempt, restarts, pid, last heartbeat, last valid checkpoint, "
@@ -69,6 +71,10 @@ def cmd_run(args) -> int:
     from traind.cluster import hooks
     attached = hooks.attach(spec)
     terminal = Terminal(sys.stderr, spec.name)
+    if args.metrics_port is not None:
+        from traind.supervisor.metrics import serve_metrics
+        port = serve_metrics(args.metrics_port, lambda: {spec.name: (spec.run_dir, None)})
+        terminal.line(f"traind[{spec.name}]: Prometheus metrics on http://127.0.0.1:{port}/metrics")
     supervisor = Supervisor(spec, os_=RealOS(echo_to=terminal), followup=attached.followup, log=terminal.line,
                             live=terminal.live)
     attached.start(supervisor.request_stop, supervisor.say)

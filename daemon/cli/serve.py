@@ -31,6 +31,8 @@ def register(sub):
     p.add_argument("--runner", help="command that supervises one spec (default: traind run)")
     p.add_argument("--stop-timeout", type=float, default=300.0, help="seconds for emergency checkpoints on SIGTERM")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics of every job on 127.0.0.1:PORT (needs prometheus_client)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", help="queue a job spec with the daemon (atomic drop into its spool)")
@@ -59,12 +61,20 @@ def register(sub):
     p = sub.add_parser("systemd", help="systemd integration")
     p.set_defaults(func=lambda _args, parser=p: parser.print_usage(sys.stderr) or 2)  # no subcommand
     ssub = p.add_subparsers(dest="systemd_command", metavar="SUBCOMMAND")
-    i = ssub.add_parser("install", help="install traind.service and traind@.service")
-    i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
-    i.add_argument("--exec", dest="exe", help="path of the traind executable (default: the one running)")
-    i.add_argument("--jobs-dir", type=Path, default=Path("/etc/traind/jobs"), help="specs of traind@NAME")
-    i.add_argument("--create-user", action="store_true", help="create the system user 'traind' if missing")
-    i.add_argument("--no-reload", action="store_true", help="skip `systemctl daemon-reload`")
+    i = ssub.add_parser("install", help="install traind.service and traind@.service",
+                        description="Write traind.service (the job daemon) and traind@.service (one spec per "
+                                    "instance) with ExecStart pointing at this traind, then reload systemd.")
+    i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"),
+                   help="where the unit files are written (default: %(default)s)")
+    i.add_argument("--exec", dest="exe", metavar="PATH",
+                   help="absolute path of the traind executable ExecStart runs (default: the one running); "
+                        "not under /tmp or /var/tmp, which the units' PrivateTmp=yes hides from the service")
+    i.add_argument("--jobs-dir", type=Path, default=Path("/etc/traind/jobs"),
+                   help="where traind@NAME.service reads its spec, NAME.yaml (default: %(default)s)")
+    i.add_argument("--create-user", action="store_true",
+                   help="create the system user 'traind' the units run as, if missing (needs root and useradd)")
+    i.add_argument("--no-reload", action="store_true",
+                   help="skip `systemctl daemon-reload` (run it yourself before starting the units)")
     i.set_defaults(func=cmd_systemd_install)
 
 
@@ -110,6 +120,11 @@ def cmd_serve(args) -> int:
                       test_hooks=os.environ.get("TRAIND_TEST_HOOKS") == "1")
     daemon = Daemon(cfg)
     daemon.setup()
+    if args.metrics_port is not None:
+        from traind.supervisor.metrics import serve_metrics
+        port = serve_metrics(args.metrics_port, lambda: {r.name: (daemon.table.job_dir(r.name) / "run", r.state.value)
+                                                         for r in daemon.table.load_all()})
+        logging.getLogger("traind.serve").info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
     return daemon.serve_forever()
 
 
@@ -200,8 +215,11 @@ def _copy_from(path: Path, offset: int) -> int:
 
 # ------------------------------------------------------------------------------ systemd install
 def cmd_systemd_install(args) -> int:
-    from traind.service.systemd_install import install
+    from traind.service.systemd_install import WARNING, install
     for line in install(args.unit_dir, exe=args.exe, create_user=args.create_user,
-                    reload=not args.no_reload, jobs_dir=args.jobs_dir):
-        print(line)
+                        reload=not args.no_reload, jobs_dir=args.jobs_dir):
+        if line.startswith(WARNING):
+            print(f"traind: {line}", file=sys.stderr)
+        else:
+            print(line)
     return 0
