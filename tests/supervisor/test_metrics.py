@@ -3,7 +3,6 @@ import re
 import signal
 import socket
 import sys
-import time
 import urllib.request
 
 import pytest
