@@ -125,3 +125,62 @@ def test_a_path_the_os_refuses_is_one_line_exit_2(tmp_path, cmd):
     long = tmp_path / ("x" * 300)
     line = one_line(traind(*[long if a == "LONG" else a for a in cmd]), 2)
     assert line.startswith(f"traind: {long}") and line.endswith(": File name too long")
+
+
+# --- `traind systemd install` (issue 10): every option explained, one submit command, PrivateTmp ------
+
+def test_systemd_install_explains_every_option(capsys):
+    from traind.cli import main
+    with pytest.raises(SystemExit):
+        main(["systemd", "install", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, words in [("--unit-dir UNIT_DIR", "where the unit files are written (default: /etc/systemd/system)"),
+                          ("--exec PATH", "absolute path of the traind executable"),
+                          ("--jobs-dir JOBS_DIR", "where traind@NAME.service reads its spec"),
+                          ("--create-user", "create the system user 'traind'"),
+                          ("--no-reload", "skip `systemctl daemon-reload`")]:
+        assert f"{option} {words}" in text, option
+
+
+def test_installer_and_readme_give_the_same_submit_command(tmp_path):
+    """As root `traind submit` hands the spool file to the daemon's user (spool.submit), which the
+    daemon requires; `sudo -u traind` could not read a spec in a private home. README says the same."""
+    from pathlib import Path
+    out = traind("systemd", "install", "--no-reload", "--exec", sys.executable,
+                 "--unit-dir", tmp_path / "units", "--jobs-dir", tmp_path / "jobs")
+    assert out.returncode == 0, out.stderr
+    hint = out.stdout.strip().splitlines()[-1].split("`")[1]
+    assert hint == "sudo traind submit SPEC"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert hint.replace("SPEC", "jobs/examples/tiny.yaml") + " && sudo traind ls" in readme
+    assert "sudo -u traind traind submit" not in readme
+
+
+def test_systemd_install_warns_when_exec_is_hidden_by_private_tmp():
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        exe = f"{tmp}/venv/bin/traind"
+        os.makedirs(os.path.dirname(exe))
+        with open(exe, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(exe, 0o755)
+        out = traind("systemd", "install", "--no-reload", "--exec", exe, "--unit-dir", f"{tmp}/units",
+                     "--jobs-dir", f"{tmp}/jobs")
+        assert out.returncode == 0 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"traind: warning: --exec: ExecStart runs {exe}, under /tmp, but traind.service and traind@.service set "
+            "PrivateTmp=yes: the service sees an empty private /tmp and cannot start; install traind outside "
+            "/tmp and /var/tmp and pass --exec"]
+
+
+def test_private_tmp_check_follows_the_interpreter_and_only_matters_with_private_tmp(tmp_path):
+    from traind.service.systemd_install import _exec_paths, private_tmp_problem
+    exe = tmp_path / "traind"
+    exe.write_text("#!/var/tmp/venv/bin/python3 -s\nimport traind\n")
+    assert "/var/tmp/venv/bin/python3" in _exec_paths(str(exe))
+    units = {"traind.service": "[Service]\nPrivateTmp=yes\n"}
+    assert "runs /var/tmp/venv/bin/traind, under /var/tmp" in private_tmp_problem("/var/tmp/venv/bin/traind", units)
+    assert private_tmp_problem("/var/tmp/venv/bin/traind", {"traind.service": "[Service]\nPrivateTmp=no\n"}) is None
+    assert private_tmp_problem("/usr/local/bin/traind", units) is None
+    assert private_tmp_problem("/tmpfoo/traind", units) is None

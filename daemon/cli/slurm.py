@@ -17,7 +17,8 @@ on the warning the supervisor writes an emergency checkpoint, requeues the job a
 
 
 def _add_own_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--time", "-t", help="sbatch --time (time limit, e.g. 2:00:00)")
+    p.add_argument("--time", "-t", help="sbatch --time: " + sbatch.TIME_FORMATS + " (e.g. 2:00:00); "
+                                        "must be longer than LEAD")
     p.add_argument("--partition", "-p", help="sbatch --partition")
     p.add_argument("--lead", type=float, metavar="SECONDS",
                    help="USR1 this long before the time limit (default: slurm.lead_seconds, else "
@@ -61,7 +62,7 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
     extra = split_options(args)
     spec = load_spec(args.spec, list(args.overrides))
     options = []
-    if args.time:
+    if args.time is not None:
         options.append(("--time", args.time))
     if args.partition:
         options.append(("--partition", args.partition))
@@ -72,14 +73,17 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
     if lead is not None and not 0 < lead <= SLURM_MAX_SIGNAL_SECONDS:   # also NaN, which no comparison lets through
         raise UsageError(f"--lead: expected a number of seconds > 0 and <= {SLURM_MAX_SIGNAL_SECONDS}, got {lead:g}")
     lead = int(round(lead)) if lead is not None else sbatch.lead_for(measurement)
-    warning = sbatch.lead_warning(lead, measurement)
-    if warning:
-        print(f"traind: {warning}", file=sys.stderr)
 
     job = sbatch.BatchJob(spec_path=Path(args.spec).resolve(), name=spec.name, run_dir=spec.run_dir,
                                lead_seconds=lead, sbatch_options=tuple(options),
                                overrides=tuple(args.overrides))
-    script = sbatch.render_script(job)
+    script = sbatch.render_script(job)       # first: it names a line break in --time as such
+    lead_from = ("--lead" if args.lead is not None else "slurm.lead_seconds" if spec.slurm.lead_seconds is not None
+                 else "measured or default; pass --lead")
+    sbatch.refuse_lead_past_limit(lead, job.sbatch_options, lead_from)
+    warning = sbatch.lead_warning(lead, measurement)   # after every refusal: one line on stderr
+    if warning:
+        print(f"traind: {warning}", file=sys.stderr)
     if args.print_only:
         sys.stdout.write(script)
         return 0

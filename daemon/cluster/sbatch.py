@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,46 @@ ASSUMED_WRITE_BYTES_PER_SECOND = 100e6   # state size known but no timing: a slo
 SHORT_OPTIONS = {"-J": "--job-name", "-o": "--output", "-e": "--error", "-a": "--array",
                  "-t": "--time", "-p": "--partition", "-D": "--chdir"}
 RUN_DIR_COMMENT = "traind-run-dir:"
+UNLIMITED_TIMES = ("-1", "infinite", "unlimited")       # sbatch compares these case-blind
+TIME_FORMATS = "MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED"
+# Each part at most 9 digits: SLURM adds them up in a C int.
+_TIME_RE = re.compile(r"(?:(?P<days>[0-9]{1,9})-(?P<hours>[0-9]{1,9})(?::(?P<dm>[0-9]{1,9}))?(?::(?P<ds>[0-9]{1,9}))?"
+                      r"|(?P<a>[0-9]{1,9})(?::(?P<b>[0-9]{1,9}))?(?::(?P<c>[0-9]{1,9}))?)")
+
+
+# --- --time -------------------------------------------------------------------------------------
+
+def time_limit_seconds(text: str) -> int | None:
+    """sbatch --time in seconds, None for no limit. As SLURM reads it: MINUTES, MM:SS, HH:MM:SS, D-HH,
+    D-HH:MM, D-HH:MM:SS; seconds round up to a whole minute; 0, -1, UNLIMITED, INFINITE: no limit."""
+    if text.lower() in UNLIMITED_TIMES:
+        return None
+    m = _TIME_RE.fullmatch(text)
+    if not m:
+        raise UsageError(f"slurm submit: --time {text!r}: expected an sbatch time limit: {TIME_FORMATS}")
+    n = {k: int(v) if v else 0 for k, v in m.groupdict().items()}
+    if m["days"] is not None:
+        seconds = n["days"] * 86400 + n["hours"] * 3600 + n["dm"] * 60 + n["ds"]
+    elif m["c"] is not None:      # HH:MM:SS
+        seconds = n["a"] * 3600 + n["b"] * 60 + n["c"]
+    else:                         # MINUTES[:SS]
+        seconds = n["a"] * 60 + n["b"]
+    return math.ceil(seconds / 60) * 60 or None
+
+
+def refuse_lead_past_limit(lead: int, groups: Sequence[tuple[str, ...]], lead_from: str) -> None:
+    """Check the (last, as sbatch reads them) --time of the sbatch options. USR1 goes out LEAD seconds
+    before the limit: with LEAD >= the limit that is at or before the start, so the job would stop
+    for an emergency checkpoint before doing any work."""
+    given = [option_value(g) for g in groups if option_name(g) == "--time"]
+    if not given:
+        return
+    time_text = given[-1] or ""
+    limit = time_limit_seconds(time_text)
+    if limit is not None and lead >= limit:
+        raise UsageError(f"slurm submit: LEAD {lead} s ({lead_from}) is not shorter than --time {time_text} "
+                         f"({limit} s): the USR1 warning would arrive at or before the job starts; use a longer "
+                         "--time or a smaller --lead")
 
 
 # --- LEAD -------------------------------------------------------------------------------------------
@@ -157,6 +198,16 @@ def option_name(group: tuple[str, ...]) -> str:
     if not head.startswith("--") and len(head) > 2:
         head = head[:2]
     return SHORT_OPTIONS.get(head, head)
+
+
+def option_value(group: tuple[str, ...]) -> str | None:
+    """('--time=2',) -> '2'; ('-t', '2') -> '2'; ('-t2',) -> '2'; ('--exclusive',) -> None."""
+    head = group[0]
+    if len(group) > 1:
+        return " ".join(group[1:])
+    if head.startswith("--"):
+        return head.split("=", 1)[1] if "=" in head else None
+    return head[2:] or None
 
 
 def _directive(group: tuple[str, ...]) -> str:

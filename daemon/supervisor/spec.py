@@ -3,6 +3,8 @@
 Every mistake becomes one UsageError naming the file, the field and what was expected; unknown
 keys are rejected with the list of valid ones. `--set key.sub=value` overrides are applied to the
 raw mapping first (the value parsed as YAML), so they are validated by exactly the same code.
+A scalar YAML cannot convert (`2001-02-30`, `!!int abc`) is kept as an Unreadable value, so that the
+check of its field reports it; every input is a JobSpec or one such line, never a traceback.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 from traind.contract.errors import UsageError
-from traind.supervisor.checker import Checker, kind_of
+from traind.supervisor.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
 from traind.contract.exitcodes import PREEMPTED
 from traind.store.retention import KEEP_BEST_FIELDS, check_retention
 
@@ -28,6 +30,11 @@ STOPPABLE_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
 SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
 SLURM_MAX_SIGNAL_SECONDS = 65535     # sbatch --signal=...@TIME takes 0..65535
 REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/slurm.requeue_argv
+# Sanity ceilings (Checker.number `limit`): past them a value overflows later, far from this file.
+MAX_STEPS = 10**12              # every_steps: more than any run takes, exact in int64 and in JSON doubles
+MAX_COUNT = 10**6               # max_restarts, keep_last, keep_best.k
+MAX_SECONDS = 10 * 365 * 86400  # durations: ten years, far below threading.TIMEOUT_MAX and time_t
+MAX_BACKOFF_FACTOR = 100
 
 
 @dataclass(frozen=True)
@@ -130,11 +137,39 @@ def read_spec_text(path: Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); a spec is a YAML text file") from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader whose scalar conversions never raise (see _tolerant)."""
+
+
+def _tolerant(construct):
+    def construct_or_keep(loader, node):
+        try:
+            value = construct(loader, node)
+        except (ArithmeticError, LookupError, ValueError, TypeError, AttributeError) as err:
+            # `2001-02-30`, `!!int abc` (ValueError), `!!bool maybe` (KeyError), `!!timestamp x`
+            # (AttributeError), `!!int ''` (IndexError), 5000 digits (ValueError)
+            why = "" if isinstance(err, LookupError) else str(err).split(";")[0]
+            why = "too many digits" if "digits" in why else why    # int() refuses more than 4300
+            return Unreadable(node.tag, node.value if isinstance(node.value, str) else "", why)
+        if isinstance(value, int) and value.bit_length() > PRINTABLE_INT_BITS:   # 0x + 4000 f's: any repr of it fails
+            return Unreadable(node.tag, node.value, "too many digits")
+        return value
+    return construct_or_keep
+
+
+for _tag, _construct in yaml.SafeLoader.yaml_constructors.items():
+    _SpecLoader.add_constructor(_tag, _tolerant(_construct))
+
+
 def parse_spec_text(text: str) -> tuple[dict | None, str | None]:
     """(the spec's top-level mapping, None) or (None, why the text is not one). The one place a
     spec's YAML is parsed (`traind run`, `submit`, the daemon's spool)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SpecLoader)
+    except yaml.reader.ReaderError as err:   # a control character: its str() is two lines
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        return None, f"not valid YAML at line {line}, column {column}: character #x{err.character:04x} is not allowed"
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -166,8 +201,8 @@ def apply_override(raw: dict, item: str, path: Path) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UsageError(f"--set {item!r}: expected KEY.SUB=VALUE (e.g. restart.max_restarts=3)")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(text, Loader=_SpecLoader) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = text
     node = raw
     parts = key.split(".")
@@ -176,8 +211,9 @@ def apply_override(raw: dict, item: str, path: Path) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            dotted = ".".join(parts[: depth + 1])
-            raise UsageError(f"{path}: {dotted} (from --set {key}): is {kind_of(child)}, cannot set a sub-field")
+            where = ".".join(label(p) for p in parts[: depth + 1])
+            raise UsageError(f"{path}: {where} (from --set {label(key)}): is {kind_of(child)}, "
+                             "cannot set a sub-field")
         node = child
     node[parts[-1]] = value
 
@@ -210,8 +246,8 @@ def validate(raw: dict, source: Path) -> JobSpec:
         raise c.fail("command", "a non-empty list of strings, e.g. [python, train.py] (the field is missing)")
     command = own_interpreter(c.argv(raw["command"], "command"))
     spec_dir = source.resolve().parent
-    workdir = (spec_dir / c.string(raw.get("workdir", "."), "workdir")).resolve()
-    run_dir = (workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir")).resolve()
+    workdir = _resolve(c, "workdir", spec_dir / c.string(raw.get("workdir", "."), "workdir"))
+    run_dir = _resolve(c, "run_dir", workdir / c.string(raw.get("run_dir", f"runs/{name}"), "run_dir"))
     for where, path in (("workdir", workdir), ("run_dir", run_dir)):
         encoded = os.fsencode(path)      # the OS refuses these with ENAMETOOLONG, later and as a traceback
         if len(encoded) >= 4096 or any(len(part) > 255 for part in encoded.split(b"/")):
@@ -223,6 +259,15 @@ def validate(raw: dict, source: Path) -> JobSpec:
         health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), raw=raw)
 
 
+def _resolve(c: Checker, where: str, path: Path) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:       # Python 3.11 raises this for a symlink loop
+        raise c.fail(where, "a path without a symlink loop", str(path)) from None
+    except OSError as err:
+        raise c.fail(where, f"a path the OS accepts ({err.strerror})", str(path)) from None
+
+
 def _env(c: Checker, value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -231,12 +276,8 @@ def _env(c: Checker, value: Any) -> dict[str, str]:
     env = {}
     for key, val in value.items():
         if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
-            raise c.fail(f"env.{key}", "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
-            raise c.fail(f"env.{key}", "a string (quote it: \"1\")", val)
-        if "\0" in str(val):
-            raise c.fail(f"env.{key}", "a string without NUL bytes", val)
-        env[key] = str(val)
+            raise c.fail(dotted("env", key), "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        env[key] = c.word(val, f"env.{key}", "a string (quote it: \"1\")")
     return env
 
 
@@ -248,10 +289,15 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
     if problem is not None:
         raise c.fail(f"checkpoint.{problem.field}", problem.expected, problem.value)
     keep_last, kb = retention
+    c.number(keep_last, "checkpoint.keep_last", minimum=1, integer=True, limit=MAX_COUNT)
+    if kb is not None:
+        c.number(kb["k"], "checkpoint.keep_best.k", minimum=1, integer=True, limit=MAX_COUNT)
+        c.string(kb["metric"], "checkpoint.keep_best.metric")
     return CheckpointSpec(
-        every_steps=c.number(d.get("every_steps"), "checkpoint.every_steps", minimum=1, integer=True, nullable=True),
+        every_steps=c.number(d.get("every_steps"), "checkpoint.every_steps", minimum=1, integer=True, nullable=True,
+                             limit=MAX_STEPS),
         every_seconds=c.number(d.get("every_seconds"), "checkpoint.every_seconds", minimum=0, strict=True,
-                               nullable=True),
+                               nullable=True, limit=MAX_SECONDS),
         keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb))
 
 
@@ -266,9 +312,9 @@ def _restart(c: Checker, value: Any) -> RestartPolicy:
         if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255 or code == PREEMPTED:
             raise c.fail(f"restart.no_retry_exit_codes[{i}]", f"an exit code 1..255 other than 0 and {PREEMPTED}", code)
     backoff = Backoff(
-        initial_seconds=c.number(b.get("initial_seconds", 1.0), "restart.backoff.initial_seconds"),
-        max_seconds=c.number(b.get("max_seconds", 60.0), "restart.backoff.max_seconds"),
-        factor=c.number(b.get("factor", 2.0), "restart.backoff.factor", minimum=1.0),
+        initial_seconds=c.number(b.get("initial_seconds", 1.0), "restart.backoff.initial_seconds", limit=MAX_SECONDS),
+        max_seconds=c.number(b.get("max_seconds", 60.0), "restart.backoff.max_seconds", limit=MAX_SECONDS),
+        factor=c.number(b.get("factor", 2.0), "restart.backoff.factor", minimum=1.0, limit=MAX_BACKOFF_FACTOR),
         jitter=c.number(b.get("jitter", 0.1), "restart.backoff.jitter"))
     if backoff.jitter > 1:
         raise c.fail("restart.backoff.jitter", "a fraction between 0 and 1", backoff.jitter)
@@ -276,8 +322,9 @@ def _restart(c: Checker, value: Any) -> RestartPolicy:
         raise c.fail("restart.backoff.max_seconds", f"at least initial_seconds ({backoff.initial_seconds:g})",
                      backoff.max_seconds)
     return RestartPolicy(
-        max_restarts=c.number(d.get("max_restarts", 10), "restart.max_restarts", integer=True),
-        window_seconds=c.number(d.get("window_seconds", 3600.0), "restart.window_seconds", strict=True),
+        max_restarts=c.number(d.get("max_restarts", 10), "restart.max_restarts", integer=True, limit=MAX_COUNT),
+        window_seconds=c.number(d.get("window_seconds", 3600.0), "restart.window_seconds", strict=True,
+                                limit=MAX_SECONDS),
         no_retry_exit_codes=tuple(codes), backoff=backoff,
         max_startup_failures=c.number(d.get("max_startup_failures", 5), "restart.max_startup_failures", minimum=1,
                                       integer=True, maximum=1000))
@@ -296,7 +343,8 @@ def _preemption(c: Checker, value: Any) -> Preemption:
                                      maximum=86400),
                 base_url=c.string(s.get("base_url"), "preemption.spot.base_url", nullable=True))
     return Preemption(signals=tuple(sigs),
-                      grace_seconds=c.number(d.get("grace_seconds", 90.0), "preemption.grace_seconds", strict=True),
+                      grace_seconds=c.number(d.get("grace_seconds", 90.0), "preemption.grace_seconds", strict=True,
+                                             limit=MAX_SECONDS),
                       requeue=c.choice(d.get("requeue", "auto"), "preemption.requeue", ("auto", True, False)),
                       spot=spot)
 
@@ -304,7 +352,8 @@ def _preemption(c: Checker, value: Any) -> Preemption:
 def _health(c: Checker, value: Any) -> Health:
     d = c.section(value, "health", ("hang_timeout_seconds",))
     return Health(hang_timeout_seconds=c.number(d.get("hang_timeout_seconds", 300.0),
-                                                "health.hang_timeout_seconds", strict=True, nullable=True))
+                                                "health.hang_timeout_seconds", strict=True, nullable=True,
+                                                limit=MAX_SECONDS))
 
 
 def _slurm(c: Checker, value: Any) -> Slurm:

@@ -148,3 +148,69 @@ def test_option_grouping():
     assert groups == [("--time", "2"), ("-p", "high"), ("--exclusive",), ("--mem=1G",), ("-t5",)]
     assert [slurm_batch.option_name(g) for g in groups] == ["--time", "--partition", "--exclusive", "--mem",
                                                             "--time"]
+
+
+# --- --time (issue 10): every sbatch format parsed, anything else one line, LEAD must fit inside ----
+
+@pytest.mark.parametrize("text,seconds", [
+    ("5", 300), ("90", 5400), ("0:30", 60), ("1:30", 120), ("10:00", 600), ("2:00:00", 7200), ("00:01:00", 60),
+    ("1-0", 86400), ("1-12", 129600), ("1-2:30", 95400), ("1-00:00:00", 86400), ("2-3:04:05", 183900),
+    ("0", None), ("-1", None), ("UNLIMITED", None), ("infinite", None), ("Unlimited", None),
+])
+def test_time_limit_in_every_sbatch_format(text, seconds):
+    assert slurm_batch.time_limit_seconds(text) == seconds     # seconds round up to a minute, as SLURM's
+
+
+@pytest.mark.parametrize("text", ["10min", "abc", "", " 5", "1:2:3:4", "1-", "-5", "1.5", "2h", "1-2-3",
+                                  "9" * 10, "1:" + "9" * 5000])
+def test_time_that_sbatch_would_not_read_is_one_line_exit_2(spec, text, capsys):
+    code, out, err = in_process(capsys, "slurm", "submit", str(spec), "--time", text, "--lead", "30", "--print")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"traind: slurm submit: --time {text!r}: expected an sbatch time limit: {slurm_batch.TIME_FORMATS}"]
+
+
+def in_process(capsys, *args):
+    """traind's own main (no interpreter start: these cases are many); the CLI edge is the same."""
+    from traind.cli import main
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_bad_time_through_the_real_cli(spec):
+    out = traind("slurm", "submit", str(spec), "--time", "10min", "--print")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"traind: slurm submit: --time '10min': expected an sbatch time limit: {slurm_batch.TIME_FORMATS}"]
+
+
+@pytest.mark.parametrize("args", [["--time", "00:01:00", "--lead", "60"], ["--time", "1", "--lead", "90"],
+                                  ["-t0:30", "--lead", "60"], ["--time", "1"], ["--", "--time=1"],
+                                  ["--time", "5", "--", "-t", "1", "--lead", "60"]])
+def test_lead_at_or_past_the_time_limit_is_refused(spec, args, capsys):
+    code, out, err = in_process(capsys, "slurm", "submit", str(spec), *args, "--print")
+    assert code == 2 and out == ""
+    line, = err.strip().splitlines()
+    assert line.startswith("traind: slurm submit: LEAD ") and "is not shorter than --time" in line
+    assert "the USR1 warning would arrive at or before the job starts" in line
+
+
+def test_lead_of_60_s_with_a_one_minute_limit_says_why(spec):
+    out = traind("slurm", "submit", str(spec), "--time", "00:01:00", "--lead", "60", "--print")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "traind: slurm submit: LEAD 60 s (--lead) is not shorter than --time 00:01:00 (60 s): the USR1 warning "
+        "would arrive at or before the job starts; use a longer --time or a smaller --lead"]
+
+
+def test_lead_inside_the_time_limit_is_accepted(spec, capsys):
+    for args in (["--time", "00:02:00", "--lead", "60"], ["--time", "1-0"], ["--time", "UNLIMITED"], ["--time", "0"]):
+        code, out, err = in_process(capsys, "slurm", "submit", str(spec), *args, "--print")
+        assert code == 0 and err == "", err
+        assert f"#SBATCH --time={args[1]}" in out.splitlines()
+
+
+def test_option_values():
+    assert [slurm_batch.option_value(g) for g in [("--time=2",), ("-t", "2"), ("-t2",), ("--exclusive",), ("-t",)]] \
+        == ["2", "2", "2", None, None]
