@@ -26,6 +26,8 @@ class ControlChannel:
         self._broken = False
         self._lines = protocol.LineBuffer()
         self._reader = threading.Thread(target=self._read_loop, name="traind-control", daemon=True)
+        self._resume: dict | None = None          # a warm spare's RESUME message
+        self._resumed = threading.Event()         # set by RESUME, or by EOF (then _resume stays None)
 
     @classmethod
     def from_env(cls, environ=os.environ, flags: StopFlags = FLAGS) -> "ControlChannel | None":
@@ -80,6 +82,7 @@ class ControlChannel:
         """Handle received bytes; False at EOF (supervisor gone: stop)."""
         if not data:
             self._flags.request_stop(REASON_SUPERVISOR_GONE)
+            self._resumed.set()
             return False
         for line in self._lines.feed(data):
             self._handle(line)
@@ -96,8 +99,19 @@ class ControlChannel:
             self._flags.request_stop(reason)
         elif msg["type"] == protocol.CHECKPOINT_NOW:
             self._flags.request_checkpoint(reason)
+        elif msg["type"] == protocol.RESUME:
+            self._resume = msg
+            self._resumed.set()
         else:
             print(f"traind: ignoring unknown control message type {msg['type']!r}", file=sys.stderr)
+
+    def wait_for_resume(self) -> dict | None:
+        """A warm spare waits here (built, holding nothing) until the supervisor hands it an
+        attempt: the RESUME message, or None when the supervisor is gone or a stop was asked."""
+        while not self._resumed.wait(0.2):
+            if self._flags.stop is not None:
+                return None
+        return self._resume
 
     def send(self, msg_type: str, **fields) -> bool:
         """Send one message; False (not an exception) when the supervisor is gone."""

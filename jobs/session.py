@@ -99,6 +99,8 @@ class Session:
             except OSError as err:   # a file in the way, a read-only mount: no attempt can work
                 raise UsageError(f"{self.run_dir}: cannot use as the run dir: {err.strerror or err}") from None
             self.control = ControlChannel.from_env(env)
+            if env.get(protocol.ENV_SPARE) and self.control is not None:
+                env = self._wait_as_spare(env)      # before the store: a spare holds no lock
             self.store = CheckpointStore(self.run_dir, keep_last=self.policy.keep_last,
                                          keep_best=self.policy.keep_best, on_commit=self._on_commit)
             self.metrics_log = MetricsLog(self.run_dir)
@@ -109,6 +111,20 @@ class Session:
         self.policy.start(self._started_at)
         self.phase = transition(self.phase, Event.RESTORED)
         self._send(protocol.HELLO, pid=os.getpid(), resumed_step=self.step if self.resumed_from else None)
+
+    def _wait_as_spare(self, env) -> dict:
+        """A warm spare has done everything up to here (imports, model, optimizer, datasets) and
+        waits for the attempt it will be. What it becomes comes only from the RESUME message and
+        the checkpoint it names: the restore below overwrites weights, RNG and data position."""
+        self._send(protocol.SPARE_READY, pid=os.getpid())
+        msg = self.control.wait_for_resume()
+        if msg is None:               # not needed after all (supervisor gone, run over, stop)
+            sys.stderr.flush()
+            os._exit(0)
+        resume_from = msg.get("resume_from")
+        return {**{k: v for k, v in env.items() if k != protocol.ENV_SPARE},
+                protocol.ENV_RESUME_FROM: resume_from if isinstance(resume_from, str) else "",
+                protocol.ENV_ATTEMPT: str(msg.get("attempt", ""))}
 
     # --- restore -------------------------------------------------------------------------
     def _resume_point(self, env) -> Path | None:

@@ -17,6 +17,7 @@ ENV_CONTROL_FD = "TRAIND_CONTROL_FD"      # fd of the control channel (absent: u
 ENV_ATTEMPT = "TRAIND_ATTEMPT"            # 1 for the first launch, +1 per restart
 ENV_JOB_NAME = "TRAIND_JOB_NAME"
 ENV_CHECKPOINT_POLICY = "TRAIND_CHECKPOINT"  # JSON of the spec's `checkpoint:` section (optional)
+ENV_SPARE = "TRAIND_SPARE"                # "1": a warm spare: start up, then wait for RESUME before restoring
 
 # --- child -> supervisor ----------------------------------------------------------------------
 HELLO = "hello"            # {"pid": int, "resumed_step": int|None}
@@ -24,10 +25,12 @@ HEARTBEAT = "heartbeat"    # {"step", "epoch", "metrics": {str: float}, "steps_p
 CHECKPOINT = "checkpoint"  # {"step": int, "epoch": int, "path": str, "reason": str, "seconds": float, "bytes": int}
 STOPPING = "stopping"      # {"reason": str}  about to exit after an emergency checkpoint
 ERROR = "error"            # {"message": str}
+SPARE_READY = "spare_ready"  # {"pid": int}  a warm spare is built and waits for RESUME (holds no lock yet)
 
 # --- supervisor -> child ----------------------------------------------------------------------
 CHECKPOINT_AND_STOP = "checkpoint_and_stop"  # {"reason": str}  emergency checkpoint, exit 75
 CHECKPOINT_NOW = "checkpoint_now"            # {"reason": str}  periodic checkpoint, keep training
+RESUME = "resume"          # {"resume_from": str ("" = fresh), "attempt": int}  a spare becomes the attempt
 
 REASON_PERIODIC = "periodic"
 REASON_EMERGENCY = "emergency"

@@ -65,7 +65,14 @@ def step_rate(a: Attempt, now: float, step: int | None, reported=None) -> float 
 
 def backoff_delay(policy, failures_in_a_row: int, rand: float) -> float:
     """Exponential backoff with +-jitter (rand in [0, 1)), capped at policy.max_seconds."""
-    base = min(policy.max_seconds, policy.initial_seconds * policy.factor ** (failures_in_a_row - 1))
+    exponent = max(0, failures_in_a_row - 1)
+    if policy.initial_seconds <= 0:
+        base = 0.0
+    elif policy.factor > 1 and exponent * math.log(policy.factor) >= math.log(max(policy.max_seconds, 1e-9)
+                                                                              / policy.initial_seconds):
+        base = policy.max_seconds          # capped: factor ** exponent would overflow a float after ~1000
+    else:
+        base = min(policy.max_seconds, policy.initial_seconds * policy.factor ** exponent)
     return max(0.0, base * (1 + policy.jitter * (2 * rand - 1)))
 
 

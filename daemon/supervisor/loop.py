@@ -13,25 +13,21 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from traind import store
 from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
-                           SpawnFailure, StopRequested, signal_name)
+                                      SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
 from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
+from traind.supervisor.resume import ResumePoints, find_resume_point
+from traind.supervisor.spare import Spares
 from traind.supervisor.spec import JobSpec, signal_numbers
 from traind.supervisor.states import TERMINAL, Facts, State, Transition, Trigger, transition
 from traind.supervisor.terminal import live_text
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
-
-
-def find_resume_point(run_dir: Path):
-    """(CheckpointInfo|None, skipped newer ones): read from manifests and checksums, never unpickled."""
-    return store.latest_valid(store.checkpoints_dir(run_dir))
 
 
 class Supervisor:
@@ -41,11 +37,12 @@ class Supervisor:
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
-        self.find_resume = find_resume
+        self.resume = ResumePoints(spec.run_dir, find_resume, self.say, self._event)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._live = live            # redraws one status line on a terminal (None: plain lines only)
         self.files = RunFiles(spec.run_dir)
         self.records = Recorder(self.files, self.os.wall, self.say)
+        self.spares = Spares(spec.restart.warm_spare, self.os, self.files, self.say, self._event)
         self.state = State.STARTING
         self.attempts: list[Attempt] = []
         self.failure_times: list[float] = []    # monotonic, for max_restarts within window_seconds
@@ -60,7 +57,6 @@ class Supervisor:
         self.message = ""
         self.last_drain = self.started_wall = 0.0
         self.attempt_base = 0
-        self.resume_cache = None                # (info, skipped) found when the last child exited
         self.idle_self_stops = 0
         self.earlier_attempts: list[dict] = []
         self.startup_guard = StartupGuard(spec.restart.max_startup_failures, spec.restart.window_seconds)
@@ -73,8 +69,7 @@ class Supervisor:
 
     def run(self) -> RunResult:
         self.files.create()
-        lock = RunLock(self.spec.run_dir).acquire()
-        self.lock = lock
+        lock = self.lock = RunLock(self.spec.run_dir).acquire()
         self.attempt_base = self.files.attempts_so_far()   # numbering goes on across `traind run`s
         self.earlier_attempts = self.files.earlier_attempts()   # ... and so does the status's list
         self.os.install_signal_handlers(sorted(self.stop_signals))
@@ -146,6 +141,8 @@ class Supervisor:
             self._on_message(event.msg)
         elif isinstance(event, BadMessage):
             self.say(f"ignoring a malformed control message: {event.error}")
+        elif isinstance(event, (SpareReady, SpareExited)):
+            self.spares.on_event(event)
         elif isinstance(event, ChildExited):
             self._on_exit(event.status)
 
@@ -169,6 +166,7 @@ class Supervisor:
 
     def _enter_stopping(self, why: str) -> None:
         a = self.attempts[-1]
+        self.spares.discard()
         self.stop_deadline = self.os.monotonic() + self.spec.preemption.grace_seconds
         self.killed = False
         self.emergency_committed = False
@@ -199,6 +197,8 @@ class Supervisor:
         if kind == protocol.HELLO:
             self.say(f"child pid {msg.get('pid')} says hello (resumed step {msg.get('resumed_step')})")
         elif kind == protocol.HEARTBEAT:
+            if self.state is State.RUNNING:    # keep a warm spare started behind a training attempt
+                self.spares.want(self.spec.command, **self._child_args({}))
             step = as_int(msg.get("step"))
             a.last_step = step
             if a.first_beat is None and step is not None:
@@ -236,10 +236,9 @@ class Supervisor:
             return
         a.exit = status
         now = self.os.monotonic()
-        unusable = status.code == UNUSABLE_CHECKPOINT and a.resume_path is not None and self._set_aside(a)
+        unusable = status.code == UNUSABLE_CHECKPOINT and a.resume_path is not None and self.resume.set_aside(a)
         # No child runs until the next spawn, so this is also that spawn's resume point.
-        self.resume_cache = self.find_resume(self.spec.run_dir)
-        newest = self.resume_cache[0]
+        newest = self.resume.refresh()
         newest_step = None if newest is None else newest.step
         progressed = newest_step is not None and (a.resume_step is None or newest_step > a.resume_step)
         # A job may stop itself with 75 (it was preempted directly): restart at once, no failure.
@@ -285,35 +284,18 @@ class Supervisor:
                                              for x in self.attempts)
                                  + (f"; its last output: {tail}" if tail else ""))
 
-    def _set_aside(self, a: Attempt) -> bool:
-        """The child could not load the checkpoint it was given: move it out of discovery's sight
-        (never deleted), so the next attempt resumes from the previous valid one, unpenalised."""
-        why = a.reason or f"attempt {a.number} exited {UNUSABLE_CHECKPOINT}: it could not load this checkpoint"
-        try:
-            dest = store.set_aside(Path(a.resume_path), why)
-        except OSError as err:
-            self.say(f"cannot set aside unusable checkpoint {a.resume_path}: {err.strerror or err}")
-            return False
-        self.say(f"checkpoint {Path(a.resume_path).name} is unusable ({why}); set aside as {dest.name}, "
-                 "falling back to the previous valid one")
-        self._event("checkpoint_unusable", reason=why, checkpoint_step=a.resume_step, path=str(dest))
-        return True
-
-
     def _spawn_attempt(self) -> None:
         number = self.attempt_base + len(self.attempts) + 1
-        info, _ = self._resume_point(quiet=False)
+        info = self.resume.take(quiet=False)
         a = Attempt(number=number, resume_step=None if info is None else info.step,
                     resume_path=None if info is None else str(info.path))
         self.attempts.append(a)
         self.stop_deadline, self.killed = None, False
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env,
-               protocol.ENV_RUN_DIR: str(self.spec.run_dir),
-               protocol.ENV_RESUME_FROM: "" if info is None else str(info.path),
-               protocol.ENV_ATTEMPT: str(number), protocol.ENV_JOB_NAME: self.spec.name,
-               protocol.ENV_CHECKPOINT_POLICY: json_line(self.spec.checkpoint_json())}
-        pid = self.os.spawn(self.spec.command, cwd=self.spec.workdir, env=env,
-                            log_path=self.files.attempt_log(number), keep_fds=(self.lock.fd,))
+        resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
+        pid = self.spares.take(log, resume_from=resume_from, attempt=number)
+        if pid is None:
+            pid = self.os.spawn(self.spec.command, log_path=log, **self._child_args(
+                {protocol.ENV_RESUME_FROM: resume_from, protocol.ENV_ATTEMPT: str(number)}))
         if isinstance(pid, SpawnFailure):
             a.reason = pid.message
             self._apply(transition(self.state, Trigger.SPAWN_FAILED), reason=pid.message)
@@ -325,19 +307,15 @@ class Supervisor:
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
         self._event("spawned", reason=where, checkpoint_step=a.resume_step, pid=pid)
 
-    def _resume_point(self, *, quiet: bool):
-        info, skipped = self.resume_cache or self.find_resume(self.spec.run_dir)
-        self.resume_cache = None
-        if not quiet:
-            for bad in skipped:
-                self.say(f"skipping checkpoint {Path(bad.path).name}: {bad.error}")
-                self._event("checkpoint_skipped", reason=f"{Path(bad.path).name}: {bad.error}",
-                            checkpoint_step=bad.step)
-        return info, skipped
+    def _child_args(self, extra_env: dict) -> dict:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env, protocol.ENV_RUN_DIR: str(self.spec.run_dir),
+               protocol.ENV_JOB_NAME: self.spec.name,
+               protocol.ENV_CHECKPOINT_POLICY: json_line(self.spec.checkpoint_json()), **extra_env}
+        return {"cwd": self.spec.workdir, "env": env, "keep_fds": (self.lock.fd,)}
 
     def _finish_preempted(self, exit_status: ExitStatus | None, checkpoint_step: int | None = None) -> None:
         if checkpoint_step is None:
-            newest, _ = self._resume_point(quiet=True)
+            newest = self.resume.take(quiet=True)
             checkpoint_step = None if newest is None else newest.step
         outcome = Outcome(trigger=self.stop_trigger or "stop", checkpoint_committed=self.emergency_committed,
                           checkpoint_step=checkpoint_step, exit=exit_status, attempt=len(self.attempts))
@@ -350,6 +328,7 @@ class Supervisor:
         self._finish(code, f"stopped ({outcome.trigger}): {what}")
 
     def _finish(self, code: int, message: str) -> None:
+        self.spares.discard()
         self.exit_code, self.message = code, message
         self.say(f"{self.state.value}: {message}; exit {code}")
         self._event("finished", reason=message, exit_code=code, durable=True)
@@ -386,6 +365,7 @@ class Supervisor:
             "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
             "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
             "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
+            "spare": self.spares.summary(),
         }, durable=durable)
         if self._live is not None:
             self._live(live_text(self.spec.name, None if a is None else a.number, self.state.value,

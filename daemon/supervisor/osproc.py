@@ -22,7 +22,7 @@ from pathlib import Path
 
 from traind.fs.libc import PR_SET_CHILD_SUBREAPER, prctl
 from traind.supervisor.channel import SupervisorChannel
-from traind.contract.protocol import ENV_CONTROL_FD
+from traind.contract.protocol import ENV_CONTROL_FD, RESUME, SPARE_READY
 
 # epoll refuses a timeout past ~24 days (a spec may ask for a longer backoff or grace): waking
 # early is harmless, the loop just computes its deadlines again.
@@ -57,6 +57,8 @@ class StopRequested(NamedTuple): reason: str
 class ChildMessage(NamedTuple): msg: dict
 class BadMessage(NamedTuple): error: str
 class ChildExited(NamedTuple): pid: int; status: ExitStatus   # noqa: E702
+class SpareReady(NamedTuple): pid: int
+class SpareExited(NamedTuple): pid: int; status: ExitStatus   # noqa: E702
 
 
 def signal_name(signo: int) -> str:
@@ -89,6 +91,7 @@ class RealOS:
         self._requests: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
         self._child: _Child | None = None
+        self._spare: _Child | None = None    # a warm spare, started ahead of need (restart.warm_spare)
         self._old_handlers: dict[int, object] = {}
         self._old_wakeup_fd: int | None = None
         self.wakeups = 0   # times wait() returned: the benchmark reads it
@@ -136,6 +139,14 @@ class RealOS:
             # rather than to PID 1, which in a container without an init never reaps them; we reap
             # them (reap_orphans), so they neither linger as zombies nor look alive to lock checks.
             self.subreaper = os.getpid() == 1 or prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        child = self._start(argv, cwd, env, log_path, keep_fds)
+        if isinstance(child, SpawnFailure):
+            return child
+        self._child = child
+        self._sel.register(child.pidfd, selectors.EVENT_READ, "exit")
+        return child.pid
+
+    def _start(self, argv, cwd: Path, env: dict, log_path: Path, keep_fds) -> _Child | SpawnFailure:
         channel = SupervisorChannel()
         env = {**env, ENV_CONTROL_FD: str(channel.child_fd())}
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -149,9 +160,77 @@ class RealOS:
         finally:
             os.close(log_fd)
         channel.forget_child_end()
-        self._child = _Child(popen, channel, log_path)
-        self._sel.register(self._child.pidfd, selectors.EVENT_READ, "exit")
-        return popen.pid
+        return _Child(popen, channel, log_path)
+
+    # the warm spare: a second copy of the job that waits, built, for the attempt it will be
+    def spawn_spare(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=()) -> int | SpawnFailure:
+        spare = self._start(argv, cwd, env, log_path, keep_fds)
+        if isinstance(spare, SpawnFailure):
+            return spare
+        self._spare = spare
+        self._sel.register(spare.pidfd, selectors.EVENT_READ, "spare-exit")
+        self._sel.register(spare.channel.fileno(), selectors.EVENT_READ, "spare-channel")
+        return spare.pid
+
+    def promote_spare(self, log_path: Path, **resume) -> int | None:
+        """Hand the spare its attempt (the RESUME message); it becomes the child, its log that
+        attempt's log. None (and the spare is gone) if it cannot take it."""
+        spare = self._spare
+        if spare is None or not spare.channel.send(RESUME, **resume):
+            self.discard_spare()
+            return None
+        self._forget_spare()
+        os.rename(spare.log_path, log_path)      # it keeps writing to the same file, under its new name
+        spare.log_path = log_path
+        self._child = spare
+        self._sel.register(spare.pidfd, selectors.EVENT_READ, "exit")
+        return spare.pid
+
+    def discard_spare(self) -> None:
+        """SIGKILL the spare's group and reap it (it holds nothing: no checkpoint, no training)."""
+        spare = self._forget_spare()
+        if spare is not None:
+            try:
+                os.killpg(spare.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            spare.popen.wait()
+            os.close(spare.pidfd)
+            spare.channel.close()
+
+    def rss_bytes(self, pid: int) -> int | None:
+        """Resident memory of a process (what a waiting spare costs), from /proc."""
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def _forget_spare(self) -> _Child | None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._sel.unregister(spare.pidfd)
+            if not spare.channel.closed:
+                self._sel.unregister(spare.channel.fileno())
+        return spare
+
+    def _spare_events(self, kinds: set) -> list:
+        spare, events = self._spare, []
+        if spare is not None and "spare-channel" in kinds:
+            got = spare.channel.drain()
+            events += [SpareReady(spare.pid) for m in got.messages if m.get("type") == SPARE_READY]
+            if got.closed:
+                self._sel.unregister(spare.channel.fileno())
+        if spare is not None and "spare-exit" in kinds:
+            self._forget_spare()
+            rc = spare.popen.wait()
+            os.close(spare.pidfd)
+            spare.channel.close()
+            events.append(SpareExited(spare.pid, ExitStatus.from_returncode(rc)))
+        return events
 
     def send(self, msg_type: str, **fields) -> bool:
         return self._child is not None and self._child.channel.send(msg_type, **fields)
@@ -193,16 +272,17 @@ class RealOS:
             self.echo_output()
             if "exit" in kinds:
                 events.append(self._reap(child))
+        events += self._spare_events(kinds)
         self.reap_orphans()
         return events
 
     def reap_orphans(self) -> int:
-        """Reap exited processes that were re-parented to us, never the child itself (its exit
-        status is read through its pidfd). Only zombies are touched: a live orphan runs on."""
-        mine = None if self._child is None else self._child.pid
+        """Reap exited processes that were re-parented to us, never the child or the spare (their
+        exit status is read through their pidfds). Only zombies are touched: a live orphan runs on."""
+        mine = {c.pid for c in (self._child, self._spare) if c is not None}
         reaped = 0
         for pid in _zombie_children():
-            if pid == mine:
+            if pid in mine:
                 continue
             try:
                 reaped += os.waitpid(pid, os.WNOHANG)[0] == pid

@@ -51,6 +51,7 @@ class RestartPolicy:
     window_seconds: float = 3600.0
     no_retry_exit_codes: tuple[int, ...] = (2,)
     max_startup_failures: int = 5     # the same failure before the first step this often in a row: fail
+    warm_spare: bool = False          # keep one copy of the job started ahead of need (docs/supervisor.md)
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -303,7 +304,7 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
 
 def _restart(c: Checker, value: Any) -> RestartPolicy:
     d = c.section(value, "restart", ("max_restarts", "window_seconds", "no_retry_exit_codes", "max_startup_failures",
-                                     "backoff"))
+                                     "warm_spare", "backoff"))
     b = c.section(d.get("backoff"), "restart.backoff", ("initial_seconds", "max_seconds", "factor", "jitter"))
     codes = d.get("no_retry_exit_codes", [2])
     if not isinstance(codes, list):
@@ -327,7 +328,8 @@ def _restart(c: Checker, value: Any) -> RestartPolicy:
                                 limit=MAX_SECONDS),
         no_retry_exit_codes=tuple(codes), backoff=backoff,
         max_startup_failures=c.number(d.get("max_startup_failures", 5), "restart.max_startup_failures", minimum=1,
-                                      integer=True, maximum=1000))
+                                      integer=True, maximum=1000),
+        warm_spare=c.choice(d.get("warm_spare", False), "restart.warm_spare", (True, False)))
 
 
 def _preemption(c: Checker, value: Any) -> Preemption:

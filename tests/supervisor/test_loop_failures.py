@@ -104,3 +104,12 @@ def test_status_keeps_the_attempts_of_earlier_invocations(tmp_path):
         run(tmp_path, fake, restart={"max_restarts": 0}, preemption={"grace_seconds": 5})
     attempts = read_status(tmp_path / "run")["attempts"]
     assert len(attempts) >= 2 and attempts[0]["attempt"] < attempts[-1]["attempt"]
+
+
+def test_backoff_never_overflows_however_many_failures_in_a_row():
+    from traind.supervisor.attempts import backoff_delay
+    from traind.supervisor.spec import Backoff
+    steep = Backoff(initial_seconds=1, max_seconds=60, factor=100, jitter=0.0)
+    assert [backoff_delay(steep, n, 0.5) for n in (1, 2, 160, 10**6)] == [1.0, 60.0, 60.0, 60.0]
+    assert backoff_delay(Backoff(1, 60, 2, 0.0), 4, 0.5) == 8.0
+    assert backoff_delay(Backoff(0, 0, 2, 0.0), 5000, 0.5) == 0.0

@@ -57,8 +57,10 @@ def last_step(run_dir) -> int:
         return 0
 
 
-def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_path, reap):
-    """Issue 4: the example job's child SIGKILLed at random moments, 20 times in one run."""
+@pytest.mark.parametrize("warm_spare", [False, True], ids=["cold", "warm-spare"])
+def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_path, reap, warm_spare):
+    """Issue 4: the example job's child SIGKILLed at random moments, 20 times in one run; issue 14:
+    the same with a warm spare taking over each time (ready, or still starting)."""
     alone = tmp_path / "alone"
     subprocess.run([*JOB, "--run-dir", str(alone)], cwd=REPO, env={**os.environ, **ENV}, check=True,
                    capture_output=True, timeout=180)
@@ -66,7 +68,8 @@ def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_pat
     # torch start-up and the run can't finish between two kills on a fast or a loaded machine.
     spec = write_spec(tmp_path, command=[*JOB, "--step-seconds", "0.003"], workdir=str(REPO),
                       run_dir=str(tmp_path / "run"), env=ENV,
-                      restart={"max_restarts": 25, "backoff": {"initial_seconds": 0.05, "max_seconds": 0.2}})
+                      restart={"max_restarts": 25, "warm_spare": warm_spare,
+                               "backoff": {"initial_seconds": 0.05, "max_seconds": 0.2}})
     run_dir = tmp_path / "run"
     p = start_traind("run", spec)
     reap(p)
@@ -96,3 +99,39 @@ def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_pat
     supervised, unsupervised = final_state(run_dir), final_state(alone)
     for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "data_position", "rng_states"):
         assert same(supervised[key], unsupervised[key]), key      # bit-for-bit equal tensors
+    promoted = [e for e in read_events(run_dir) if e["event"] == "spare_promoted"]
+    assert (len(promoted) >= KILLS // 2) if warm_spare else not promoted, len(promoted)
+
+
+def test_a_spare_killed_while_waiting_is_replaced_and_the_run_is_unaffected(tmp_path, reap):
+    """Issue 14: SIGKILL the waiting spare: a new one is started, the run ends as an uninterrupted one."""
+    steps = 600
+    job = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", str(steps), "--every-steps", "100"]
+    alone = tmp_path / "alone"
+    subprocess.run([*job, "--run-dir", str(alone)], cwd=REPO, env={**os.environ, **ENV}, check=True,
+                   capture_output=True, timeout=180)
+    spec = write_spec(tmp_path, command=[*job, "--step-seconds", "0.02"], workdir=str(REPO),
+                      run_dir=str(tmp_path / "run"), env=ENV, restart={"warm_spare": True})
+    run_dir = tmp_path / "run"
+    p = start_traind("run", spec)
+    reap(p)
+
+    def spare(ready=True):
+        s = (json.loads((run_dir / "status.json").read_text()).get("spare") or {}) if (run_dir / "status.json").exists() else {}
+        return s.get("pid") if s.get("pid") and (s.get("ready") or not ready) else None
+    first = wait_for(spare, timeout=120, what="a ready spare")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (lambda pid: pid if pid and pid != first else None)(spare()), timeout=120,
+                      what="a new ready spare")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert f"warm spare pid {first} killed by SIGKILL while waiting; a new one is started" in err
+    assert not pid_alive(second)                      # the run is over: its spare went with it
+    assert [e["attempt"] for e in read_events(run_dir) if e["event"] == "spawned"] == [1]
+    assert per_step(run_dir) == per_step(alone)
+    spec_steps = STEPS
+    try:
+        globals()["STEPS"] = steps
+        assert same(final_state(run_dir)["state_dict"], final_state(alone)["state_dict"])
+    finally:
+        globals()["STEPS"] = spec_steps
