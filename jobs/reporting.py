@@ -14,6 +14,7 @@ from pathlib import Path
 
 from traind.contract import protocol
 from traind.contract.errors import TraindError
+from traind.fs.durable import atomic_write
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -30,7 +31,6 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = []
-        tmp = self.path.with_name(f".{METRICS_NAME}.{os.getpid()}")
         try:
             with open(self.path, "rb") as f:
                 for line in f:
@@ -39,11 +39,8 @@ class MetricsLog:
                             keep.append(line if line.endswith(b"\n") else line + b"\n")
                     except (ValueError, KeyError, TypeError):
                         continue  # a line torn by a kill mid-write
-            with open(tmp, "wb") as f:
-                f.writelines(keep)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, b"".join(keep), mode=0o644, durable=False)
         except OSError as err:   # a full disk, a directory in the way: the old file stays as it was
-            tmp.unlink(missing_ok=True)
             raise TraindError(f"{self.path}: cannot rewrite the metrics log: {err.strerror or err}") from None
 
     def append(self, record: dict) -> None:
