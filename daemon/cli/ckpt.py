@@ -1,4 +1,4 @@
-"""`traind ckpt ls|verify|inspect`: look at a run's checkpoints without torch."""
+"""`traind ckpt ls|verify|inspect`: look at a run's checkpoints without torch (a remote URL: ckpt_remote.py)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from traind import store as ck
+from traind.cli import ckpt_remote
 from traind.cli.show import ago, size, timestamp
 from traind.contract.errors import UsageError
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
 
     ls = group.add_parser("ls", help="one row per checkpoint, newest first",
                           description="List checkpoints, newest first, each verified.")
-    ls.add_argument("dir", metavar="DIR", help="a run dir or its checkpoints dir")
+    ls.add_argument("dir", metavar="DIR", help="a run dir or its checkpoints dir, or a remote URL (s3://...)")
     ls.add_argument("--json", action="store_true", help="print a JSON list of objects")
     ls.add_argument("--quick", action="store_true", help="check sizes only, skip the checksums")
     ls.set_defaults(func=cmd_ls)
@@ -26,7 +27,8 @@ def register(sub) -> None:
     ver = group.add_parser("verify", help="check sizes and checksums; exit 1 if any is bad",
                            description="Verify one checkpoint dir, or every checkpoint of a dir. "
                                        "Exit 0 if all are valid, 1 otherwise.")
-    ver.add_argument("path", metavar="PATH", help="a checkpoint dir (step-N), a run dir or a checkpoints dir")
+    ver.add_argument("path", metavar="PATH",
+                     help="a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL")
     ver.add_argument("--json", action="store_true", help="print a JSON list of objects")
     ver.set_defaults(func=cmd_verify)
 
@@ -34,9 +36,12 @@ def register(sub) -> None:
                            description="Show what a checkpoint holds, without loading torch or "
                                        "running any code from the file. A run or checkpoints dir "
                                        "means its newest valid checkpoint.")
-    ins.add_argument("path", metavar="PATH", help="a checkpoint dir (step-N), a run dir or a checkpoints dir")
+    ins.add_argument("path", metavar="PATH",
+                     help="a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.set_defaults(func=cmd_inspect)
+    for parser in (ls, ver, ins):
+        ckpt_remote.add_options(parser)
 
 
 def _existing_dir(path: str) -> Path:
@@ -56,7 +61,7 @@ def _status(info: ck.CheckpointInfo) -> str:
     return "valid" if info.valid else f"INVALID: {info.error}"
 
 
-def _print_table(infos: list[ck.CheckpointInfo]) -> None:
+def print_table(infos: list[ck.CheckpointInfo]) -> None:
     rows = [("STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS")]
     for i in infos:
         rows.append((str(i.step if i.step is not None else "?"), str(i.epoch if i.epoch is not None else "-"),
@@ -67,6 +72,8 @@ def _print_table(infos: list[ck.CheckpointInfo]) -> None:
 
 
 def cmd_ls(args) -> int:
+    if ckpt_remote.is_remote_url(args.dir):
+        return ckpt_remote.remote_ls(args)
     ckpt_dir = ck.checkpoints_dir(_existing_dir(args.dir))
     infos = ck.list_checkpoints(ckpt_dir, deep=not args.quick)
     if args.json:
@@ -74,26 +81,33 @@ def cmd_ls(args) -> int:
     elif not infos:
         print(f"no checkpoints in {ckpt_dir}")
     else:
-        _print_table(infos)
+        print_table(infos)
     return 0
 
 
 def cmd_verify(args) -> int:
+    if ckpt_remote.is_remote_url(args.path):
+        return ckpt_remote.remote_verify(args)
     p = _existing_dir(args.path)
     infos = ([ck.verify(p, every_file=True)] if _is_checkpoint_dir(p)
              else ck.list_checkpoints(p, every_file=True))
-    if args.json:
+    return print_verdicts(infos, args.json, f"no checkpoints in {ck.checkpoints_dir(p)}")
+
+
+def print_verdicts(infos: list[ck.CheckpointInfo], as_json: bool, empty: str) -> int:
+    """`ckpt verify`'s output, local or remote: exit 0 when there are checkpoints and all verify."""
+    if as_json:
         print(json.dumps([i.to_json() for i in infos], indent=1))
     elif not infos:
-        print(f"no checkpoints in {ck.checkpoints_dir(p)}")
-    for i in infos if not args.json else ():
+        print(empty)
+    for i in infos if not as_json else ():
         print(f"ok       {i.path}" if i.valid else f"INVALID  {i.error}")
     return 0 if infos and all(i.valid for i in infos) else 1
 
 
 def cmd_inspect(args) -> int:
-    from traind.store.inspect import summarize_state   # only this command needs it
-
+    if ckpt_remote.is_remote_url(args.path):
+        return ckpt_remote.remote_inspect(args)
     p = _existing_dir(args.path)
     skipped = []
     if _is_checkpoint_dir(p):
@@ -103,10 +117,17 @@ def cmd_inspect(args) -> int:
         if info is None:
             raise UsageError(f"{ck.checkpoints_dir(p)}: no valid checkpoint to inspect"
                              + (f" ({len(skipped)} invalid)" if skipped else ""))
-    out = {"path": str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
+    return show_inspection(info, skipped, args.json)
+
+
+def show_inspection(info: ck.CheckpointInfo, skipped: list, as_json: bool, shown: str | None = None) -> int:
+    """Print what one checkpoint holds; `shown` names it when its files sit elsewhere (a remote one)."""
+    from traind.store.inspect import summarize_state   # only this command needs it
+
+    out = {"path": shown or str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
            "epoch": info.epoch, "reason": info.reason, "created": info.created,
            "metrics": info.metrics, "size": info.size}
-    if not _is_checkpoint_dir(p) and skipped:
+    if skipped:
         out["skipped_newer"] = [f"{Path(bad.path).name}: {bad.error}" for bad in skipped]
     state = info.path / ck.STATE_NAME
     try:
@@ -118,7 +139,7 @@ def cmd_inspect(args) -> int:
         out["state_error"] = f"{state}: missing"
     except (ValueError, OSError) as err:
         out["state_error"] = f"{state}: {err}"
-    if args.json:
+    if as_json:
         print(json.dumps(out, indent=1, default=str))
     else:
         for key, value in out.items():

@@ -4,8 +4,9 @@ The script `exec`s `traind run SPEC` so the supervisor is the batch shell: `--si
 reaches it (SLURM sends B: signals to the batch shell only). `--requeue` lets the job requeue itself
 after its emergency checkpoint, `--open-mode=append` keeps every run's output in one log.
 
-LEAD must cover the emergency stop: finish the step, write the state durably, requeue. We take it
-from what this run dir measured before (the supervisor's events, the checkpoint manifests) plus a
+LEAD must cover the emergency stop: finish the step, write the state durably, upload it when a
+remote is set (checkpoint.remote), requeue. We take it from what this run dir measured before (the
+supervisor's events, the checkpoint manifests, the mirror's upload figures in remote.json) plus a
 margin, and warn at submit when the user's LEAD is shorter than that.
 """
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Sequence
 from traind import store
 from traind.contract.errors import UsageError
 from traind.cluster.slurm import ENV_SUBMITTED_LEAD
+from traind.supervisor import mirror
 
 DEFAULT_LEAD_SECONDS = 120        # nothing measured yet: enough for a few GiB on a local disk
 MIN_LEAD_SECONDS = 60             # SLURM's signal tick is 30 s; less than this is a gamble
 LEAD_FACTOR = 1.5                 # measured stop time x this ...
 LEAD_MARGIN_SECONDS = 30.0        # ... + this (the step in flight, the requeue, process exit)
 ASSUMED_WRITE_BYTES_PER_SECOND = 100e6   # state size known but no timing: a slow shared filesystem
+ASSUMED_UPLOAD_BYTES_PER_SECOND = 40e6   # a remote set but no upload measured yet (s3fs put: ~44 MB/s here)
 
 SHORT_OPTIONS = {"-J": "--job-name", "-o": "--output", "-e": "--error", "-a": "--array",
                  "-t": "--time", "-p": "--partition", "-D": "--chdir"}
@@ -81,14 +84,16 @@ class StopMeasurement:
     seconds: float | None        # longest emergency/checkpoint time recorded for this run dir
     source: str | None           # where it was found (for messages)
     state_bytes: int | None      # size of the newest committed checkpoint
+    upload_seconds: float | None = None   # its upload to the remote (measured s/GiB x its size)
 
     def needed_seconds(self) -> float | None:
-        """The stop time to plan for: measured, else estimated from the state size, else unknown."""
+        """The stop time to plan for: measured, else estimated from the state size, else unknown;
+        plus the upload of the emergency checkpoint when the run mirrors to a remote."""
         if self.seconds is not None:
-            return self.seconds
+            return self.seconds + (self.upload_seconds or 0.0)
         if self.state_bytes:
-            return self.state_bytes / ASSUMED_WRITE_BYTES_PER_SECOND
-        return None
+            return self.state_bytes / ASSUMED_WRITE_BYTES_PER_SECOND + (self.upload_seconds or 0.0)
+        return self.upload_seconds
 
     def describe(self) -> str:
         parts = []
@@ -96,6 +101,8 @@ class StopMeasurement:
             parts.append(f"measured {self.seconds:.1f} s ({self.source})")
         if self.state_bytes:
             parts.append(f"state {self.state_bytes / 2**20:.0f} MiB")
+        if self.upload_seconds is not None:
+            parts.append(f"its upload {self.upload_seconds:.1f} s (remote.json)")
         return ", ".join(parts) or "nothing measured yet"
 
 
@@ -152,10 +159,22 @@ def measure_stop(run_dir: Path) -> StopMeasurement:
                   for d in _stop_durations(run_dir / "events.jsonl")]
     candidates += _recorded_checkpoint_seconds(run_dir, infos)
     size = next((i.size for i in infos if i.valid), None)
+    upload = upload_estimate(run_dir, size)
     if not candidates:
-        return StopMeasurement(None, None, size)
+        return StopMeasurement(None, None, size, upload)
     seconds, source = max(candidates)
-    return StopMeasurement(seconds, source, size)
+    return StopMeasurement(seconds, source, size, upload)
+
+
+def upload_estimate(run_dir: Path, state_bytes: int | None) -> float | None:
+    """Seconds to upload the state, when this run dir mirrors to a remote: the mirror's measured
+    seconds per GiB (its slowest recent upload) x the state size; None without a remote."""
+    if not (Path(run_dir) / mirror.FIGURES_NAME).exists():
+        return None
+    per_gib = mirror.upload_seconds_per_gib(run_dir)
+    if per_gib is None:
+        return (state_bytes or 0) / ASSUMED_UPLOAD_BYTES_PER_SECOND
+    return per_gib * (state_bytes or 0) / float(1 << 30)
 
 
 def lead_for(measurement: StopMeasurement) -> int:

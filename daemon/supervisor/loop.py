@@ -15,6 +15,7 @@ from typing import Callable
 
 from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
+from traind.supervisor import mirror as remote_mirror
 from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
@@ -37,7 +38,8 @@ class Supervisor:
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
-        self.resume = ResumePoints(spec.run_dir, find_resume, self.say, self._event)
+        self.mirror = remote_mirror.attach(spec, self.say, self._event)       # checkpoint.remote (mirror.py)
+        self.resume = ResumePoints(spec.run_dir, self.mirror.resume_finder(find_resume), self.say, self._event)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._live = live            # redraws one status line on a terminal (None: plain lines only)
         self.files = RunFiles(spec.run_dir)
@@ -212,6 +214,7 @@ class Supervisor:
                                     "seconds": msg.get("seconds"), "bytes": as_int(msg.get("bytes")),
                                     "time": self.os.wall()}
             step = as_int(msg.get("step"))
+            self.mirror.enqueue(msg.get("path"), step, msg.get("reason"))   # then to checkpoint.remote, if set
             if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
                 self.last_heartbeat = {**self.last_heartbeat, "step": step, "time": self.os.wall()}  # the final one
                 a.last_step = step
@@ -263,7 +266,7 @@ class Supervisor:
         t = transition(self.state, Trigger.CHILD_EXITED, facts)
         self._apply(t, exit_status=status, checkpoint_step=newest_step)
         if t.target is State.SUCCEEDED:
-            self._finish(OK, f"succeeded after {len(self.attempts)} attempt(s)")
+            self._finish(OK, f"succeeded after {len(self.attempts)} attempt(s)" + self.mirror.drain(newest_step, None))
         elif t.target is State.PREEMPTED:
             if status.code == PREEMPTED:
                 self.emergency_committed = True
@@ -292,7 +295,7 @@ class Supervisor:
         self.attempts.append(a)
         self.stop_deadline, self.killed = None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
-        pid = self.spares.take(log, resume_from=resume_from, attempt=number)
+        pid = self.mirror.refuse_spawn() or self.spares.take(log, resume_from=resume_from, attempt=number)
         if pid is None:
             pid = self.os.spawn(self.spec.command, log_path=log, **self._child_args(
                 {protocol.ENV_RESUME_FROM: resume_from, protocol.ENV_ATTEMPT: str(number)}))
@@ -324,6 +327,7 @@ class Supervisor:
         else:
             what = ("no emergency checkpoint committed; resume point "
                     + ("none (fresh start)" if checkpoint_step is None else f"step {checkpoint_step}"))
+        what += self.mirror.drain(checkpoint_step, self.stop_deadline)   # remotely committed, within the grace
         code = self.followup(outcome)
         self._finish(code, f"stopped ({outcome.trigger}): {what}")
 
@@ -365,6 +369,7 @@ class Supervisor:
             "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
             "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
             "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
+            "remote": self.mirror.status(),
             "spare": self.spares.summary(),
         }, durable=durable)
         if self._live is not None:

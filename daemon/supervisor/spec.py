@@ -22,6 +22,7 @@ import yaml
 from traind.contract.errors import UsageError
 from traind.supervisor.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
 from traind.contract.exitcodes import PREEMPTED
+from traind.store.remote import url_problem
 from traind.store.retention import KEEP_BEST_FIELDS, check_retention
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -68,6 +69,8 @@ class CheckpointSpec:
     every_seconds: float | None = None
     keep_last: int = 3
     keep_best: KeepBest | None = None
+    remote: str | None = None         # fsspec URL the supervisor mirrors every checkpoint to (docs/remote.md)
+    remote_options: dict = field(default_factory=dict, compare=False, repr=False)   # fsspec options; may hold keys
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,14 @@ def _env(c: Checker, value: Any) -> dict[str, str]:
 
 
 def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
-    d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best"))
+    d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best", "remote",
+                                        "remote_options"))
+    remote = c.string(d.get("remote"), "checkpoint.remote", nullable=True)
+    if remote is not None and url_problem(remote):
+        raise c.fail("checkpoint.remote", url_problem(remote), remote)
+    options = d.get("remote_options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):   # values unshown: keys
+        raise c.fail("checkpoint.remote_options", "a mapping of fsspec storage options (name: value)")
     if isinstance(d.get("keep_best"), dict):
         c.section(d["keep_best"], "checkpoint.keep_best", KEEP_BEST_FIELDS)
     retention, problem = check_retention(d.get("keep_last", 3), d.get("keep_best"))
@@ -299,7 +309,7 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
                              limit=MAX_STEPS),
         every_seconds=c.number(d.get("every_seconds"), "checkpoint.every_seconds", minimum=0, strict=True,
                                nullable=True, limit=MAX_SECONDS),
-        keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb))
+        keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb), remote=remote, remote_options=options)
 
 
 def _restart(c: Checker, value: Any) -> RestartPolicy:
