@@ -29,6 +29,7 @@ from traind.jobs.callbacks import CheckpointPolicy
 from traind.jobs.clock import SystemClock
 from traind.jobs.control import ControlChannel
 from traind.jobs.data import DataPosition, resumable_loader
+from traind.jobs.lightning import schema as lightning_schema
 from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
 from traind.jobs.reporting import Console, MetricsLog
@@ -187,7 +188,7 @@ class Session:
         self.state.update(state.get("user_state") or {})
         self.step = int(state["global_step"])
         self.position = DataPosition.from_state(state["data_position"])
-        self.last_metrics = dict(state.get("loops", {}).get("last_metrics") or {})
+        self.last_metrics = dict(lightning_schema.counters(state).get("last_metrics") or {})
         restore_rng(state["rng_states"])
 
     # --- the loop's side ------------------------------------------------------------------
@@ -269,9 +270,12 @@ class Session:
             "datamodule_hyper_parameters": copy.deepcopy(dict(dm.hparams)) if dm is not None else {},
             "datamodule_state": dm.state_dict() if dm is not None else {},
             "MixedPrecision": self.scaler.state_dict() if self.scaler is not None else {},
-            "loops": {"global_step": self.step, "epoch": self.position.epoch,
-                      "batches_consumed": self.position.batches_consumed,
-                      "last_metrics": dict(self.last_metrics)},
+            # Lightning's loader reads these two; traind's own counters go under their own key
+            lightning_schema.VERSION_KEY: lightning_schema.LIGHTNING_SCHEMA_VERSION,
+            "loops": lightning_schema.loops_state(self.step, self.position.epoch, self.position.batches_consumed),
+            lightning_schema.COUNTERS_KEY: {"global_step": self.step, "epoch": self.position.epoch,
+                                            "batches_consumed": self.position.batches_consumed,
+                                            "last_metrics": dict(self.last_metrics)},
             "rng_states": capture_rng(),
             "data_position": self.position.state_dict(),
             "user_state": copy.deepcopy(self.state),

@@ -35,11 +35,21 @@ def register(sub) -> None:
     ins = group.add_parser("inspect", help="epoch, step, hyperparameters, keys, tensor count and bytes",
                            description="Show what a checkpoint holds, without loading torch or "
                                        "running any code from the file. A run or checkpoints dir "
-                                       "means its newest valid checkpoint.")
+                                       "means its newest valid checkpoint; a .ckpt/.pt file (a "
+                                       "Lightning checkpoint, any torch.save'd dict) is shown unverified.")
     ins.add_argument("path", metavar="PATH",
                      help="a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.set_defaults(func=cmd_inspect)
+
+    imp = group.add_parser("import", help="turn a Lightning .ckpt into a verified checkpoint of a run",
+                           description="Commit FILE (a Lightning .ckpt or a torch.save'd checkpoint dict "
+                                       "with state_dict and global_step, read with weights_only=True) into "
+                                       "RUN_DIR/checkpoints as step-<its global_step>, so that `traind run` "
+                                       "resumes from it. Needs torch (runs in a subprocess).")
+    imp.add_argument("file", metavar="FILE", help="the .ckpt/.pt file")
+    imp.add_argument("run_dir", metavar="RUN_DIR", help="the run dir to import into")
+    imp.set_defaults(func=cmd_import)
     for parser in (ls, ver, ins):
         ckpt_remote.add_options(parser)
 
@@ -80,6 +90,7 @@ def cmd_ls(args) -> int:
         print(json.dumps([i.to_json() for i in infos], indent=1))
     elif not infos:
         print(f"no checkpoints in {ckpt_dir}")
+        _hint_foreign_files(Path(args.dir))
     else:
         print_table(infos)
     return 0
@@ -108,6 +119,10 @@ def print_verdicts(infos: list[ck.CheckpointInfo], as_json: bool, empty: str) ->
 def cmd_inspect(args) -> int:
     if ckpt_remote.is_remote_url(args.path):
         return ckpt_remote.remote_inspect(args)
+    if Path(args.path).is_file():
+        if not (Path(args.path).parent / ck.MANIFEST_NAME).exists():
+            return _inspect_file(Path(args.path), args.json)
+        args.path = str(Path(args.path).parent)      # state.pt of a checkpoint: that checkpoint
     p = _existing_dir(args.path)
     skipped = []
     if _is_checkpoint_dir(p):
@@ -149,3 +164,38 @@ def show_inspection(info: ck.CheckpointInfo, skipped: list, as_json: bool, shown
                 value = f"{timestamp(value)} ({ago(value, missing='?')} ago)"
             print(f"{key + ':':<18}{value}")
     return 0 if info.valid and "state_error" not in out else 1
+
+
+def _inspect_file(path: Path, as_json: bool) -> int:
+    from traind.store.inspect import summarize_file   # torch-free, runs no code from the file
+
+    out = summarize_file(path)
+    if as_json:
+        print(json.dumps(out, indent=1, default=str))
+    else:
+        for key, value in out.items():
+            print(f"{key + ':':<20}{json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    return 1 if "state_error" in out else 0
+
+
+def _hint_foreign_files(d: Path) -> None:
+    files = sorted(f.name for pattern in ("*.ckpt", "*.pt") for f in d.glob(pattern) if f.is_file())
+    if files:
+        print(f"{len(files)} checkpoint file(s) traind did not write here ({', '.join(files[:3])}"
+              f"{', ...' if len(files) > 3 else ''}): `traind ckpt inspect FILE`, "
+              f"`traind ckpt import FILE RUN_DIR`")
+
+
+def cmd_import(args) -> int:
+    """torch-free here: the load (weights_only=True) and the commit run in a subprocess."""
+    import importlib.util
+    import subprocess
+
+    src = Path(args.file)
+    if not src.is_file():
+        raise UsageError(f"{src}: {'is a directory' if src.is_dir() else 'no such file'}; "
+                         "ckpt import takes one .ckpt/.pt file")
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError("ckpt import needs torch in this Python (pip install torch)")
+    return subprocess.run([sys.executable, "-m", "traind.jobs.lightning.import_ckpt",
+                           str(src), str(args.run_dir)]).returncode

@@ -105,6 +105,8 @@ class StateSummary:
     tensor_count: int
     tensor_bytes: int
     storage_bytes: int
+    lightning_version: object = None     # `pytorch-lightning_version`: Lightning's loader reads it
+    traind_version: object = None
 
 
 def summarize_state(path: Path) -> StateSummary:
@@ -139,7 +141,28 @@ def summarize_state(path: Path) -> StateSummary:
         top_level_keys=[str(k) for k in top], epoch=top.get("epoch"),
         global_step=top.get("global_step"), hyper_parameters=jsonable(top.get("hyper_parameters")),
         tensor_count=len(tensors), tensor_bytes=sum(t.nbytes for t in tensors),
-        storage_bytes=storage_bytes)
+        storage_bytes=storage_bytes, lightning_version=jsonable(top.get("pytorch-lightning_version")),
+        traind_version=jsonable(top.get("traind_version")))
+
+
+def summarize_file(path: Path) -> dict:
+    """What one checkpoint file traind did not commit holds (a Lightning .ckpt, a torch.save'd .pt):
+    the same summary as for state.pt, read the same inert way. Nothing vouches for its bytes (no
+    manifest), so `verified` is False; `traind ckpt import` turns it into a verified checkpoint."""
+    out: dict = {"path": str(path), "verified": False, "size": path.stat().st_size,
+                 "note": "no MANIFEST.json next to it: sizes and checksums not verified"}
+    try:
+        s = summarize_state(path)
+    except (ValueError, OSError) as err:
+        out["state_error"] = f"{path}: {err}"
+        return out
+    kind = ("Lightning checkpoint" if s.lightning_version is not None and s.traind_version is None
+            else "traind checkpoint state" if s.traind_version is not None else "torch.save file")
+    out.update(kind=kind, global_step=s.global_step, state_epoch=s.epoch,
+               lightning_version=s.lightning_version, hyper_parameters=s.hyper_parameters,
+               top_level_keys=s.top_level_keys, tensor_count=s.tensor_count,
+               tensor_bytes=s.tensor_bytes, storage_bytes=s.storage_bytes)
+    return out
 
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")   # zip local file header, 30 bytes

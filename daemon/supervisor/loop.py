@@ -260,7 +260,7 @@ class Supervisor:
                                  "time": self.os.wall()}
             self.consecutive_failures = 0 if progressed else self.consecutive_failures
         facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None, self_stop_ok=self_stop_ok,
-                      resume_point_unusable=unusable, never_starts=never_starts,
+                      resume_point_unusable=unusable, never_starts=never_starts, silent=not a.spoke,
                       no_retry=status.code in self.spec.restart.no_retry_exit_codes,
                       budget_left=len(self.failure_times) <= self.spec.restart.max_restarts)
         t = transition(self.state, Trigger.CHILD_EXITED, facts)
@@ -309,6 +309,7 @@ class Supervisor:
         where = "fresh start" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
         self._event("spawned", reason=where, checkpoint_step=a.resume_step, pid=pid)
+        self._write_status()        # from the first spawn on, even for a child that never speaks
 
     def _child_args(self, extra_env: dict) -> dict:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env, protocol.ENV_RUN_DIR: str(self.spec.run_dir),

@@ -6,7 +6,9 @@ Legal edges (each branch of `transition` names the one it takes):
     STARTING    -> FAILED        the command could not be started
     STARTING|RUNNING -> STOPPING     a stop was requested (signal, request_stop) or the child hung
     STARTING|RUNNING|STOPPING -> SUCCEEDED   the child exited 0
-    STOPPING    -> PREEMPTED     the child exited after a requested stop (checkpoint or not)
+    STOPPING    -> PREEMPTED     the child exited after a requested stop (checkpoint or not); also
+                                 exit 0 from a child that never spoke the channel (a plain
+                                 Lightning/torchrun/shell job): it stopped because we asked
     STARTING|RUNNING -> STARTING     the child exited 75 on its own (preempted directly): restart now
                                      (unless it keeps doing so without progress: then it is a crash)
     STARTING|RUNNING -> STARTING     the child could not load its resume point (exit 65): that
@@ -64,6 +66,7 @@ class Facts:
     self_stop_ok: bool = True         # an unasked exit 75 may restart at once (False: it loops)
     resume_point_unusable: bool = False  # exit 65 and the resume point was set aside
     never_starts: bool = False        # failed before its first step the same way, too many times
+    silent: bool = False              # never spoke on the control channel (cannot say it finished)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def transition(state: State, trigger: Trigger, facts: Facts = Facts()) -> Transi
 
 
 def _child_exited(state: State, f: Facts, edge) -> Transition:
+    if f.exit_code == 0 and state is State.STOPPING and f.stop_requested and f.silent:
+        return edge(State.PREEMPTED, "child stopped on request (exit 0)")      # STOPPING -> PREEMPTED
     if f.exit_code == 0:
         return edge(State.SUCCEEDED, "child finished")                         # * -> SUCCEEDED
     if state is State.STOPPING and f.stop_requested:
