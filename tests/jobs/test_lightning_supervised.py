@@ -1,6 +1,7 @@
 """The Lightning example under `traind run`, as real processes with real signals (issue 11's
 must-shows): SIGKILLed at random moments and SIGTERMed, it ends bit-identical to an uninterrupted
-run; without the addition, SIGTERM still ends in 75 and a rerun continues from Lightning's own
+run; SIGTERM to the job itself (Lightning's handler in place) is one emergency checkpoint and 75;
+without the addition, SIGTERM to `traind run` still ends in 75 and a rerun continues from Lightning's own
 last.ckpt, which `traind ckpt inspect` reads and `traind ckpt import` turns into a resume point;
 DDP on 2 CPU ranks stops with one emergency checkpoint and no hang."""
 import json
@@ -124,6 +125,23 @@ def test_killed_ten_times_and_stopped_twice_it_ends_bit_identical(tmp_path):
     a, b = final_state(alone), final_state(run_dir)
     for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch", "data_position"):
         assert_identical(a[key], b[key], key)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_job_itself_is_one_emergency_checkpoint_and_75_not_lightnings_exit_0(tmp_path):
+    """No supervisor: Lightning's own SIGTERM handler is in place for fit; ours acts instead."""
+    run_dir = tmp_path / "alone"
+    job = subprocess.Popen([*JOB, "--run-dir", str(run_dir), "--max-steps", "400", "--step-seconds", "0.02"],
+                           cwd=REPO, env={**os.environ, **ENV}, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    wait_for(lambda: last_step(run_dir) >= 5, job, what="5 steps")
+    job.send_signal(signal.SIGTERM)
+    job.send_signal(signal.SIGTERM)             # a second one changes nothing
+    code, out = finish(job, timeout=60)
+    assert code == 75, out[-3000:]
+    infos = ck.list_checkpoints(run_dir / "checkpoints")
+    assert [(i.step, i.reason) for i in infos if i.reason == "emergency"] == [(last_step(run_dir), "emergency")]
+    assert "SIGTERMException" not in out
 
 
 @pytest.mark.slow
