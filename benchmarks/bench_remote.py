@@ -2,15 +2,16 @@
 costs the training steps meanwhile. One run, side by side, against a real S3 server (moto) on
 127.0.0.1 in its own process (pinned to the last core: it stands in for a store elsewhere).
 
-    python benchmarks/bench_remote.py [--size-mib 256] [--repeat 2] [--train-seconds 6] [--uploads 2]
+    python benchmarks/bench_remote.py [--size-mib 256] [--repeat 2] [--uploads 2] [--idle-seconds 5]
 
 Rows:
   (1) plain s3fs put_file of the state file (the floor: same bytes, same server, same client)
   (2) traind's upload (traind.store.remote.Remote.upload): verify the local copy, upload the data,
       check the sizes, the manifest last, read it back
   (3) a torch training loop (OMP_NUM_THREADS=1, its own process pinned to core 0): median step
-      time alone, and while the supervisor's mirror (traind.supervisor.mirror, a thread of this
-      process, unpinned) uploads back to back; plus the uploader's CPU time per GiB
+      time in idle windows and in windows where the supervisor's mirror (traind.supervisor.mirror,
+      threads of this process, unpinned) uploads, alternating; with the uploads at nice 0 and at
+      the mirror's nice (10); plus the uploader's CPU time per GiB
 """
 from __future__ import annotations
 
@@ -114,11 +115,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--train-seconds", type=float, default=6.0, help="of the training-alone phase")
-    ap.add_argument("--uploads", type=int, default=2, help="background uploads while training")
+    ap.add_argument("--idle-seconds", type=float, default=5.0, help="idle window after each upload")
+    ap.add_argument("--uploads", type=int, default=2, help="background uploads while training, per nice value")
     args = ap.parse_args()
     import s3fs
     from traind.store.remote import Remote
+    from traind.supervisor import mirror as mirror_mod
     from traind.supervisor.mirror import Mirror
     size = args.size_mib * MIB
     server, endpoint = start_server()
@@ -152,36 +154,43 @@ def main() -> None:
               f"({min(plain) / min(ours):.2f}x the plain put's throughput); "
               f"client CPU {min(cpu_ours) / gib:.2f} CPU-s/GiB")
 
-        # (3) training alone, then with the mirror uploading back to back
-        alone = train(args.train_seconds)
-        out_alone, _ = alone.communicate()
-        t_alone = [float(line.split()[1]) for line in out_alone.splitlines()[5:]]
-        paths = {step: make_checkpoint(run_dir / "checkpoints", step, size) for step in range(2, 2 + args.uploads)}
-        events, lines = [], []
-        mirror = Mirror(Remote(f"s3://{BUCKET}/mirror", options), run_dir, say=lines.append,
-                        event=lambda kind, **f: events.append(kind), keep_last=1).start()
-        busy = train(600)
-        time.sleep(1.5)                         # past its start-up
-        windows, cpu0 = [], time.process_time()
-        for step, path in paths.items():
-            t0 = time.monotonic()
-            mirror.enqueue(path, step, "periodic")
-            while mirror.committed_step != step:
-                time.sleep(0.01)
-            windows.append((t0, time.monotonic()))
-        cpu = time.process_time() - cpu0          # this process: the mirror's thread, mostly
+        # (3) one training process; idle windows and upload windows alternate (the load of the
+        # machine drifts: alternating cancels it), once with the uploads at nice 0, once at nice 10
+        paths = {step: make_checkpoint(run_dir / "checkpoints", step, size) for step in range(2, 2 + 2 * args.uploads)}
+        busy = train(3600)
+        time.sleep(2.0)                         # past its start-up
+        rows = {}
+        for nice in (0, mirror_mod.UPLOAD_NICE):      # in this order: a thread's nice only goes up
+            mirror_mod.UPLOAD_NICE = nice
+            mirror = Mirror(Remote(f"s3://{BUCKET}/mirror-{nice}", options), run_dir, say=lambda text: None,
+                            event=lambda kind, **f: None, keep_last=1).start()
+            idle, uploads, cpu = [], [], 0.0
+            for _ in range(args.uploads):
+                step = min(paths)
+                path = paths.pop(step)
+                t0 = time.monotonic()
+                c0 = time.process_time()
+                mirror.enqueue(path, step, "periodic")
+                while mirror.committed_step != step:
+                    time.sleep(0.01)
+                cpu += time.process_time() - c0
+                t1 = time.monotonic()
+                uploads.append((t0, t1))
+                time.sleep(max(args.idle_seconds, 0.0))
+                idle.append((t1 + 0.2, time.monotonic()))
+            mirror.close()
+            rows[nice] = (idle, uploads, cpu)
         busy.terminate()
-        out_busy, _ = busy.communicate()
-        mirror.close()
-        during = [d for s, e in windows for d in step_times(out_busy, s, e)]
-        up_s = [e - s for s, e in windows]
-        med_alone, med_during = statistics.median(t_alone), statistics.median(during)
-        print(f"(3) training step, alone    : median {med_alone * 1e3:.2f} ms ({len(t_alone)} steps)")
-        print(f"    ... while uploading     : median {med_during * 1e3:.2f} ms ({len(during)} steps, "
-              f"{len(windows)} background uploads of {args.size_mib} MiB, each {best(up_s)})")
-        print(f"    uploader CPU time       : {cpu / (len(windows) * size / (1 << 30)):.2f} CPU-s per GiB uploaded")
-        print(f"    slowdown                : {med_during / med_alone:.2f}x the step time "
-              f"(training keeps {med_alone / med_during:.0%} of its speed)")
+        out, _ = busy.communicate()
+        print(f"(3) training steps (torch MLP, 1 thread, pinned to core 0) in idle vs upload windows, "
+              f"{args.uploads} uploads of {args.size_mib} MiB each way:")
+        for nice, (idle, uploads, cpu) in rows.items():
+            quiet = statistics.median([d for a, b in idle for d in step_times(out, a, b)])
+            during = statistics.median([d for a, b in uploads for d in step_times(out, a, b)])
+            took = [b - a for a, b in uploads]
+            print(f"    uploads at nice {nice:2d}: step {quiet * 1e3:.1f} ms idle, {during * 1e3:.1f} ms while "
+                  f"uploading = {during / quiet:.2f}x (training keeps {quiet / during:.0%}); upload {best(took)} "
+                  f"({size / 1e6 / min(took):.1f} MB/s); uploader CPU {cpu / (len(took) * gib):.2f} CPU-s/GiB")
     finally:
         server.kill()
         server.wait()

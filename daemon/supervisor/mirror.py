@@ -1,22 +1,20 @@
 """The supervisor's remote mirror: local commit first, then the object store (checkpoint.remote).
 
-The supervisor owns it, so it works for any job. `attach(spec, ...)` returns a NoMirror (every
-hook a no-op) when no remote is set, else a Mirror, whose hooks the loop calls:
+The supervisor owns it, so it works for any job. `attach(spec, ...)` returns a NoMirror (every hook
+a no-op) when no remote is set, else a Mirror, whose hooks the loop calls:
 - `enqueue(path, step, reason)` on each "checkpoint committed" message: the step dir's files are
-  hard-linked into RUN_DIR/.upload/ at once (the job may prune the dir before its turn comes; the
-  links keep its bytes) and queued for the uploader thread;
-- `resume_finder(local)` wraps the loop's resume-point finder: the newest checkpoint valid locally
-  or remotely; a newer remote one is downloaded (verified) first. `refuse_spawn()` says when there
-  is no local one and the remote cannot be asked: starting fresh would ignore the remote's progress;
-- `drain(step, deadline)` before the supervisor exits: waits until `step` is remotely committed
-  or the deadline passes, and returns the words for the final message;
-- `status()` for status.json; `close()`.
-
-The uploader thread takes the newest queued checkpoint (older queued ones are dropped: the newer
-one supersedes them), uploads it (traind.store.remote), prunes the remote by the local rules, and
-records the figures in RUN_DIR/remote.json. A failure is retried with exponential backoff and
-reported each time (events.jsonl, status.json, remote.json), never dropped. An emergency or final
-checkpoint queued while an older one is uploading cancels that upload: the grace is for the newest.
+  hard-linked into RUN_DIR/.upload/ (the job may prune the dir before its turn; the links keep the
+  bytes) and queued for the uploader thread;
+- `resume_finder(find)` wraps the loop's finder: the newest checkpoint valid locally or remotely, a
+  newer remote one downloaded (verified) first; `refuse_spawn()`: no local one and the remote
+  cannot be read (starting fresh would ignore the remote's progress);
+- `drain(step, deadline)`, the last hook before the supervisor exits: waits until `step` is
+  remotely committed or the deadline passes; returns the words for the final message;
+- `status()` for status.json.
+The uploader takes the newest queued checkpoint (it supersedes older queued ones), uploads it
+(traind.store.remote), prunes the remote by the local rules and records the figures in
+RUN_DIR/remote.json. Failures are retried with backoff and reported each time (events.jsonl,
+status.json, remote.json). A newer emergency/final checkpoint cancels an older upload in flight.
 """
 from __future__ import annotations
 
@@ -39,7 +37,8 @@ UPLOAD_DIR = ".upload"
 FIGURES_NAME = "remote.json"
 BACKOFF_INITIAL_S, BACKOFF_MAX_S, URGENT_RETRY_MAX_S = 1.0, 30.0, 2.0
 KEEP_UPLOADS = 10          # upload records kept in remote.json
-GIB = float(1 << 30)
+UPLOAD_NICE = 10           # the uploading threads' nice value (see Mirror._lower_priority)
+GIB, MIB = float(1 << 30), float(1 << 20)
 URGENT = (protocol.REASON_EMERGENCY, protocol.REASON_FINAL)
 
 
@@ -122,8 +121,7 @@ class Mirror:
         self._thread = threading.Thread(target=self._run, name="traind-remote-upload", daemon=True)
 
     def start(self) -> "Mirror":
-        """Start the uploader (once; the first hook that needs it does, so a Supervisor being
-        built never has a thread calling back into it)."""
+        """Start the uploader once, from the first hook that needs it (never while the Supervisor is built)."""
         with self.cond:
             if self._thread.ident is not None or self.closed:
                 return self
@@ -239,7 +237,7 @@ class Mirror:
                     with self.cond:
                         self.committed_step = max(got.step, self.committed_step or got.step)
                     newer = "" if local is None else f" (newer than local step {local_step})"
-                    self.say(f"downloaded step {got.step} ({got.size / GIB:.3f} GiB) from {self.remote.url}; "
+                    self.say(f"downloaded step {got.step} ({got.size / MIB:.1f} MiB) from {self.remote.url}; "
                              f"every checksum verified{newer}")
                     self.event("remote_downloaded", checkpoint_step=got.step, reason=self.remote.url)
                     return got, skipped
@@ -257,6 +255,7 @@ class Mirror:
     # --- the uploader thread -------------------------------------------------------------------------
     def _run(self) -> None:
         from traind.store.remote import RemoteError
+        self._lower_priority()
         try:
             aborted = self.remote.abort_stale_uploads()
             if aborted:
@@ -271,6 +270,18 @@ class Mirror:
                 self.event("remote_upload_failed", reason=f"uploader error: {err!r}")
                 with self.cond:
                     self.cond.wait(BACKOFF_MAX_S)
+
+    def _lower_priority(self) -> None:
+        """Uploads run at nice UPLOAD_NICE: this thread and fsspec's IO thread (Linux nice values are
+        per thread), so the periodic ones take the CPU training leaves over; after an emergency stop
+        the job has exited and they have the machine. Best effort."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, UPLOAD_NICE)
+            loop = getattr(self.remote.fs, "loop", None)       # async filesystems (s3fs, gcsfs, adlfs)
+            if loop is not None:
+                loop.call_soon_threadsafe(os.setpriority, os.PRIO_PROCESS, 0, UPLOAD_NICE)
+        except (OSError, AttributeError, RuntimeError):
+            pass
 
     def _next_upload(self) -> None:
         with self.cond:
@@ -347,7 +358,7 @@ class Mirror:
         self.uploads = (self.uploads + [record])[-KEEP_UPLOADS:]
         if first or recovered or item.reason in URGENT:    # routine ones: events.jsonl and remote.json only
             again = f" after {recovered} failed tr{'y' if recovered == 1 else 'ies'}" if recovered else ""
-            self.say(f"step {up.step} committed at {self.remote.url}{again} ({up.how}, {up.sent_bytes / GIB:.3f} GiB "
+            self.say(f"step {up.step} committed at {self.remote.url}{again} ({up.how}, {up.sent_bytes / MIB:.1f} MiB "
                      f"in {up.seconds:.2f}s)")
         self.event("remote_committed", checkpoint_step=up.step, seconds=round(up.seconds, 3), bytes=up.sent_bytes,
                    how=up.how, reason=item.reason)
