@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from traind import store
 from traind.contract import protocol
@@ -92,9 +92,7 @@ def attach(spec, say: Callable[[str], None], event: Callable[..., None], clock=t
                   grace_seconds=spec.preemption.grace_seconds, clock=clock)
 
 
-class _Item:
-    def __init__(self, step: int, reason: str | None, path: Path, staged: bool):
-        self.step, self.reason, self.path, self.staged = step, reason, path, staged
+class _Item(NamedTuple): step: int; reason: str | None; path: Path; staged: bool   # noqa: E702
 
 
 class Mirror:
@@ -136,6 +134,9 @@ class Mirror:
         if not isinstance(step, int) or isinstance(step, bool) or not path:
             return False
         self.start()
+        if Path(path).resolve().parent != store.checkpoints_dir(self.run_dir).resolve():   # the job names it
+            self.say(f"not uploading {path}: not a checkpoint of this run's checkpoints dir")
+            return False
         item = self._stage(Path(path), step, reason)
         if item is None:
             return False

@@ -205,3 +205,14 @@ def test_the_server_down_at_resume_time(s3, run_dir, tmp_path, mirrors):
     assert refusal.message.startswith("no local checkpoint and the remote cannot be used (s3://")
     assert "not starting fresh" in refusal.message and "\n" not in refusal.message
     assert m.refuse_spawn() is None                               # said once
+
+
+def test_only_checkpoints_of_this_run_are_uploaded(s3, run_dir, tmp_path, mirrors):
+    log = Log()
+    m = make(s3, run_dir, mirrors, log)
+    elsewhere = tmp_path / "elsewhere" / ck.CHECKPOINTS_SUBDIR          # a path the job named: not ours
+    elsewhere.mkdir(parents=True)
+    foreign = commit_bytes(elsewhere, 7, payload(7)).path
+    assert not m.enqueue(foreign, 7, "periodic")
+    assert any("not a checkpoint of this run's checkpoints dir" in line for line in log.lines)
+    assert m.status()["pending"] == [] and not m.enqueue(None, 7, "periodic") and not m.enqueue(foreign, "7", None)
