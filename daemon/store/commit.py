@@ -110,7 +110,7 @@ class PendingCheckpoint:
         fsync_dir(self.tmp_path)
         reach("commit:tmpdir-durable")
         final = self.ckpt_dir / fmt.step_dir_name(step)
-        replaced = self._rename_into_place(final)
+        replaced = self.rename_into_place(final)
         reach("commit:renamed")
         fsync_dir(self.ckpt_dir)
         reach("commit:parent-durable")
@@ -120,7 +120,7 @@ class PendingCheckpoint:
         retention.remember_verified(final)
         return fmt.info_from_manifest(final, manifest)
 
-    def _rename_into_place(self, final: Path) -> Path | None:
+    def rename_into_place(self, final: Path) -> Path | None:
         """Rename the temp dir to step-N. If step-N already exists (a second save at the same
         step), swap the two atomically so step-N is always a complete checkpoint; the old one ends
         under a .trash- name that the caller removes. Returns that trash path or None."""

@@ -108,6 +108,12 @@ def read_manifest(ckpt_path: Path) -> tuple[dict | None, str | None]:
         return None, f"{mpath}: missing manifest (never committed)"
     except OSError as err:
         return None, f"{mpath}: unreadable: {err.strerror or err}"
+    return parse_manifest(raw, mpath)
+
+
+def parse_manifest(raw: bytes, mpath) -> tuple[dict | None, str | None]:
+    """The one manifest rule, on bytes from anywhere (a local file, an object store); errors name
+    `mpath`."""
     try:
         man = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

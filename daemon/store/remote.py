@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +80,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def parse_manifest(raw: bytes, where: str) -> tuple[dict | None, str | None]:
-    """A manifest's bytes through the store's one rule (format.read_manifest reads a file, so the
-    bytes go through a scratch file); errors name `where`, not the scratch file."""
-    with tempfile.TemporaryDirectory(prefix="traind-manifest-") as scratch:
-        path = Path(scratch) / fmt.MANIFEST_NAME
-        path.write_bytes(raw)
-        man, err = fmt.read_manifest(Path(scratch))
-    return man, None if err is None else err.replace(str(path), where)
+    """A remote manifest's bytes through the store's one rule; errors name `where`."""
+    return fmt.parse_manifest(raw, where)
 
 
 @dataclass
@@ -114,7 +108,7 @@ class _Download(PendingCheckpoint):
         if not checked.valid:
             return checked
         final = self.ckpt_dir / fmt.step_dir_name(self.step)
-        replaced = self._rename_into_place(final)
+        replaced = self.rename_into_place(final)
         fsync_dir(self.ckpt_dir)
         self.done = True
         if replaced is not None:
