@@ -17,30 +17,29 @@ def register(sub) -> None:
     group = p.add_subparsers(dest="ckpt_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
-    ls = group.add_parser("ls", help="one row per checkpoint, newest first",
-                          description="List checkpoints, newest first, each verified.")
-    ls.add_argument("dir", metavar="DIR", help="a run dir or its checkpoints dir, or a remote URL (s3://...)")
-    ls.add_argument("--json", action="store_true", help="print a JSON list of objects")
-    ls.add_argument("--quick", action="store_true", help="check sizes only, skip the checksums")
-    ls.set_defaults(func=cmd_ls)
-
-    ver = group.add_parser("verify", help="check sizes and checksums; exit 1 if any is bad",
-                           description="Verify one checkpoint dir, or every checkpoint of a dir. "
-                                       "Exit 0 if all are valid, 1 otherwise.")
-    ver.add_argument("path", metavar="PATH",
-                     help="a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL")
-    ver.add_argument("--json", action="store_true", help="print a JSON list of objects")
-    ver.set_defaults(func=cmd_verify)
-
-    ins = group.add_parser("inspect", help="epoch, step, hyperparameters, keys, tensor count and bytes",
-                           description="Show what a checkpoint holds, without loading torch or "
-                                       "running any code from the file. A run or checkpoints dir "
-                                       "means its newest valid checkpoint; a .ckpt/.pt file (a "
-                                       "Lightning checkpoint, any torch.save'd dict) is shown unverified.")
-    ins.add_argument("path", metavar="PATH",
-                     help="a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL")
-    ins.add_argument("--json", action="store_true", help="print one JSON object")
-    ins.set_defaults(func=cmd_inspect)
+    # (name, help, description, path help, JSON output, handler); each also takes remote options
+    readers = (
+        ("ls", "one row per checkpoint, newest first", "List checkpoints, newest first, each verified.",
+         "a run dir or its checkpoints dir, or a remote URL (s3://...)", "print a JSON list of objects", cmd_ls),
+        ("verify", "check sizes and checksums; exit 1 if any is bad",
+         "Verify one checkpoint dir, or every checkpoint of a dir. Exit 0 if all are valid, 1 otherwise.",
+         "a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL",
+         "print a JSON list of objects", cmd_verify),
+        ("inspect", "epoch, step, hyperparameters, keys, tensor count and bytes",
+         "Show what a checkpoint holds, without loading torch or running any code from the file. A run or "
+         "checkpoints dir means its newest valid checkpoint; a .ckpt/.pt file (a Lightning checkpoint, any "
+         "torch.save'd dict) is shown unverified.",
+         "a checkpoint dir (step-N), a run dir or a checkpoints dir, or a remote URL", "print one JSON object",
+         cmd_inspect),
+    )
+    for name, help_, description, path_help, json_help, handler in readers:
+        cmd = group.add_parser(name, help=help_, description=description)
+        cmd.add_argument("dir" if name == "ls" else "path", metavar="DIR" if name == "ls" else "PATH", help=path_help)
+        cmd.add_argument("--json", action="store_true", help=json_help)
+        if name == "ls":
+            cmd.add_argument("--quick", action="store_true", help="check sizes only, skip the checksums")
+        cmd.set_defaults(func=handler)
+        ckpt_remote.add_options(cmd)
 
     imp = group.add_parser("import", help="turn a Lightning .ckpt into a verified checkpoint of a run",
                            description="Commit FILE (a Lightning .ckpt or a torch.save'd checkpoint dict "
@@ -50,8 +49,6 @@ def register(sub) -> None:
     imp.add_argument("file", metavar="FILE", help="the .ckpt/.pt file")
     imp.add_argument("run_dir", metavar="RUN_DIR", help="the run dir to import into")
     imp.set_defaults(func=cmd_import)
-    for parser in (ls, ver, ins):
-        ckpt_remote.add_options(parser)
 
 
 def _existing_dir(path: str) -> Path:
