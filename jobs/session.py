@@ -231,6 +231,10 @@ class Session:
         """Report one finished optimizer step (and its metrics); may start a periodic save."""
         metrics = _plain_metrics({**(metrics or {}), **named})
         self.step += 1
+        if self.step == self._started_step + 1 and (self.policy.every_steps or self.policy.every_seconds):
+            # The state has its final shape now (Adam's moments appear at the first step): warm the
+            # snapshot buffers in the background, so the first periodic save stalls like the others.
+            self.store.prepare(self.checkpoint_state())
         now = self.clock.monotonic()
         rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
         with one_line_errors(self._report_error):
@@ -295,8 +299,10 @@ class Session:
         seconds = round(self.clock.monotonic() - self._save_started, 3)
         if self.control is None:     # supervised: the supervisor logs each commit, once
             self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
+        stats = getattr(info, "stats", None) or {}
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
-                   reason=info.reason, seconds=seconds, bytes=info.size)
+                   reason=info.reason, seconds=seconds, bytes=info.size,
+                   writer_cpu_seconds=stats.get("writer_cpu_seconds"), blocked_seconds=stats.get("snapshot_seconds"))
 
     def _send(self, msg_type: str, **fields) -> None:
         if self.control is not None:

@@ -212,6 +212,8 @@ class Supervisor:
         elif kind == protocol.CHECKPOINT:
             self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
                                     "seconds": msg.get("seconds"), "bytes": as_int(msg.get("bytes")),
+                                    "writer_cpu_seconds": msg.get("writer_cpu_seconds"),
+                                    "blocked_seconds": msg.get("blocked_seconds"),
                                     "time": self.os.wall()}
             step = as_int(msg.get("step"))
             self.mirror.enqueue(msg.get("path"), step, msg.get("reason"))   # then to checkpoint.remote, if set
