@@ -113,7 +113,9 @@ def test_the_grace_runs_out_before_the_upload_commits(s3, tmp_path):
     assert "NOT committed within the grace period" in last and "the remote resume point stays step " in last, last
     stays = int(last.split("the remote resume point stays step ")[1].split(";")[0].split()[0])
     assert stays >= remote_commits(run_dir)[0]
-    assert any(e.get("event") == "remote_upload_failed" for e in read_events(run_dir))
+    # reported, never silent: a failed upload attempt, or (the client still retrying when the grace
+    # ran out, as under load) the stop's own record that the checkpoint is not remotely committed
+    assert any(e.get("event") in ("remote_upload_failed", "remote_not_committed") for e in read_events(run_dir))
     s3.proxy.revive()
     assert Remote(s3.url("job"), s3.options()).latest_valid()[0].step == stays
 
