@@ -26,7 +26,6 @@ class Attempt:
     resume_step: int | None = None
     resume_path: str | None = None
     spoke: bool = False
-    last_message_at: float | None = None
     first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate
     last_step: int | None = None
     exit: ExitStatus | None = None

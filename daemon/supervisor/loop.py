@@ -16,22 +16,24 @@ from typing import Callable
 from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from traind.supervisor import mirror as remote_mirror
+from traind.supervisor import distributed
+from traind.supervisor.group import DONE, KILL_REST, RankGroup
 from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
+from traind.supervisor.records import Records
 from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
 from traind.supervisor.resume import ResumePoints, find_resume_point
 from traind.supervisor.spare import Spares
 from traind.supervisor.spec import JobSpec, signal_numbers
-from traind.supervisor.states import TERMINAL, Facts, State, Transition, Trigger, transition
-from traind.supervisor.terminal import live_text
+from traind.supervisor.states import TERMINAL, Facts, State, Trigger, transition
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
-class Supervisor:
+class Supervisor(Records):
     def __init__(self, spec: JobSpec, *, os_=None, followup: Callable[[Outcome], int] | None = None,
                  find_resume=find_resume_point, log: Callable[[str], None] | None = None,
                  live: Callable[[str], None] | None = None):
@@ -42,7 +44,10 @@ class Supervisor:
         self.resume = ResumePoints(spec.run_dir, self.mirror.resume_finder(find_resume), self.say, self._event)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._live = live            # redraws one status line on a terminal (None: plain lines only)
-        self.files = RunFiles(spec.run_dir)
+        self.placement = None if spec.distributed is None else distributed.place(spec.distributed, spec.name)
+        self.node_dir = spec.run_dir if self.placement is None else self.placement.node_dir(spec.run_dir)
+        self.group = RankGroup(1, 0.0)
+        self.files = RunFiles(self.node_dir)
         self.records = Recorder(self.files, self.os.wall, self.say)
         self.spares = Spares(spec.restart.warm_spare, self.os, self.files, self.say, self._event)
         self.state = State.STARTING
@@ -71,7 +76,7 @@ class Supervisor:
 
     def run(self) -> RunResult:
         self.files.create()
-        lock = self.lock = RunLock(self.spec.run_dir).acquire()
+        lock = self.lock = RunLock(self.node_dir).acquire()
         self.attempt_base = self.files.attempts_so_far()   # numbering goes on across `traind run`s
         self.earlier_attempts = self.files.earlier_attempts()   # ... and so does the status's list
         self.os.install_signal_handlers(sorted(self.stop_signals))
@@ -99,7 +104,7 @@ class Supervisor:
     # --- the loop's pieces --------------------------------------------------------------------------
     def _timeout(self, now: float) -> float | None:
         deadlines = [d for d in (self.backoff_until, self.stop_deadline if not self.killed else None,
-                                 self._hang_deadline(), self.next_checkpoint_at) if d is not None]
+                                 self._hang_deadline(), self.next_checkpoint_at, self.group.kill_at) if d is not None]
         if self.state is State.RUNNING:
             deadlines.append(self.last_drain + CHANNEL_BATCH_SECONDS)   # the batched channel read
         elif self.state in (State.STARTING, State.STOPPING):
@@ -108,12 +113,16 @@ class Supervisor:
 
     def _hang_deadline(self) -> float | None:
         timeout = self.spec.health.hang_timeout_seconds
-        a = self.attempts[-1] if self.attempts else None
-        if timeout is None or self.state is not State.RUNNING or a is None or a.last_message_at is None:
+        quiet_since = self.group.quiet_since()      # the quietest rank (the only one, without distributed:)
+        if timeout is None or self.state is not State.RUNNING or quiet_since is None:
             return None
-        return a.last_message_at + timeout
+        return quiet_since + timeout
 
     def _act_on_deadlines(self, now: float) -> None:
+        if self.group.stragglers_overdue(now):
+            self.say(f"rank {self.group.late} still runs {self.group.exit_timeout:g}s after another rank exited: "
+                     "SIGKILL to the group")
+            self.os.signal_group(signal.SIGKILL)
         if self.state is State.BACKING_OFF and self.backoff_until is not None and now >= self.backoff_until:
             self.backoff_until = None
             self._apply(transition(self.state, Trigger.BACKOFF_ELAPSED))
@@ -140,13 +149,13 @@ class Supervisor:
         elif isinstance(event, StopRequested):
             self._stop(f"request: {event.reason}")
         elif isinstance(event, ChildMessage):
-            self._on_message(event.msg)
+            self._on_message(event.msg, event.rank)
         elif isinstance(event, BadMessage):
             self.say(f"ignoring a malformed control message: {event.error}")
         elif isinstance(event, (SpareReady, SpareExited)):
             self.spares.on_event(event)
         elif isinstance(event, ChildExited):
-            self._on_exit(event.status)
+            self._on_rank_exit(event)
 
     def _stop(self, trigger: str) -> None:
         if self.state is State.STOPPING:
@@ -182,12 +191,17 @@ class Supervisor:
             self.say(f"{why}: asked the child for an emergency checkpoint"
                      f"{'' if sent else ' (channel closed)'}; grace {self.spec.preemption.grace_seconds:g}s")
 
-    def _on_message(self, msg: dict) -> None:
+    def _on_message(self, msg: dict, rank: int = 0) -> None:
         a = self.attempts[-1] if self.attempts else None
         if a is None or a.exit is not None:
             return
         now = self.os.monotonic()
-        a.last_message_at = now
+        kind = msg.get("type")
+        self.group.heard(rank, now, pid=msg.get("pid") if kind == protocol.HELLO else None,
+                         step=as_int(msg.get("step")) if kind == protocol.HEARTBEAT else None)
+        if rank != 0 and kind in (protocol.HEARTBEAT, protocol.HELLO, protocol.STOPPING):
+            self.status_dirty = kind == protocol.HEARTBEAT or self.status_dirty
+            return      # the group's progress is rank 0's; the others' is in status.json's "ranks"
         if not a.spoke:
             a.spoke = True
             if self.spec.checkpoint.every_seconds:
@@ -195,7 +209,6 @@ class Supervisor:
             t = transition(self.state, Trigger.CHILD_SPOKE)
             if t is not None:
                 self._apply(t)
-        kind = msg.get("type")
         if kind == protocol.HELLO:
             self.say(f"child pid {msg.get('pid')} says hello (resumed step {msg.get('resumed_step')})")
         elif kind == protocol.HEARTBEAT:
@@ -231,9 +244,22 @@ class Supervisor:
             self.status_dirty = True
         elif kind == protocol.STOPPING:
             self.say(f"child is stopping: {msg.get('reason')}")
-        elif kind == protocol.ERROR:
-            a.reason = str(msg.get("message"))[:500]
+        elif kind == protocol.ERROR and (a.reason is None or rank == 0):
+            a.reason = (f"rank {rank}: " if self.placement else "") + str(msg.get("message"))[:500]
             self.say(f"child reports an error: {a.reason}")
+
+    def _on_rank_exit(self, event: ChildExited) -> None:
+        """One rank exited: kill the rest if it failed; the attempt ends when the whole group has."""
+        action = self.group.exited(event.rank, event.status, self.os.monotonic())
+        if action == KILL_REST:
+            self.say(f"rank {event.rank} {event.status.describe()}: SIGKILL to the other ranks (they cannot go on without it)")
+            self.os.signal_group(signal.SIGKILL)
+        elif action == DONE:
+            status, why = self.group.status()
+            a = self.attempts[-1]
+            if why and self.placement is not None and status.code != 0:
+                a.reason = a.reason or why
+            self._on_exit(status)
 
     def _on_exit(self, status: ExitStatus) -> None:
         a = self.attempts[-1]
@@ -298,8 +324,11 @@ class Supervisor:
         self.stop_deadline, self.killed = None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
         pid = self.mirror.refuse_spawn() or self.spares.take(log, resume_from=resume_from, attempt=number)
+        ranks = None if self.placement is None else self.placement.rank_envs(number, self.spec.restart.max_restarts)
+        self.group = RankGroup(len(ranks or [0]), 0.0 if ranks is None else self.spec.distributed.exit_timeout_seconds)
         if pid is None:
-            pid = self.os.spawn(self.spec.command, log_path=log, **self._child_args(
+            extra = {} if ranks is None else {"rank_envs": ranks}
+            pid = self.os.spawn(self.spec.command, log_path=log, **extra, **self._child_args(
                 {protocol.ENV_RESUME_FROM: resume_from, protocol.ENV_ATTEMPT: str(number)}))
         if isinstance(pid, SpawnFailure):
             a.reason = pid.message
@@ -331,7 +360,8 @@ class Supervisor:
             what = ("no emergency checkpoint committed; resume point "
                     + ("none (fresh start)" if checkpoint_step is None else f"step {checkpoint_step}"))
         what += self.mirror.drain(checkpoint_step, self.stop_deadline)   # remotely committed, within the grace
-        code = self.followup(outcome)
+        # One requeue for the group: node 0's supervisor runs the follow-up, the others just stop.
+        code = self.followup(outcome) if self.placement is None or self.placement.node_rank == 0 else PREEMPTED
         self._finish(code, f"stopped ({outcome.trigger}): {what}")
 
     def _finish(self, code: int, message: str) -> None:
@@ -340,45 +370,3 @@ class Supervisor:
         self.say(f"{self.state.value}: {message}; exit {code}")
         self._event("finished", reason=message, exit_code=code, durable=True)
         self._write_status(durable=True)
-
-    # --- records ----------------------------------------------------------------------------------
-    def _apply(self, t: Transition | None, *, reason: str | None = None, exit_status: ExitStatus | None = None,
-               checkpoint_step: int | None = None) -> None:
-        if t is None:
-            return
-        self.state = t.target
-        last_step = self.attempts[-1].last_step if exit_status is not None and self.attempts else None
-        self._event("transition", source=t.source.value, target=t.target.value, edge=t.edge, reason=reason,
-                    last_step=last_step,
-                    exit_status=exit_status, checkpoint_step=checkpoint_step)
-        detail = f" ({exit_status.describe()})" if exit_status else (f" ({reason})" if reason else "")
-        self.say(f"{t.source.value} -> {t.target.value}: {t.edge}{detail}")
-        self._write_status(durable=t.target in TERMINAL)
-
-    def _event(self, kind: str, *, exit_status: ExitStatus | None = None, durable: bool = False, **fields) -> None:
-        a = self.attempts[-1] if self.attempts else None
-        self.records.event(kind, attempt=None if a is None else a.number, state=self.state.value,
-                           exit_status=exit_status, durable=durable, **fields)
-
-    def _write_status(self, durable: bool = False) -> None:
-        self.status_dirty = False
-        a = self.attempts[-1] if self.attempts else None
-        self.records.status({
-            "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
-            "state": self.state.value, "attempt": None if a is None else a.number,
-            "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.failure_times),
-            "supervisor_pid": os.getpid(), "pid": None if a is None or a.exit is not None else a.pid,
-            "started": self.started_wall, "updated": self.os.wall(),
-            "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
-            "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
-            "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
-            "remote": self.mirror.status(),
-            "spare": self.spares.summary(),
-        }, durable=durable)
-        if self._live is not None:
-            self._live(live_text(self.spec.name, None if a is None else a.number, self.state.value,
-                                 self.last_heartbeat, self.last_checkpoint))
-
-    def say(self, text: str) -> None:
-        a = self.attempts[-1] if self.attempts else None
-        self._log(f"traind[{self.spec.name}{'' if a is None else f' #{a.number}'}]: {text}")

@@ -54,9 +54,9 @@ class ExitStatus:
 class SpawnFailure(NamedTuple): message: str
 class SignalArrived(NamedTuple): signo: int
 class StopRequested(NamedTuple): reason: str
-class ChildMessage(NamedTuple): msg: dict
+class ChildMessage(NamedTuple): msg: dict; rank: int = 0   # noqa: E702
 class BadMessage(NamedTuple): error: str
-class ChildExited(NamedTuple): pid: int; status: ExitStatus   # noqa: E702
+class ChildExited(NamedTuple): pid: int; status: ExitStatus; rank: int = 0   # noqa: E702
 class SpareReady(NamedTuple): pid: int
 class SpareExited(NamedTuple): pid: int; status: ExitStatus   # noqa: E702
 
@@ -71,13 +71,13 @@ def signal_name(signo: int) -> str:
 # --- the real OS -------------------------------------------------------------------------------
 
 class _Child:
-    def __init__(self, popen: subprocess.Popen, channel: SupervisorChannel, log_path: Path):
+    def __init__(self, popen: subprocess.Popen, channel: SupervisorChannel, log_path: Path, rank: int = 0):
         self.popen = popen
         self.pid = popen.pid
         self.pidfd = os.pidfd_open(popen.pid)
         self.channel = channel
         self.log_path = log_path
-        self.log_offset = 0
+        self.rank = rank
 
 
 class RealOS:
@@ -90,7 +90,8 @@ class RealOS:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._requests: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
-        self._child: _Child | None = None
+        self._ranks: dict[int, _Child] = {}     # the attempt's processes: one, or one per local rank
+        self._log: list = [None, 0]             # the attempt's log (its ranks share it) and how much we echoed
         self._spare: _Child | None = None    # a warm spare, started ahead of need (restart.warm_spare)
         self._old_handlers: dict[int, object] = {}
         self._old_wakeup_fd: int | None = None
@@ -132,21 +133,30 @@ class RealOS:
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already; the loop will see the queue
 
-    # the child
-    def spawn(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=()) -> int | SpawnFailure:
+    # the child (or the group of ranks: one process each, each its own session and channel)
+    def spawn(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=(),
+              rank_envs: list[dict] | None = None) -> int | SpawnFailure:
+        """Start the attempt: one process, or one per entry of `rank_envs` (added to `env`). The
+        pid of the first; if any rank cannot start, those already started are killed."""
         if not self.subreaper:
             # Processes the job leaves behind (a double-forked worker, say) are re-parented to us
             # rather than to PID 1, which in a container without an init never reaps them; we reap
             # them (reap_orphans), so they neither linger as zombies nor look alive to lock checks.
             self.subreaper = os.getpid() == 1 or prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
-        child = self._start(argv, cwd, env, log_path, keep_fds)
-        if isinstance(child, SpawnFailure):
-            return child
-        self._child = child
-        self._sel.register(child.pidfd, selectors.EVENT_READ, "exit")
-        return child.pid
+        self._log = [log_path, 0]
+        for rank, extra in enumerate(rank_envs or [{}]):
+            child = self._start(argv, cwd, {**env, **extra}, log_path, keep_fds, rank)
+            if isinstance(child, SpawnFailure):
+                self.signal_group(signal.SIGKILL)
+                for started in list(self._ranks.values()):
+                    started.popen.wait()
+                    self._forget(started)
+                return child
+            self._ranks[rank] = child
+            self._sel.register(child.pidfd, selectors.EVENT_READ, ("exit", rank))
+        return self._ranks[0].pid
 
-    def _start(self, argv, cwd: Path, env: dict, log_path: Path, keep_fds) -> _Child | SpawnFailure:
+    def _start(self, argv, cwd: Path, env: dict, log_path: Path, keep_fds, rank: int = 0) -> _Child | SpawnFailure:
         channel = SupervisorChannel()
         env = {**env, ENV_CONTROL_FD: str(channel.child_fd())}
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -160,7 +170,7 @@ class RealOS:
         finally:
             os.close(log_fd)
         channel.forget_child_end()
-        return _Child(popen, channel, log_path)
+        return _Child(popen, channel, log_path, rank)
 
     # the warm spare: a second copy of the job that waits, built, for the attempt it will be
     def spawn_spare(self, argv, *, cwd: Path, env: dict, log_path: Path, keep_fds=()) -> int | SpawnFailure:
@@ -182,8 +192,8 @@ class RealOS:
         self._forget_spare()
         os.rename(spare.log_path, log_path)      # it keeps writing to the same file, under its new name
         spare.log_path = log_path
-        self._child = spare
-        self._sel.register(spare.pidfd, selectors.EVENT_READ, "exit")
+        self._ranks, self._log = {0: spare}, [log_path, 0]
+        self._sel.register(spare.pidfd, selectors.EVENT_READ, ("exit", 0))
         return spare.pid
 
     def discard_spare(self) -> None:
@@ -233,29 +243,31 @@ class RealOS:
         return events
 
     def send(self, msg_type: str, **fields) -> bool:
-        return self._child is not None and self._child.channel.send(msg_type, **fields)
+        """To every running rank; True if any could be reached."""
+        return any([c.channel.send(msg_type, **fields) for c in self._ranks.values()])
 
     def signal_group(self, signo: int) -> bool:
-        """Signal the child's whole process group (it is a session leader: pgid == pid)."""
-        if self._child is None:
-            return False
-        try:
-            os.killpg(self._child.pid, signo)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
+        """Signal each rank's whole process group (each is a session leader: pgid == pid)."""
+        sent = False
+        for child in self._ranks.values():
+            try:
+                os.killpg(child.pid, signo)
+                sent = True
+            except (ProcessLookupError, PermissionError):
+                pass
+        return sent
 
     def wait(self, timeout: float | None, *, listen_channel: bool) -> list:
         """Block until something happens or `timeout` passes. Whatever the reason for waking, the
         channel is drained (so a loop that listens to it only once a second loses nothing)."""
-        child = self._child
-        watching = listen_channel and child is not None and not child.channel.closed
-        if watching:
+        ranks = list(self._ranks.values())
+        watching = [c for c in ranks if listen_channel and not c.channel.closed]
+        for child in watching:
             self._sel.register(child.channel.fileno(), selectors.EVENT_READ, "channel")
         try:
             ready = self._sel.select(None if timeout is None else min(max(0.0, timeout), MAX_WAIT_SECONDS))
         finally:
-            if watching:
+            for child in watching:
                 self._sel.unregister(child.channel.fileno())
         self.wakeups += 1
         kinds = {key.data for key, _ in ready}
@@ -267,11 +279,10 @@ class RealOS:
             with self._lock:
                 while self._requests:
                     events.append(StopRequested(self._requests.popleft()))
-        if child is not None:
+        for child in ranks:
             events += self._drain(child)
-            self.echo_output()
-            if "exit" in kinds:
-                events.append(self._reap(child))
+        self.echo_output()
+        events += [self._reap(c) for c in ranks if ("exit", c.rank) in kinds]
         events += self._spare_events(kinds)
         self.reap_orphans()
         return events
@@ -279,7 +290,7 @@ class RealOS:
     def reap_orphans(self) -> int:
         """Reap exited processes that were re-parented to us, never the child or the spare (their
         exit status is read through their pidfds). Only zombies are touched: a live orphan runs on."""
-        mine = {c.pid for c in (self._child, self._spare) if c is not None}
+        mine = {c.pid for c in (*self._ranks.values(), self._spare) if c is not None}
         reaped = 0
         for pid in _zombie_children():
             if pid in mine:
@@ -293,34 +304,37 @@ class RealOS:
 
     def _drain(self, child: _Child) -> list:
         got = child.channel.drain()
-        return [ChildMessage(m) for m in got.messages] + [BadMessage(e) for e in got.errors]
+        return [ChildMessage(m, child.rank) for m in got.messages] + [BadMessage(e) for e in got.errors]
 
     def _reap(self, child: _Child) -> ChildExited:
         rc = child.popen.wait()
-        self._sel.unregister(child.pidfd)
-        os.close(child.pidfd)
-        child.channel.close()
         try:  # leftovers of its group (e.g. data loader workers) must not outlive the attempt
             os.killpg(child.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self._forget(child)
         self.echo_output()
-        self._child = None
-        return ChildExited(child.pid, ExitStatus.from_returncode(rc))
+        return ChildExited(child.pid, ExitStatus.from_returncode(rc), child.rank)
+
+    def _forget(self, child: _Child) -> None:
+        self._sel.unregister(child.pidfd)
+        os.close(child.pidfd)
+        child.channel.close()
+        self._ranks.pop(child.rank, None)
 
     def echo_output(self) -> None:
-        """Copy what the child appended to its attempt log since last time to our stderr. The child
+        """Copy what the attempt appended to its log since last time to our stderr. The child
         writes the log file itself, so its output survives us and never hits a broken pipe."""
-        child = self._child
-        if child is None or self._echo_to is False:
+        log_path, offset = self._log
+        if log_path is None or self._echo_to is False:
             return
         try:
-            with open(child.log_path, "rb") as f:
-                f.seek(child.log_offset)
+            with open(log_path, "rb") as f:
+                f.seek(offset)
                 while data := f.read(1 << 20):
-                    child.log_offset += len(data)
+                    self._log[1] = offset = offset + len(data)
                     if hasattr(self._echo_to, "job_output"):     # a Terminal: prefixed lines
-                        self._echo_to.job_output(data, child.log_path.stem)
+                        self._echo_to.job_output(data, log_path.stem)
                     else:
                         self._echo_to.buffer.write(data)
                 if not hasattr(self._echo_to, "job_output"):

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from traind.contract.errors import UsageError
+from traind.supervisor import distributed as dist_spec
 from traind.supervisor.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
 from traind.contract.exitcodes import PREEMPTED
 from traind.store.remote import url_problem
@@ -112,6 +113,7 @@ class JobSpec:
     preemption: Preemption = field(default_factory=Preemption)
     health: Health = field(default_factory=Health)
     slurm: Slurm = field(default_factory=Slurm)
+    distributed: dist_spec.Distributed | None = None     # None: one process (supervisor/distributed.py)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def checkpoint_json(self) -> dict:
@@ -235,7 +237,7 @@ def own_interpreter(command: tuple[str, ...]) -> tuple[str, ...]:
 
 
 TOP_FIELDS = ("name", "command", "workdir", "run_dir", "env", "checkpoint", "restart", "preemption",
-              "health", "slurm")
+              "health", "slurm", "distributed")
 
 
 def validate(raw: dict, source: Path) -> JobSpec:
@@ -256,11 +258,14 @@ def validate(raw: dict, source: Path) -> JobSpec:
         encoded = os.fsencode(path)      # the OS refuses these with ENAMETOOLONG, later and as a traceback
         if len(encoded) >= 4096 or any(len(part) > 255 for part in encoded.split(b"/")):
             raise c.fail(where, "a path of at most 4095 bytes, each name at most 255", str(path))
+    restart, distributed = _restart(c, raw.get("restart")), dist_spec.parse(c, raw.get("distributed"))
+    if restart.warm_spare and distributed is not None:
+        raise c.fail("restart.warm_spare", "false with distributed: (a warm spare is one process, not a group)", True)
     return JobSpec(
         name=name, command=command, workdir=workdir, run_dir=run_dir, source=source,
         env=_env(c, raw.get("env")), checkpoint=_checkpoint(c, raw.get("checkpoint")),
-        restart=_restart(c, raw.get("restart")), preemption=_preemption(c, raw.get("preemption")),
-        health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), raw=raw)
+        restart=restart, preemption=_preemption(c, raw.get("preemption")),
+        health=_health(c, raw.get("health")), slurm=_slurm(c, raw.get("slurm")), distributed=distributed, raw=raw)
 
 
 def _resolve(c: Checker, where: str, path: Path) -> Path:
