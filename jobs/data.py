@@ -39,12 +39,18 @@ class DataPosition:
 
 
 class EpochBatchSampler(Sampler):
-    """Batches of indices for one epoch, starting at batch `start_batch`."""
+    """Batches of indices for one epoch, starting at batch `start_batch`. In a group of
+    `world_size` ranks, rank r takes every world_size-th index of the epoch's order from r on (the
+    same number on every rank, as DistributedSampler(drop_last=True)): the batch order is a
+    function of (seed, epoch, rank)."""
 
     def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, start_batch: int = 0) -> None:
+                 shuffle: bool = True, drop_last: bool = False, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rank, self.world_size, self.all_samples = int(rank), int(world_size), int(num_samples)
+        num_samples = num_samples // self.world_size
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.seed, self.epoch, self.shuffle, self.drop_last = seed, epoch, shuffle, drop_last
         self.start_batch = int(start_batch)
@@ -59,16 +65,17 @@ class EpochBatchSampler(Sampler):
     def __iter__(self):
         if self.shuffle:
             gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=gen).tolist()
+            order = torch.randperm(self.all_samples, generator=gen).tolist()
         else:
-            order = list(range(self.num_samples))
+            order = list(range(self.all_samples))
+        order = order[self.rank::self.world_size][:self.num_samples]
         for b in range(self.start_batch, self.batches_per_epoch()):
             yield order[b * self.batch_size:(b + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
                 "epoch": self.epoch, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "start_batch": self.start_batch}
+                "start_batch": self.start_batch, "rank": self.rank, "world_size": self.world_size}
 
 
 class _WorkerInit:
@@ -90,12 +97,15 @@ class _WorkerInit:
 
 def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPosition | None = None,
                      shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
-                     **loader_kwargs) -> DataLoader:
-    """A DataLoader for the epoch in `position`, starting after the batches already consumed."""
+                     group=None, **loader_kwargs) -> DataLoader:
+    """A DataLoader for the epoch in `position`, starting after the batches already consumed;
+    with a `group` (jobs/group.py), this rank's part of each epoch."""
     position = position or DataPosition()
     sampler = EpochBatchSampler(len(dataset), batch_size, seed=position.shuffle_seed,
                                 epoch=position.epoch, shuffle=shuffle, drop_last=drop_last,
-                                start_batch=position.batches_consumed)
+                                start_batch=position.batches_consumed,
+                                rank=0 if group is None else group.rank,
+                                world_size=1 if group is None else group.world_size)
     # Worker base seeds come from this generator, not from the global RNG (which would both
     # differ on resume and perturb the dropout stream).
     generator = torch.Generator().manual_seed(epoch_seed(position.shuffle_seed, position.epoch) ^ 0x5EED)

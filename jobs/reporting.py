@@ -23,12 +23,13 @@ class MetricsLog:
     """Append-only per-step metrics. On resume, lines past the resumed step are dropped (those steps
     are about to run again), so the file always reads as one clean sequence of steps."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_NAME
+        self.enabled = enabled      # False on the ranks of a group other than 0: one writer per file
         self._file = None
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = []
         try:
@@ -44,6 +45,8 @@ class MetricsLog:
             raise TraindError(f"{self.path}: cannot rewrite the metrics log: {err.strerror or err}") from None
 
     def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +93,11 @@ class Console:
         self._last_print = -math.inf
         self._bar = ""                  # the progress line currently drawn (terminal only)
         self._lock = threading.Lock()
+        self.progress = True            # False: message lines only (the ranks of a group other than 0)
 
     def step(self, step: int, epoch: int, metrics: dict, rate: float, now: float) -> None:
+        if not self.progress:
+            return
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         total = f"/{self.max_steps}" if self.max_steps else ""
         if self.tty:

@@ -29,11 +29,13 @@ from traind.jobs.callbacks import CheckpointPolicy
 from traind.jobs.clock import SystemClock
 from traind.jobs.control import ControlChannel
 from traind.jobs.data import DataPosition, resumable_loader
+from traind.jobs.group import Group
 from traind.jobs.lightning import schema as lightning_schema
 from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
 from traind.jobs.reporting import Console, MetricsLog
-from traind.jobs.rng import capture_rng, restore_rng
+from traind.jobs.rng import capture_rng
+from traind.jobs import restore
 from traind.jobs.store import CheckpointStore
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
@@ -85,14 +87,15 @@ class Session:
         self._save_started = 0.0
         self._last_heartbeat = -1e18
         self._epoch_end_pending = False
-        self.control, self._error_sent = None, False
+        self.control, self._error_sent, self.group, self._group_stop = None, False, None, False
         with one_line_errors(self._report_error):
             self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
             self.policy = policy or CheckpointPolicy(every_steps, every_seconds,
                                                      keep_last=keep_last, keep_best=keep_best)
             if env.get(protocol.ENV_CHECKPOINT_POLICY):
                 for line in self.policy.apply_overrides(env[protocol.ENV_CHECKPOINT_POLICY]):
-                    self.console.line(line)      # say which one wins: the spec's or the code's
+                    if env.get("RANK", "0") in ("", "0"):     # once per group
+                        self.console.line(line)      # say which one wins: the spec's or the code's
             if self.policy not in self.callbacks:
                 self.callbacks.insert(0, self.policy)
             try:
@@ -102,10 +105,11 @@ class Session:
             self.control = ControlChannel.from_env(env)
             if env.get(protocol.ENV_SPARE) and self.control is not None:
                 env = self._wait_as_spare(env)      # before the store: a spare holds no lock
-            self.store = CheckpointStore(self.run_dir, keep_last=self.policy.keep_last,
-                                         keep_best=self.policy.keep_best, on_commit=self._on_commit)
-            self.metrics_log = MetricsLog(self.run_dir)
+            self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/group.py)
+            self.store = self._open_store()
+            self.metrics_log = MetricsLog(self.run_dir, enabled=self.group is None or self.group.leader)
             self._restore(env)
+            self._agree(stop=FLAGS.stop is not None)     # a stop during the restore: every rank sees it
         self._started_at, self._started_step = self.clock.monotonic(), self.step
         if self.max_steps is not None and self.step >= self.max_steps:
             self.finished = True        # a rerun of a finished job: nothing left to do
@@ -127,13 +131,39 @@ class Session:
                 protocol.ENV_RESUME_FROM: resume_from if isinstance(resume_from, str) else "",
                 protocol.ENV_ATTEMPT: str(msg.get("attempt", ""))}
 
+    def _open_store(self):
+        options = {"keep_last": self.policy.keep_last, "keep_best": self.policy.keep_best, "on_commit": self._on_commit}
+        if self.group is None:
+            return CheckpointStore(self.run_dir, **options)
+        from traind.jobs.sharded import ShardedStore
+        if self.model is None:
+            raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
+        self.console.progress = self.group.leader   # one progress line per group; messages from every rank
+        self.console.prefix += f"[rank {self.group.rank}] "
+        return ShardedStore(self.run_dir, self.group, self.model, self.optimizers, **options)
+
+    def _agree(self, *, stop: bool, checkpoint: bool = False) -> bool:
+        """A group's ranks stop (and save) at the same step: each flag true on all if on any.
+        Returns whether to checkpoint; the agreed stop is what should_stop() answers from then on."""
+        if self.group is None:
+            return checkpoint
+        stop, checkpoint = self.group.agree(stop, checkpoint)
+        if stop and not self._group_stop:
+            self._group_stop = True
+            if FLAGS.stop is None:
+                FLAGS.request_stop("another rank of the group was asked to stop")
+        return checkpoint
+
     # --- restore -------------------------------------------------------------------------
     def _resume_point(self, env) -> Path | None:
         if protocol.ENV_RESUME_FROM in env:
             raw = env[protocol.ENV_RESUME_FROM]        # the supervisor chose ("" = fresh start)
-            return Path(raw) if raw else None
-        info = self.store.latest_valid()              # unsupervised: the newest valid one
-        return info.path if info else None
+            path = Path(raw) if raw else None
+        else:
+            info = self.store.latest_valid()          # unsupervised: the newest valid one
+            path = info.path if info else None
+        # Rank 0's choice is the group's: every rank resumes from the one checkpoint.
+        return path if self.group is None else self.group.share(path)
 
     def _restore(self, env) -> None:
         path = self._resume_point(env)
@@ -150,57 +180,19 @@ class Session:
         self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
 
     def apply_state(self, state: dict, where: str = "checkpoint") -> None:
-        """Load every part of a checkpoint into the live objects; the RNG states go last.
-
-        A checkpoint that does not fit (another model, another program) is a UsageError: exit 2,
-        which the supervisor does not retry, since every attempt would resume from the same one."""
-        def check_count(key, live):
-            stored = state.get(key) or []
-            if len(stored) != len(live):
-                raise UsageError(f"{where}: field '{key}' holds {len(stored)} entries, "
-                                 f"this job has {len(live)}; the job's code does not match the checkpoint")
-            return stored
-        def load_into(key, target, value):
-            try:
-                target.load_state_dict(value)
-            except (RuntimeError, ValueError, KeyError) as err:   # another model, another optimizer
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UsageError(f"{where}: field '{key}' does not fit this job ({first})") from None
-        needed = ("global_step", "data_position", "rng_states") + (("state_dict",) if self.model is not None else ())
-        missing = [key for key in needed if key not in state] if isinstance(state, dict) else ["global_step"]
-        if missing:
-            raise UsageError(f"{where}: field '{missing[0]}' is missing; not a checkpoint of a traind.Session or Trainer")
-        if self.model is not None:
-            load_into("state_dict", self.model, state["state_dict"])
-        for i, (opt, s) in enumerate(zip(self.optimizers, check_count("optimizer_states", self.optimizers))):
-            load_into(f"optimizer_states[{i}]", opt, s)
-        for i, (sched, s) in enumerate(zip(self.schedulers, check_count("lr_schedulers", self.schedulers))):
-            load_into(f"lr_schedulers[{i}]", sched, s)
-        if self.scaler is not None and state.get("MixedPrecision"):
-            load_into("MixedPrecision", self.scaler, state["MixedPrecision"])
-        stored_callbacks = state.get("callbacks") or {}
-        for cb in self.callbacks:
-            if cb.state_key in stored_callbacks:
-                cb.load_state_dict(stored_callbacks[cb.state_key])
-        if self.datamodule is not None:
-            self.datamodule.load_state_dict(state.get("datamodule_state") or {})
-        self.state.clear()
-        self.state.update(state.get("user_state") or {})
-        self.step = int(state["global_step"])
-        self.position = DataPosition.from_state(state["data_position"])
-        self.last_metrics = dict(lightning_schema.counters(state).get("last_metrics") or {})
-        restore_rng(state["rng_states"])
+        """Load every part of a checkpoint into the live objects (jobs/restore.py); the RNG states go last."""
+        restore.apply_state(self, state, where)
 
     # --- the loop's side ------------------------------------------------------------------
     def should_stop(self) -> bool:
-        return self.finished or FLAGS.stop is not None
+        return self.finished or (FLAGS.stop is not None if self.group is None else self._group_stop)
 
     def batches(self, dataset, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,
                 drop_last: bool = False, **loader_kwargs):
         """Batches across epochs from the resumed data position, until should_stop()."""
         while not self.should_stop():
             loader = resumable_loader(dataset, batch_size, position=self.position, shuffle=shuffle,
-                                      num_workers=num_workers, drop_last=drop_last, **loader_kwargs)
+                                      num_workers=num_workers, drop_last=drop_last, group=self.group, **loader_kwargs)
             total = loader.batch_sampler.batches_per_epoch()
             if total == 0:
                 with one_line_errors(self._report_error):
@@ -252,10 +244,14 @@ class Session:
                        steps_per_second=round(rate, 3), total=self.max_steps)   # rate: the job's own clock
         if self.max_steps is not None and self.step >= self.max_steps:
             self.finished = True
-        if self.should_stop():
-            return                      # the final or emergency checkpoint follows at once
+        if self.finished:
+            return                      # the final checkpoint follows at once
         asked = FLAGS.take_checkpoint_request()
-        if asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now):
+        due = self._agree(stop=FLAGS.stop is not None,
+                          checkpoint=asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now))
+        if self.should_stop():
+            return                      # the emergency checkpoint follows at once
+        if due:
             with one_line_errors(self._report_error):
                 self.save(reason=protocol.REASON_PERIODIC, blocking=False)
 
@@ -300,6 +296,8 @@ class Session:
         if self.control is None:     # supervised: the supervisor logs each commit, once
             self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
         stats = getattr(info, "stats", None) or {}
+        if self.group is not None and self.group.local_rank != 0:
+            return                      # one report per node's supervisor: the commit is the group's
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
                    reason=info.reason, seconds=seconds, bytes=info.size,
                    writer_cpu_seconds=stats.get("writer_cpu_seconds"), blocked_seconds=stats.get("snapshot_seconds"))
@@ -324,7 +322,7 @@ class Session:
         if self.phase in (Phase.DONE, Phase.PREEMPTED, Phase.FAILED):
             return
         with one_line_errors(self._report_error):
-            if FLAGS.stop is not None and not self.finished:
+            if self.should_stop() and not self.finished:
                 self._stop_with_emergency_checkpoint()
             self.phase = transition(self.phase, Event.FINISHED)
             self.store.flush()

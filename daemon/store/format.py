@@ -42,6 +42,23 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 UNUSABLE_PREFIX = ".unusable-"   # set aside: verifies, but the job could not load it; kept for a human
 LOCK_NAME = ".lock"
+# A sharded checkpoint (one written by every rank of a group) holds, instead of state.pt, torch
+# DCP's files (.metadata and each rank's __R_I.distcp) and each rank's own small state (RNG, data
+# position: rank-00003.pt), all in the one manifest, whose extra.sharded says so. One manifest for
+# every rank's files: a shard missing or corrupt makes the whole checkpoint invalid, for every rank.
+SHARDED_FIELD = "sharded"           # extra.sharded = {"world_size": N, "engine": "torch.distributed.checkpoint"}
+DCP_METADATA_NAME = ".metadata"
+
+
+def rank_state_name(rank: int) -> str:
+    return f"rank-{int(rank):05d}.pt"
+
+
+def shard_world_size(man: dict) -> int | None:
+    """The number of ranks that wrote a sharded checkpoint; None for a single-process one."""
+    sharded = (man.get("extra") or {}).get(SHARDED_FIELD)
+    size = sharded.get("world_size") if isinstance(sharded, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
 
 
 @dataclass
@@ -176,9 +193,10 @@ def info_from_manifest(ckpt_path: Path, man: dict) -> CheckpointInfo:
         size=sum(e["size"] for e in man["files"].values()), valid=True)
 
 
-def verify(path, *, deep: bool = True, every_file: bool = False) -> CheckpointInfo:
+def verify(path, *, deep: bool = True, every_file: bool = False, only=None) -> CheckpointInfo:
     """Parse the manifest and check each file's size and (deep) xxh3 checksum. Stops at the first
-    bad file, unless every_file (`traind ckpt verify`): then .error names each bad file ("; ")."""
+    bad file, unless every_file (`traind ckpt verify`): then .error names each bad file ("; ").
+    `only`: check just these file names (the ranks of a group verify a sharded one in parallel)."""
     ckpt_path = Path(path)
     info = CheckpointInfo(path=ckpt_path)
     m = STEP_DIR_RE.match(ckpt_path.name)
@@ -196,6 +214,8 @@ def verify(path, *, deep: bool = True, every_file: bool = False) -> CheckpointIn
         return _invalid(info, f"{ckpt_path / MANIFEST_NAME}: field 'step': {info.step} does not match the directory name")
     problems = []
     for name, entry in sorted(man["files"].items()):
+        if only is not None and name not in only:
+            continue
         problem = _file_problem(ckpt_path / name, entry, deep)
         if problem is not None:
             problems.append(problem)

@@ -66,6 +66,7 @@ class RankGroup:
         if failed_first:
             self.first_failure = (rank, status)
         if self.all_exited():
+            self.kill_at = None
             return DONE
         if failed_first:
             return KILL_REST
@@ -82,8 +83,7 @@ class RankGroup:
         if self.kill_at is None or now < self.kill_at or self.first_failure is not None or self.all_exited():
             return False
         late = min(r for r, v in self.ranks.items() if v.exit is None)
-        self.first_failure = (late, ExitStatus(None, 9))
-        self.late = late
+        self.first_failure, self.late, self.kill_at = (late, ExitStatus(None, 9)), late, None
         return True
 
     def status(self) -> tuple[ExitStatus, str | None]:

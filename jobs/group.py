@@ -1,0 +1,66 @@
+"""The job's place in a data-parallel group, on torch.distributed (gloo on CPU, NCCL on GPU).
+
+Under `distributed:` the supervisor starts every rank with torchrun's environment (RANK,
+WORLD_SIZE, MASTER_ADDR, ...); `Group.from_env` joins the default process group through env://
+(unless the script did already) and makes two small gloo groups of its own:
+- `control`: the per-step agreement (stop now? checkpoint now?) and the resume point, on the
+  training thread. All ranks reduce the same flags at the same step, so they stop or save at the
+  same step whichever rank heard the signal, the supervisor's message or its end of file;
+- `ckpt`: the sharded checkpoint's collectives (DCP's plan exchange, the shard reports, the commit),
+  which run on the background writer thread; a group per thread keeps the collectives of each
+  thread in one order on every rank.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_SECONDS = 300.0     # a collective waits this long for a peer (TRAIND_DIST_TIMEOUT)
+
+
+class Group:
+    def __init__(self, rank: int, world_size: int, local_rank: int) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.control = dist.new_group(backend="gloo")
+        self.ckpt = dist.new_group(backend="gloo")
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "Group | None":
+        """The group this process belongs to; None for a single process (no WORLD_SIZE > 1 and
+        no process group initialised by the script)."""
+        if not dist.is_available():
+            return None
+        if not dist.is_initialized():
+            if int(environ.get("WORLD_SIZE", "1") or 1) <= 1:
+                return None
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            timeout = float(environ.get("TRAIND_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+            dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
+        if dist.get_world_size() <= 1:
+            return None
+        return cls(dist.get_rank(), dist.get_world_size(), int(environ.get("LOCAL_RANK", dist.get_rank())))
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag is true on every rank if it is true on any (one all_reduce of a few ints)."""
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        return tuple(bool(v) for v in t.tolist())
+
+    def share(self, obj, group=None):
+        """Rank 0's `obj`, on every rank (picklable plain values only: paths, strings, dicts)."""
+        box = [obj if self.leader else None]
+        dist.broadcast_object_list(box, src=0, group=group or self.control)
+        return box[0]
+
+    def collect(self, obj, group=None) -> list:
+        """Every rank's `obj`, on every rank, in rank order."""
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=group or self.control)
+        return out
