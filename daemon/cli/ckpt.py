@@ -8,6 +8,7 @@ from pathlib import Path
 from traind import store as ck
 from traind.cli import ckpt_remote
 from traind.cli.show import ago, size, timestamp
+from traind.store import format as fmt
 from traind.contract.errors import UsageError
 
 
@@ -49,6 +50,14 @@ def register(sub) -> None:
     imp.add_argument("file", metavar="FILE", help="the .ckpt/.pt file")
     imp.add_argument("run_dir", metavar="RUN_DIR", help="the run dir to import into")
     imp.set_defaults(func=cmd_import)
+    exp = group.add_parser("export", help="write one consolidated .pt file of a checkpoint (sharded or not)",
+                           description="Verify CKPT and write its whole state as one file OUT.pt that loads with "
+                                       "torch.load(OUT.pt, weights_only=True): a sharded checkpoint's shards are "
+                                       "gathered into one state_dict and one optimizer state (rank 0's RNG and "
+                                       "data position). Needs torch (runs in a subprocess).")
+    exp.add_argument("path", metavar="CKPT", help="a checkpoint dir (step-N), or a run dir (its newest valid one)")
+    exp.add_argument("out", metavar="OUT.pt", help="the file to write (replaced atomically)")
+    exp.set_defaults(func=cmd_export)
 
 
 def _existing_dir(path: str) -> Path:
@@ -69,13 +78,13 @@ def _status(info: ck.CheckpointInfo) -> str:
 
 
 def print_table(infos: list[ck.CheckpointInfo]) -> None:
-    rows = [("STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS")]
+    rows = [("STEP", "EPOCH", "REASON", "SIZE", "RANKS", "AGE", "STATUS")]
     for i in infos:
         rows.append((str(i.step if i.step is not None else "?"), str(i.epoch if i.epoch is not None else "-"),
-                     i.reason or "-", size(i.size), ago(i.created, missing="-"), _status(i)))
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+                     i.reason or "-", size(i.size), str(i.ranks or 1), ago(i.created, missing="-"), _status(i)))
+    widths = [max(len(r[c]) for r in rows) for c in range(6)]
     for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5])
+        print("  ".join(cell.ljust(w) for cell, w in zip(r[:6], widths)) + "  " + r[6])
 
 
 def cmd_ls(args) -> int:
@@ -142,6 +151,10 @@ def show_inspection(info: ck.CheckpointInfo, skipped: list, as_json: bool, shown
     if skipped:
         out["skipped_newer"] = [f"{Path(bad.path).name}: {bad.error}" for bad in skipped]
     state = info.path / ck.STATE_NAME
+    if info.ranks:      # sharded: the tensors are DCP's; rank 0's own file has the rest
+        state = info.path / fmt.rank_state_name(0)
+        out["sharded"] = {"ranks": info.ranks, "engine": "torch.distributed.checkpoint",
+                          "shard_bytes": sum(f.stat().st_size for f in info.path.glob("__*.distcp"))}
     try:
         s = summarize_state(state)
         out.update(global_step=s.global_step, state_epoch=s.epoch, hyper_parameters=s.hyper_parameters,
@@ -181,6 +194,16 @@ def _hint_foreign_files(d: Path) -> None:
         print(f"{len(files)} checkpoint file(s) traind did not write here ({', '.join(files[:3])}"
               f"{', ...' if len(files) > 3 else ''}): `traind ckpt inspect FILE`, "
               f"`traind ckpt import FILE RUN_DIR`")
+
+
+def cmd_export(args) -> int:
+    """torch-free here: the load (DCP for a sharded checkpoint) and the write run in a subprocess."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError("ckpt export needs torch in this Python (pip install torch)")
+    return subprocess.run([sys.executable, "-m", "traind.jobs.export", str(args.path), str(args.out)]).returncode
 
 
 def cmd_import(args) -> int:

@@ -72,11 +72,12 @@ class CheckpointInfo:
     size: int = 0
     valid: bool = False
     error: str | None = None
+    ranks: int | None = None      # a sharded checkpoint: how many ranks wrote it (None: one process)
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "step": self.step, "epoch": self.epoch,
                 "reason": self.reason, "created": self.created, "metrics": self.metrics,
-                "size": self.size, "valid": self.valid, "error": self.error}
+                "size": self.size, "valid": self.valid, "error": self.error, "ranks": self.ranks}
 
 
 def step_dir_name(step: int) -> str:
@@ -190,7 +191,7 @@ def info_from_manifest(ckpt_path: Path, man: dict) -> CheckpointInfo:
         reason=man.get("reason") if isinstance(man.get("reason"), str) else None,
         created=float(created) if isinstance(created, (int, float)) else None,
         metrics=metrics if isinstance(metrics, dict) else {},
-        size=sum(e["size"] for e in man["files"].values()), valid=True)
+        size=sum(e["size"] for e in man["files"].values()), valid=True, ranks=shard_world_size(man))
 
 
 def verify(path, *, deep: bool = True, every_file: bool = False, only=None) -> CheckpointInfo:
