@@ -13,6 +13,8 @@ EPILOG = """\
 Any other option (e.g. --array 0-3, --mem 4G, --qos high, --exclusive) is passed to sbatch.
 The script runs `traind run SPEC` with --signal=B:USR1@LEAD, --requeue and --open-mode=append;
 on the warning the supervisor writes an emergency checkpoint, requeues the job and exits 75.
+With --nodes M > 1, srun runs one `traind run SPEC --set distributed.nnodes=M` per node and the
+warning is --signal=USR1@LEAD (to every node's supervisor); node 0's supervisor requeues the job.
 """
 
 
@@ -20,6 +22,8 @@ def _add_own_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time", "-t", help="sbatch --time: " + sbatch.TIME_FORMATS + " (e.g. 2:00:00); "
                                         "must be longer than LEAD")
     p.add_argument("--partition", "-p", help="sbatch --partition")
+    p.add_argument("--nodes", "-N", metavar="M", help="run on M nodes, one supervisor per node (default: the "
+                                                      "spec's distributed.nnodes, else 1)")
     p.add_argument("--lead", type=float, metavar="SECONDS",
                    help="USR1 this long before the time limit (default: slurm.lead_seconds, else "
                         "measured emergency-checkpoint time x1.5 + 30 s, at least 60)")
@@ -60,7 +64,12 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
     from traind.supervisor.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
     runner = runner or CommandRunner()
     extra = split_options(args)
+    nodes = sbatch.parse_nodes(args.nodes) if args.nodes is not None else None
     spec = load_spec(args.spec, list(args.overrides))
+    nodes, set_nnodes = _node_count(spec, nodes)
+    if set_nnodes:   # what each node's `traind run` will load: checked here, where a bad value is one line
+        spec = load_spec(args.spec, list(args.overrides) + [f"distributed.nnodes={nodes}"])
+        _refuse_fixed_node_rank(spec, nodes)
     options = []
     if args.time is not None:
         options.append(("--time", args.time))
@@ -75,8 +84,8 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
     lead = int(round(lead)) if lead is not None else sbatch.lead_for(measurement)
 
     job = sbatch.BatchJob(spec_path=Path(args.spec).resolve(), name=spec.name, run_dir=spec.run_dir,
-                               lead_seconds=lead, sbatch_options=tuple(options),
-                               overrides=tuple(args.overrides))
+                          lead_seconds=lead, sbatch_options=tuple(options),
+                          overrides=tuple(args.overrides), nodes=nodes, set_nnodes=set_nnodes)
     script = sbatch.render_script(job)       # first: it names a line break in --time as such
     lead_from = ("--lead" if args.lead is not None else "slurm.lead_seconds" if spec.slurm.lead_seconds is not None
                  else "measured or default; pass --lead")
@@ -98,10 +107,27 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
     if not res.ok:
         raise TraindError(f"sbatch failed: {res.why()}")
     job_id = res.stdout.strip().split(";")[0]
-    print(f"traind: submitted SLURM job {job_id} ({spec.name}, LEAD {lead} s, "
+    print(f"traind: submitted SLURM job {job_id} ({spec.name}, {f'{nodes} nodes, ' if nodes > 1 else ''}LEAD {lead} s, "
           f"log {spec.run_dir}/slurm-{job_id}.out)", file=sys.stderr)
     print(job_id)
     return 0
+
+
+def _node_count(spec, nodes: int | None) -> tuple[int, bool]:
+    """(M, whether each `traind run` needs `--set distributed.nnodes=M`): --nodes, else the spec's
+    distributed.nnodes, else 1. A one-node spec submitted on one node stays exactly as it was."""
+    dist = getattr(spec, "distributed", None)
+    spec_nodes = dist.nnodes if dist is not None else 1
+    nodes = spec_nodes if nodes is None else nodes
+    return nodes, nodes > 1 or (dist is not None and spec_nodes != nodes)
+
+
+def _refuse_fixed_node_rank(spec, nodes: int) -> None:
+    """Every node runs the same command: a node rank fixed in the spec would be every node's."""
+    dist = getattr(spec, "distributed", None)
+    if nodes > 1 and dist is not None and dist.node_rank is not None:
+        raise UsageError(f"slurm submit: --nodes {nodes}: {spec.source} sets distributed.node_rank "
+                         f"({dist.node_rank}), which every node would take; remove it (each node reads SLURM_NODEID)")
 
 
 def _refuse_shared_run_dir(run_dir: Path, runner: CommandRunner) -> None:
