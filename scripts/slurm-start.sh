@@ -81,36 +81,11 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 
 mem_mb=$(awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
-# proctrack/linuxproc + task/none: no cgroups needed. JobRequeue=1: jobs may requeue themselves.
-# cred_expire + sched_interval: a requeued job reruns after ~15 s instead of ~3 min.
-# preempt_send_user_signal: a preempted job first gets its own --signal (our USR1 warning).
+# The settings both test clusters share: slurm_conf_settings in slurm-lib.sh.
 wanted_conf="# written by traind scripts/slurm-start.sh: one node on loopback
 ClusterName=traind
 SlurmctldHost=localhost(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=cred_expire=$CRED_EXPIRE
-CredType=cred/munge
-MpiDefault=none
-MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=5,bf_interval=5
-JobRequeue=1
-ReturnToService=2
-KillWait=$KILLWAIT
-MinJobAge=300
-PreemptType=preempt/partition_prio
-PreemptMode=REQUEUE
-SlurmctldParameters=preempt_send_user_signal
-SlurmdParameters=config_overrides
+$(slurm_conf_settings "cred_expire=$CRED_EXPIRE" "$KILLWAIT")
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurm/slurmctld.pid
