@@ -64,3 +64,21 @@ class Group:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj, group=group or self.control)
         return out
+
+
+def fix_ddp_buckets(model) -> bool:
+    """Keep a DistributedDataParallel model's gradient buckets in one layout from the first step.
+
+    DDP re-buckets once, after its first iteration, in the order gradients became ready. A resumed
+    group builds a new DDP, whose first step then reduces in the initial layout where an
+    uninterrupted run already used the re-bucketed one: gloo/NCCL sum each element in an order that
+    depends on where it sits in the bucket, so the last bits differ and resume is no longer exact.
+    Handing the reducer every parameter up front makes it re-bucket at the very first step, the
+    same way in every run (DDP's static-graph mode does the same). The cost: buckets follow the
+    parameters' order rather than the backward's, which overlaps communication a little less."""
+    reducer = getattr(model, "reducer", None)
+    if reducer is None or not hasattr(reducer, "_push_all_rebuilt_params") or os.environ.get(
+            "TRAIND_DDP_FIXED_BUCKETS", "1") == "0":
+        return False
+    reducer._push_all_rebuilt_params()
+    return True

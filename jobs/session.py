@@ -29,7 +29,7 @@ from traind.jobs.callbacks import CheckpointPolicy
 from traind.jobs.clock import SystemClock
 from traind.jobs.control import ControlChannel
 from traind.jobs.data import DataPosition, resumable_loader
-from traind.jobs.group import Group
+from traind.jobs.group import Group, fix_ddp_buckets
 from traind.jobs.lightning import schema as lightning_schema
 from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
@@ -138,6 +138,7 @@ class Session:
         from traind.jobs.sharded import ShardedStore
         if self.model is None:
             raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
+        fix_ddp_buckets(self.model)
         self.console.progress = self.group.leader   # one progress line per group; messages from every rank
         self.console.prefix += f"[rank {self.group.rank}] "
         return ShardedStore(self.run_dir, self.group, self.model, self.optimizers, **options)

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     model = DistributedDataParallel(make_model(32, args.hidden, 8))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.7)
-    torch.manual_seed(1000 + dist.get_rank())  # each rank its own dropout stream (saved per rank)
+    traind.seed_everything(1000 + dist.get_rank())  # each rank its own RNG streams (saved per rank)
     data = make_data(2048, 32, 8)
     with traind.Session(run_dir=args.run_dir, model=model, optimizers=opt, schedulers=sched,
                         max_steps=args.max_steps, every_steps=args.every_steps or None, data_seed=7,

@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddphelpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """One uninterrupted 4-rank run of the ddp example (60 steps): what interrupted runs must equal."""
+    tmp = tmp_path_factory.mktemp("ddp-reference")
+    spec = ddphelpers.write_spec(tmp, name="reference")
+    assert ddphelpers.run(spec, tmp / "supervisor.log") == 0, (tmp / "supervisor.log").read_text()[-3000:]
+    return tmp / "reference"

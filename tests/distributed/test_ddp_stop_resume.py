@@ -1,0 +1,35 @@
+"""Issue 12 on one node, 4 ranks (gloo): a stop reaches every rank at one step, each rank's shard
+lands at that step, and the resumed group ends bit-identical to an uninterrupted run."""
+import signal
+
+import pytest
+
+from ddphelpers import (assert_same_state, metrics, newest, rank_files, run, start, status, step_of, wait_for,
+                        write_spec)
+from traind.store import format as fmt
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_mid_epoch_stops_every_rank_at_one_step_and_the_resume_is_bit_identical(tmp_path, reference_run):
+    spec = write_spec(tmp_path)
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    wait_for(lambda: step_of(run_dir) >= 41, 120, "step 41 (epoch 1 is 32 steps: mid-epoch)")
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(120) == 75, log.read_text()[-3000:]
+    ckpt = newest(run_dir)
+    man, _ = fmt.read_manifest(ckpt)
+    assert man["reason"] == "emergency" and fmt.shard_world_size(man) == 4
+    step = man["step"]
+    assert 41 <= step < 60 and step % 20 != 0          # a step of its own, not a periodic one
+    # every rank's files are in the one manifest, and every rank's own state is at that step
+    assert {fmt.rank_state_name(r) for r in range(4)} <= set(man["files"])
+    assert {f"__{r}_0.distcp" for r in range(4)} <= set(man["files"])
+    assert [s["global_step"] for s in rank_files(ckpt)] == [step] * 4
+    assert [s["data_position"]["batches_consumed"] for s in rank_files(ckpt)] == [step - 32] * 4
+    assert status(run_dir)["state"] == "preempted"
+
+    assert run(spec, log) == 0, log.read_text()[-3000:]
+    assert_same_state(newest(run_dir), newest(reference_run))
+    assert metrics(run_dir) == metrics(reference_run)
