@@ -1,6 +1,7 @@
-"""Cluster tests: never talk to a real metadata address (only 127.0.0.1)."""
+"""Cluster tests: never talk to a real metadata address (only 127.0.0.1); the two-node SLURM cluster."""
 import pytest
 
+from tests.cluster.twonode import slurm2, slurm2_cluster  # noqa: F401 (fixtures)
 from traind.cluster import spot
 
 
@@ -8,3 +9,4 @@ from traind.cluster import spot
 def no_real_metadata(monkeypatch):
     # A test that forgot base_url would hit 127.0.0.1:9 (discard; refused), never 169.254.169.254.
     monkeypatch.setattr(spot, "DEFAULT_BASE_URLS", {p: "http://127.0.0.1:9" for p in spot.PROVIDERS})
+

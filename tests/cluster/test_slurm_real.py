@@ -11,12 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.helpers import FIXTURE, ROOT, emergency_step
+from tests.cluster.helpers import FIXTURE, ROOT, emergency_step, wait_until
 from tests.supervisor.fixture_job import advance
 
 
@@ -73,16 +72,6 @@ def submit(spec: Path, *options: str) -> str:
 def show(jid: str) -> dict:
     out = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True)
     return dict(w.split("=", 1) for w in out.stdout.split() if "=" in w)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def steps_done(run_dir: Path) -> list[int]:
