@@ -45,6 +45,8 @@ class TwoNodeCluster:
         return out
 
     def is_up(self) -> bool:
+        if not self.conf.is_file():     # scontrol would retry a missing config for 60 s
+            return False
         try:
             return "is UP" in self.run("scontrol", "ping", check=False, timeout=20).stdout
         except (OSError, subprocess.TimeoutExpired):
