@@ -45,7 +45,7 @@ export SLURM_CONF=$CONF             # every client command below talks to this c
 STARTED=$EPOCHREALTIME
 
 say() { echo "[slurm2-start +$(awk -v a="$STARTED" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}')s] $*"; }
-fail() { say "ERROR: $*"; exit "${2:-1}"; }
+fail() { say "ERROR: $1"; exit "${2:-1}"; }   # fail MESSAGE [EXIT_STATUS]
 [ "$(id -u)" = 0 ] || fail "must run as root"
 
 # shellcheck source=scripts/slurm-lib.sh
