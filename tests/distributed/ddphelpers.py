@@ -26,7 +26,10 @@ def env(**extra) -> dict:
     return out
 
 
-def write_spec(tmp: Path, *, max_steps=60, every_steps=20, nproc=4, step_seconds=0.02, name="ddp",
+STEPS = 120      # the reference run's length: 3.75 epochs of 32 steps per rank
+
+
+def write_spec(tmp: Path, *, max_steps=STEPS, every_steps=20, nproc=4, step_seconds=0.02, name="ddp",
                run_dir=None, **sections) -> Path:
     """A spec for the ddp example in tmp/NAME.yaml (run dir tmp/NAME unless given)."""
     spec = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir or tmp / name),

@@ -1,0 +1,95 @@
+"""Issue 12: a group fails as one. A rank SIGKILLed at random moments, a rank SIGSTOPped, a
+corrupt shard: the group restarts from the newest checkpoint every rank committed, nothing of a
+failed attempt is left running, and the final state is bit-identical to an uninterrupted run."""
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ddphelpers import (REPO, alive, assert_same_state, metrics, newest, rank_pids, run, start, status, step_of,
+                        wait_for, write_spec)
+
+pytestmark = pytest.mark.slow
+
+
+def _running_ranks(run_dir, attempt):
+    s = status(run_dir)
+    pids = rank_pids(run_dir)
+    return pids if s.get("attempt") == attempt and s.get("state") == "running" and len(pids) == 4 else None
+
+
+def test_a_random_rank_sigkilled_ten_times_restarts_the_group_each_time_and_ends_bit_identical(tmp_path, reference_run):
+    seed = random.randrange(1 << 30)
+    chance = random.Random(seed)
+    spec = write_spec(tmp_path, every_steps=10, step_seconds=0.05)
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    try:
+        for kill in range(1, 11):
+            pids = wait_for(lambda: _running_ranks(run_dir, kill), 120, f"attempt {kill} training (seed {seed})")
+            time.sleep(chance.uniform(0.0, 0.8))
+            victim = chance.choice(pids)
+            try:
+                subprocess.run(["kill", "-KILL", str(victim)], check=True)
+            except subprocess.CalledProcessError:
+                pytest.fail(f"rank pid {victim} was gone before kill {kill} (seed {seed})")
+            # the whole group goes, then a new one comes (each rank a new process)
+            wait_for(lambda: not any(alive(p) for p in pids), 30, f"every rank of attempt {kill} gone (seed {seed})")
+            assert sup.poll() is None, log.read_text()[-3000:]
+        assert sup.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    s = status(run_dir)
+    assert s["restarts"] >= 10 and s["state"] == "succeeded"
+    assert_same_state(newest(run_dir), newest(reference_run))
+    assert metrics(run_dir) == metrics(reference_run)
+
+
+def test_a_sigstopped_rank_is_a_hang_the_group_restarts_within_hang_timeout_plus_grace(tmp_path, reference_run):
+    hang, grace = 4.0, 3.0
+    spec = write_spec(tmp_path, step_seconds=0.02, health={"hang_timeout_seconds": hang},
+                      preemption={"grace_seconds": grace})
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    try:
+        pids = wait_for(lambda: step_of(run_dir) >= 30 and _running_ranks(run_dir, 1), 120, "step 30")
+        stopped = pids[2]
+        subprocess.run(["kill", "-STOP", str(stopped)], check=True)
+        at = time.monotonic()
+        wait_for(lambda: status(run_dir).get("attempt") == 2, hang + grace + 15, "the restart")
+        took = time.monotonic() - at
+        assert took <= hang + grace + 5, took      # heartbeats are read once a second, spawns take a moment
+        assert not any(alive(p) for p in pids), "a rank of the hung attempt is still running"
+        assert sup.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert "hang" in log.read_text()
+    assert_same_state(newest(run_dir), newest(reference_run))
+
+
+def test_one_corrupt_shard_invalidates_the_checkpoint_for_every_rank_and_resume_falls_back(tmp_path, reference_run):
+    spec = write_spec(tmp_path, step_seconds=0.02, checkpoint={"keep_last": 3})
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    wait_for(lambda: step_of(run_dir) >= 45, 120, "step 45")
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(120) == 75
+    emergency = newest(run_dir)
+    shard = emergency / "__2_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    verify = subprocess.run([sys.executable, "-m", "traind", "ckpt", "verify", str(emergency)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert verify.returncode == 1 and "__2_0.distcp" in verify.stdout + verify.stderr
+    fallback = newest(run_dir)
+    assert fallback != emergency and fallback.name == "step-000000040"
+    assert run(spec, log) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"skipping checkpoint {emergency.name}" in text and "resuming from step 40" in text
+    assert_same_state(newest(run_dir), newest(reference_run))
