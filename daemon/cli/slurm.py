@@ -116,7 +116,7 @@ def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int
 def _node_count(spec, nodes: int | None) -> tuple[int, bool]:
     """(M, whether each `traind run` needs `--set distributed.nnodes=M`): --nodes, else the spec's
     distributed.nnodes, else 1. A one-node spec submitted on one node stays exactly as it was."""
-    dist = getattr(spec, "distributed", None)
+    dist = spec.distributed
     spec_nodes = dist.nnodes if dist is not None else 1
     nodes = spec_nodes if nodes is None else nodes
     return nodes, nodes > 1 or (dist is not None and spec_nodes != nodes)
@@ -124,7 +124,7 @@ def _node_count(spec, nodes: int | None) -> tuple[int, bool]:
 
 def _refuse_fixed_node_rank(spec, nodes: int) -> None:
     """Every node runs the same command: a node rank fixed in the spec would be every node's."""
-    dist = getattr(spec, "distributed", None)
+    dist = spec.distributed
     if nodes > 1 and dist is not None and dist.node_rank is not None:
         raise UsageError(f"slurm submit: --nodes {nodes}: {spec.source} sets distributed.node_rank "
                          f"({dist.node_rank}), which every node would take; remove it (each node reads SLURM_NODEID)")
