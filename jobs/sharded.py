@@ -40,21 +40,29 @@ log = logging.getLogger("traind.store")
 TENSOR_KEYS = ("state_dict", "optimizer_states")     # what DCP holds; the rest is per rank
 
 
+_NONE = object()      # "nothing on this side" (None itself is a value: SGD's momentum_buffer may be None)
+
+
 def split_tensors(obj):
     """(the tensors of a nested dict, with their nesting; everything else, with its nesting);
     None for a side that has nothing. An empty dict stays on the non-tensor side."""
+    tensors, rest = _split(obj)
+    return (None if tensors is _NONE else tensors), (None if rest is _NONE else rest)
+
+
+def _split(obj):
     if isinstance(obj, torch.Tensor):
-        return obj, None
+        return obj, _NONE
     if not isinstance(obj, dict):
-        return None, obj
+        return _NONE, obj
     tensors, rest = {}, {}
     for k, v in obj.items():
-        t, r = split_tensors(v)
-        if t is not None:
+        t, r = _split(v)
+        if t is not _NONE:
             tensors[k] = t
-        if r is not None:
+        if r is not _NONE:
             rest[k] = r
-    return tensors or None, rest if rest or not tensors else None
+    return tensors or _NONE, rest if rest or not tensors else _NONE
 
 
 def merge(tensors, rest):

@@ -68,11 +68,11 @@ class FakeOS:
     def request_stop(self, reason):
         self.script.append((self.t, StopRequested(reason)))
 
-    def spawn(self, argv, *, cwd, env, log_path, keep_fds=()):
+    def spawn(self, argv, *, cwd, env, log_path, keep_fds=(), rank_envs=None):
         if self.spawn_fails:
             return SpawnFailure(f"cannot start {argv[0]!r}: No such file or directory")
         self.spawns.append(self.t)
-        self.env = env
+        self.env, self.rank_envs = env, rank_envs
         self.child_alive = True
         self._after(self.on_spawn(len(self.spawns)))
         return 1000 + len(self.spawns)
