@@ -10,12 +10,16 @@ Plain values and decisions; the loop does the killing (through its OS object).
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
 from traind.contract.exitcodes import OK, PREEMPTED
 from traind.supervisor.osproc import ExitStatus
 
 WAIT, KILL_REST, DONE = "wait", "kill-rest", "done"
+# SLURM signals every process of a step (--signal, scancel --signal): a rank of an unmodified
+# script may die of the stop signal itself. That is the group being stopped, not a rank failing.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 @dataclass
@@ -62,7 +66,8 @@ class RankGroup:
         if view.exit is not None:
             return DONE if self.all_exited() else WAIT
         view.exit = status
-        failed_first = status.code not in (OK, PREEMPTED) and self.first_failure is None
+        failed_first = (status.code not in (OK, PREEMPTED) and status.signal not in STOP_SIGNALS
+                        and self.first_failure is None)
         if failed_first:
             self.first_failure = (rank, status)
         if self.all_exited():
@@ -93,8 +98,11 @@ class RankGroup:
             if self.late == rank:
                 return status, f"rank {rank} did not exit within {self.exit_timeout:g}s of the others"
             return status, f"rank {rank} {status.describe()}" + ("" if self.size == 1 else "; the others were killed")
-        codes = {v.exit.code for v in self.ranks.values() if v.exit is not None}
-        return ExitStatus(PREEMPTED if PREEMPTED in codes else OK), None
+        exits = [v.exit for v in self.ranks.values() if v.exit is not None]
+        signalled = [e for e in exits if e.signal is not None]      # stopped by a stop signal
+        if signalled:
+            return signalled[0], None
+        return ExitStatus(PREEMPTED if any(e.code == PREEMPTED for e in exits) else OK), None
 
     def summary(self, now: float) -> list[dict]:
         return [{"rank": r, "pid": v.pid, "step": v.step,

@@ -116,3 +116,10 @@ def test_supervisor_kills_the_group_when_one_rank_crashes_and_restarts_it(tmp_pa
     status = read_status(tmp_path / "run")
     assert [r["rank"] for r in status["ranks"]] == [0, 1] and status["ranks"][1]["pid"] == 11
     assert "rank 1 exit code 1" in (status["last_failure"]["reason"] or "")
+
+
+def test_a_rank_killed_by_the_stop_signal_is_the_group_stopping_not_a_failure():
+    g = RankGroup(2, exit_timeout=10)
+    assert g.exited(0, ExitStatus(None, signal.SIGUSR1), now=0) == WAIT     # not KILL_REST
+    assert g.exited(1, ExitStatus(75), now=1) == DONE
+    assert g.status() == (ExitStatus(None, signal.SIGUSR1), None)
