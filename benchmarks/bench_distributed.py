@@ -1,0 +1,183 @@
+"""Sharded checkpoints and group restarts (issue 12), side by side in one run.
+
+Run by hand (not a test):  python benchmarks/bench_distributed.py [--mib 192] [--saves 3]
+
+1. Blocked time per non-blocking checkpoint, for 1, 2 and 4 ranks (gloo, CPU) holding the SAME
+   total state (a DDP replica of --mib MiB of parameters + Adam moments on every rank): traind's
+   save (1 rank: the single-process store; 2 and 4: the sharded store, DCP under one manifest)
+   beside torch DCP's own `async_save` of the same state, and beside a plain memcpy (clone) of
+   one rank's tensors, the floor of any snapshot. Also the time until each save is committed.
+2. Time from one rank's death (SIGKILL) to the group training again, for the ddp example under
+   `traind run` with 4 ranks: the kill to the first heartbeat of the new attempt past its resume step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _model(mib: int) -> torch.nn.Module:
+    width = 1024
+    layers = max(1, (mib << 20) // (3 * 4 * width * width))      # params + 2 Adam moments, fp32
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+
+
+def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    from torch.nn.parallel import DistributedDataParallel
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from traind.jobs.group import Group
+    from traind.jobs.sharded import ShardedStore
+    from traind.jobs.store import CheckpointStore
+    torch.manual_seed(0)
+    model = DistributedDataParallel(_model(mib))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model(torch.randn(4, 1024)).sum().backward()
+    opt.step()
+    group = Group.from_env() if world > 1 else None
+    run_dir = Path(out_dir) / f"traind-{world}"
+    if group is None:
+        store = CheckpointStore(run_dir, keep_last=1)
+    else:
+        store = ShardedStore(run_dir, group, model, [opt], keep_last=1)
+    state = {"state_dict": model.module.state_dict(), "optimizer_states": [opt.state_dict()], "global_step": 0}
+    store.prepare(state)
+    time.sleep(1.0)                        # the warm-up thread allocates the snapshot buffers
+    figures = {"traind_blocked": [], "traind_commit": [], "dcp_blocked": [], "dcp_commit": [], "memcpy": []}
+    dcp_group = dist.new_group(backend="gloo")
+    for i in range(saves):
+        dist.barrier()
+        t0 = time.monotonic()
+        store.save(state, step=i + 1, epoch=0, blocking=False)
+        figures["traind_blocked"].append(time.monotonic() - t0)
+        store.flush()
+        figures["traind_commit"].append(time.monotonic() - t0)
+        dist.barrier()
+        msd, osd = get_state_dict(model, opt)
+        t0 = time.monotonic()
+        future = dcp.async_save({"model": msd, "optim": osd}, checkpoint_id=Path(out_dir) / f"dcp-{world}-{i}",
+                                process_group=dcp_group)
+        figures["dcp_blocked"].append(time.monotonic() - t0)
+        future.result()
+        figures["dcp_commit"].append(time.monotonic() - t0)
+        tensors = [t for t in list(msd.values()) + [v for s in osd["state"].values() for v in s.values()]
+                   if isinstance(t, torch.Tensor)]
+        t0 = time.monotonic()
+        copies = [t.clone() for t in tensors]
+        figures["memcpy"].append(time.monotonic() - t0)
+        del copies
+    store.close()
+    queue.put((rank, {k: statistics.median(v) for k, v in figures.items()}))
+    dist.destroy_process_group()
+
+
+def checkpoint_table(mib: int, saves: int) -> None:
+    print(f"blocked time per non-blocking checkpoint, {mib} MiB of state on every rank (DDP replica), "
+          f"median of {saves}")
+    print(f"{'ranks':>5}  {'traind blocked':>14}  {'dcp async_save blocked':>22}  {'memcpy':>7}  "
+          f"{'traind/memcpy':>13}  {'traind commit':>13}  {'dcp commit':>10}")
+    ctx = mp.get_context("spawn")
+    for world in (1, 2, 4):
+        with tempfile.TemporaryDirectory(prefix="traind-bench-dist-") as tmp:
+            queue = ctx.Queue()
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            procs = [ctx.Process(target=_worker, args=(r, world, port, mib, saves, tmp, queue)) for r in range(world)]
+            for p in procs:
+                p.start()
+            results = dict(queue.get(timeout=600) for _ in procs)
+            for p in procs:
+                p.join()
+        worst = {k: max(r[k] for r in results.values()) for k in results[0]}   # the group waits for its slowest
+        print(f"{world:>5}  {worst['traind_blocked']:>13.3f}s  {worst['dcp_blocked']:>21.3f}s  "
+              f"{worst['memcpy']:>6.3f}s  {worst['traind_blocked'] / worst['memcpy']:>12.2f}x  "
+              f"{worst['traind_commit']:>12.3f}s  {worst['dcp_commit']:>9.3f}s", flush=True)
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait(pred, timeout=300.0, every=0.01):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit("benchmark: timed out")
+
+
+def restart_figures(kills: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="traind-bench-restart-") as tmp:
+        run_dir = Path(tmp) / "run"
+        spec = {"name": "ddp-bench", "workdir": str(REPO), "run_dir": str(run_dir),
+                "command": [sys.executable, "-m", "traind.jobs.examples.ddp", "--max-steps", "100000",
+                            "--every-steps", "20", "--step-seconds", "0.02"],
+                "env": {"OMP_NUM_THREADS": "1"}, "distributed": {"nproc_per_node": 4},
+                "checkpoint": {"every_steps": 20, "keep_last": 2},
+                "restart": {"max_restarts": kills + 2, "backoff": {"initial_seconds": 0, "max_seconds": 0, "jitter": 0}}}
+        (Path(tmp) / "spec.yaml").write_text(yaml.safe_dump(spec))
+        sup = subprocess.Popen([sys.executable, "-m", "traind", "run", str(Path(tmp) / "spec.yaml")], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "sup.log", "wb"))
+        took = []
+        try:
+            for attempt in range(1, kills + 1):
+                _wait(lambda: (lambda st: st if st.get("attempt") == attempt and st.get("state") == "running"
+                                   and (st.get("last_heartbeat") or {}).get("step", 0) >= 5 and
+                                   all(r.get("pid") for r in st.get("ranks", [])) else None)(_status(run_dir)))
+                time.sleep(0.5)
+                victim = _status(run_dir)["ranks"][attempt % 4]["pid"]
+                t0 = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                # a heartbeat of the new group (its rank list is new each attempt): it trains again
+                _wait(lambda: (lambda st: st.get("attempt") == attempt + 1 and (st.get("ranks") or [{}])[0]
+                               .get("step") is not None)(_status(run_dir)), every=0.005)
+                took.append(time.monotonic() - t0)
+        finally:
+            sup.send_signal(signal.SIGTERM)
+            sup.wait(120)
+    print(f"rank SIGKILLed -> group training again (4 ranks, ddp example): median {statistics.median(took):.2f}s "
+          f"over {kills} kills (min {min(took):.2f}, max {max(took):.2f}); includes 4 interpreters importing "
+          "torch on 2 cores, the rendezvous and the sharded restore")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mib", type=int, default=192)
+    p.add_argument("--saves", type=int, default=3)
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--only", choices=("checkpoints", "restart"), default=None)
+    args = p.parse_args()
+    if args.only != "restart":
+        checkpoint_table(args.mib, args.saves)
+    if args.only != "checkpoints":
+        restart_figures(args.kills)
+
+
+if __name__ == "__main__":
+    main()
