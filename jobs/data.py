@@ -115,7 +115,7 @@ def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPositio
                       generator=generator, **loader_kwargs)
 
 
-def resumable_like(loader: DataLoader, position: DataPosition, where: str) -> DataLoader:
+def resumable_like(loader: DataLoader, position: DataPosition, where: str, group=None) -> DataLoader:
     """The resumable equivalent of a plain DataLoader that a Lightning-style `train_dataloader(self)`
     returned: same dataset, batch size, shuffling, workers and collate_fn, but its order is a
     function of (seed, epoch) and it starts after the batches already consumed."""
@@ -125,12 +125,13 @@ def resumable_like(loader: DataLoader, position: DataPosition, where: str) -> Da
     extra = {"collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory}
     return resumable_loader(loader.dataset, loader.batch_size, position=position,
                             shuffle=isinstance(loader.sampler, RandomSampler), num_workers=loader.num_workers,
-                            drop_last=loader.drop_last, **extra)
+                            drop_last=loader.drop_last, group=group, **extra)
 
 
-def train_loader(datamodule, position: DataPosition) -> DataLoader:
+def train_loader(datamodule, position: DataPosition, group=None) -> DataLoader:
     """The epoch's loader from a DataModule: `train_dataloader(position)` (ours), or a plain
-    Lightning-style `train_dataloader()` made resumable."""
+    Lightning-style `train_dataloader()` made resumable; in a group, this rank's part of it."""
+    datamodule.group = group
     fn = datamodule.train_dataloader
     try:
         takes_position = len(inspect.signature(fn).parameters) >= 1
@@ -138,7 +139,7 @@ def train_loader(datamodule, position: DataPosition) -> DataLoader:
         takes_position = True
     if takes_position:
         return fn(position)
-    return resumable_like(fn(), position, f"{type(datamodule).__name__}.train_dataloader()")
+    return resumable_like(fn(), position, f"{type(datamodule).__name__}.train_dataloader()", group)
 
 
 class DataModule(HyperparametersMixin):
@@ -152,6 +153,7 @@ class DataModule(HyperparametersMixin):
     shuffle: bool = True
     drop_last: bool = False
     loader_kwargs: dict = {}
+    group = None        # the rank's data-parallel group (jobs/group.py), set by the Trainer
 
     def setup(self, stage: str) -> None:
         """Called once before training ("fit"), before the restore: build the datasets here."""
@@ -165,7 +167,7 @@ class DataModule(HyperparametersMixin):
     def train_dataloader(self, position: DataPosition) -> DataLoader:
         return resumable_loader(self.train_dataset(), self.batch_size, position=position,
                                 shuffle=self.shuffle, num_workers=self.num_workers,
-                                drop_last=self.drop_last, **self.loader_kwargs)
+                                drop_last=self.drop_last, group=self.group, **self.loader_kwargs)
 
     def val_dataloader(self) -> DataLoader | None:
         dataset = self.val_dataset()

@@ -82,3 +82,22 @@ def fix_ddp_buckets(model) -> bool:
         return False
     reducer._push_all_rebuilt_params()
     return True
+
+
+class _TrainingStep(torch.nn.Module):
+    """A module's training_step as a forward, so that DDP's hooks see the backward of the loss."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch, batch_idx):
+        return self.module.training_step(batch, batch_idx)
+
+
+def data_parallel_step(module: torch.nn.Module):
+    """`module.training_step` through DistributedDataParallel, its buckets fixed (fix_ddp_buckets)."""
+    from torch.nn.parallel import DistributedDataParallel
+    ddp = DistributedDataParallel(_TrainingStep(module))
+    fix_ddp_buckets(ddp)
+    return ddp

@@ -14,6 +14,7 @@ from traind.jobs.data import train_loader
 from traind.jobs.optim import parse_optimizers
 from traind.jobs.precision import Precision
 from traind.jobs.reporting import Console
+from traind.jobs.group import data_parallel_step
 from traind.jobs.session import Session
 
 
@@ -92,6 +93,9 @@ class Trainer:
             datamodule=datamodule, hyper_parameters=module.hparams,
             hparams_name=type(module).__qualname__,
             console=Console(self.max_steps, every_steps=self.log_every_n_steps))
+        # In a group the training step runs through DDP (gradients averaged over the ranks); the
+        # Session keeps the unwrapped module, so checkpoints carry its own parameter names.
+        self._train_step = module.training_step if self.session.group is None else data_parallel_step(module)
         with self.session:
             for cb in self.callbacks:
                 cb.on_fit_start(self, module)
@@ -105,7 +109,7 @@ class Trainer:
         session = self.session
         params = [p for group in (o.param_groups for o in optimizers) for g in group for p in g["params"]]
         while not (session.should_stop() or self.should_stop or self._epochs_done()):
-            loader = train_loader(datamodule, session.position)
+            loader = train_loader(datamodule, session.position, session.group)
             total = loader.batch_sampler.batches_per_epoch()
             consumed = session.position.batches_consumed
             micro_losses: list[float] = []
@@ -113,7 +117,7 @@ class Trainer:
             for batch, epoch_ended in session.consume(loader):
                 batch = move_to(batch, self.device)
                 with self.precision.autocast():
-                    loss = _loss_of(module.training_step(batch, consumed), "training_step")
+                    loss = _loss_of(self._train_step(batch, consumed), "training_step")
                 self.precision.backward(loss / self.accumulate)
                 micro_losses.append(loss.detach().float().item())
                 consumed += 1
