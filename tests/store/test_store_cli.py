@@ -29,14 +29,15 @@ def test_ls_table_and_json(run_with_checkpoints):
     out = traind("ls", run_with_checkpoints)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:6] == ["STEP", "EPOCH", "REASON", "SIZE", "AGE", "STATUS"]
+    assert lines[0].split()[:7] == ["STEP", "EPOCH", "REASON", "SIZE", "RANKS", "AGE", "STATUS"]
     assert [ln.split()[0] for ln in lines[1:]] == ["300", "200", "100"]
     assert "INVALID" in lines[1] and "truncated" in lines[1] and "emergency" in lines[2]
     out = traind("ls", run_with_checkpoints / "checkpoints", "--json")
     rows = json.loads(out.stdout)
     assert [(r["step"], r["epoch"], r["reason"], r["valid"]) for r in rows] == [
         (300, 3, "periodic", False), (200, 2, "emergency", True), (100, 1, "periodic", True)]
-    assert all({"path", "error"} <= r.keys() for r in rows) and "truncated" in rows[0]["error"]
+    assert all({"path", "error", "ranks"} <= r.keys() for r in rows) and "truncated" in rows[0]["error"]
+    assert [r["ranks"] for r in rows] == [None, None, None]      # single-process checkpoints
 
 
 def test_verify_exit_codes_and_names_the_bad_file(run_with_checkpoints):
