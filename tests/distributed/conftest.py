@@ -5,6 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddphelpers  # noqa: E402
+from tests.cluster.twonode import slurm2, slurm2_cluster  # noqa: E402,F401 (fixtures: test_slurm_two_nodes.py)
 
 
 @pytest.fixture(scope="session")
