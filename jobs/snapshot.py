@@ -200,7 +200,15 @@ class Snapshotter:
             self._pool = None
 
     def _walk(self, obj, key, leaf):
-        """The same nested structure with every tensor replaced by leaf(tensor, key)."""
+        """The same nested structure with every tensor replaced by leaf(tensor, key). A DTensor
+        (FSDP2, tensor parallel) is its local shard, wrapped again with the same mesh and placements."""
+        if isinstance(obj, torch.Tensor) and type(obj).__name__ == "DTensor":
+            local = leaf(obj.to_local(), key)
+            if local is None:
+                return None
+            from torch.distributed.tensor import DTensor
+            return DTensor.from_local(local, obj.device_mesh, obj.placements, run_check=False,
+                                      shape=obj.shape, stride=obj.stride())
         if isinstance(obj, torch.Tensor):
             return leaf(obj, key)
         if isinstance(obj, OrderedDict):
