@@ -136,6 +136,11 @@ def format_status(s: dict, *, now: float) -> str:
         rate = hb.get("steps_per_second")
         lines.append(f"heartbeat:   step {hb.get('step')}, {ago(now=now, then=hb.get('time'))} ago"
                      + (f", {rate:.1f} steps/s" if isinstance(rate, (int, float)) and rate else ""))
+    ranks = s.get("ranks")
+    if isinstance(ranks, list) and ranks:
+        lines.append(f"ranks:       {len(ranks)} on node {s.get('node_rank')}: " + "; ".join(
+            f"{r.get('rank')} pid {r.get('pid')} step {r.get('step')}" + (f" ({r['exit']})" if r.get("exit") else "")
+            for r in ranks if isinstance(r, dict)))
     ck = s.get("valid_checkpoint")
     ck = ck if isinstance(ck, dict) else None
     lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {ago(now=now, then=ck.get('created'))} ago"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,11 +41,14 @@ class Supervisor(Records):
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
-        self.mirror = remote_mirror.attach(spec, self.say, self._event)       # checkpoint.remote (mirror.py)
+        self.placement = None if spec.distributed is None else distributed.place(spec.distributed, spec.name)
+        # checkpoint.remote (mirror.py): the shared checkpoints dir is mirrored once, by node 0
+        self.mirror = remote_mirror.attach(spec if self.placement is None or self.placement.node_rank == 0 else
+                                           replace(spec, checkpoint=replace(spec.checkpoint, remote=None)),
+                                           self.say, self._event)
         self.resume = ResumePoints(spec.run_dir, self.mirror.resume_finder(find_resume), self.say, self._event)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._live = live            # redraws one status line on a terminal (None: plain lines only)
-        self.placement = None if spec.distributed is None else distributed.place(spec.distributed, spec.name)
         self.node_dir = spec.run_dir if self.placement is None else self.placement.node_dir(spec.run_dir)
         self.group = RankGroup(1, 0.0)
         self.files = RunFiles(self.node_dir)

@@ -123,3 +123,11 @@ def test_a_rank_killed_by_the_stop_signal_is_the_group_stopping_not_a_failure():
     assert g.exited(0, ExitStatus(None, signal.SIGUSR1), now=0) == WAIT     # not KILL_REST
     assert g.exited(1, ExitStatus(75), now=1) == DONE
     assert g.status() == (ExitStatus(None, signal.SIGUSR1), None)
+
+
+def test_traind_status_shows_every_rank():
+    from traind.cli.run import format_status
+    text = format_status({"name": "d", "state": "running", "node_rank": 1, "ranks": [
+        {"rank": 0, "pid": 10, "step": 5, "exit": None}, {"rank": 1, "pid": 11, "step": 4, "exit": "exit code 1"}]},
+        now=0.0)
+    assert "ranks:       2 on node 1: 0 pid 10 step 5; 1 pid 11 step 4 (exit code 1)" in text
