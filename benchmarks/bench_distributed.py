@@ -8,7 +8,9 @@ Run by hand (not a test):  python benchmarks/bench_distributed.py [--mib 192] [-
    beside torch DCP's own `async_save` of the same state, and beside a plain memcpy (clone) of
    one rank's tensors, the floor of any snapshot. Also the time until each save is committed.
 2. Time from one rank's death (SIGKILL) to the group training again, for the ddp example under
-   `traind run` with 4 ranks: the kill to the first heartbeat of the new attempt past its resume step.
+   `traind run` with 4 ranks: the kill to the first heartbeat of the new attempt.
+3. What the per-step stop/checkpoint agreement costs 4 ranks with a ~5 ms step: none, a blocking
+   all_reduce, and the one-step-late agreement `Session` uses (started at one step, read at the next).
 """
 from __future__ import annotations
 
@@ -115,6 +117,49 @@ def checkpoint_table(mib: int, saves: int) -> None:
               f"{worst['traind_commit']:>12.3f}s  {worst['dcp_commit']:>9.3f}s", flush=True)
 
 
+def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=4)
+    from traind.jobs.group import Group
+    group, a = Group(rank, 4, rank), torch.randn(256, 256)
+    out = {}
+    for mode in ("none", "blocking", "late"):
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for _ in range(6):
+                a @ a                      # the step's compute
+            if mode == "blocking":
+                group.agree(False, False)
+            elif mode == "late":
+                group.finish_agreement()
+                group.start_agreement(False, False)
+        group.finish_agreement()
+        out[mode] = (time.perf_counter() - t0) / steps
+    if rank == 0:
+        queue.put(out)
+    dist.destroy_process_group()
+
+
+def agreement_figures(steps: int = 300) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_agreement_worker, args=(r, port, steps, queue)) for r in range(4)]
+    for p in procs:
+        p.start()
+    out = queue.get(timeout=600)
+    for p in procs:
+        p.join()
+    print(f"stop/checkpoint agreement, 4 ranks, {steps} steps: step {out['none'] * 1000:.2f} ms alone, "
+          f"+{(out['blocking'] - out['none']) * 1000:.2f} ms blocking all_reduce, "
+          f"+{(out['late'] - out['none']) * 1000:.2f} ms one step late (what Session does)")
+
+
 def _status(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "status.json").read_text())
@@ -171,12 +216,14 @@ def main() -> None:
     p.add_argument("--mib", type=int, default=192)
     p.add_argument("--saves", type=int, default=3)
     p.add_argument("--kills", type=int, default=3)
-    p.add_argument("--only", choices=("checkpoints", "restart"), default=None)
+    p.add_argument("--only", choices=("checkpoints", "restart", "agreement"), default=None)
     args = p.parse_args()
-    if args.only != "restart":
+    if args.only in (None, "checkpoints"):
         checkpoint_table(args.mib, args.saves)
-    if args.only != "checkpoints":
+    if args.only in (None, "restart"):
         restart_figures(args.kills)
+    if args.only in (None, "agreement"):
+        agreement_figures()
 
 
 if __name__ == "__main__":

@@ -53,13 +53,17 @@ class CheckpointPolicy(Callback):
         self._last_save_time = now
 
     def due(self, step: int, *, epoch_ended: bool, now: float) -> bool:
+        return self.due_by_count(step, epoch_ended=epoch_ended) or self.due_by_time(step, now)
+
+    def due_by_count(self, step: int, *, epoch_ended: bool) -> bool:
+        """every_steps / at_epoch_end: the same answer on every rank of a group."""
         if step == self.last_saved_step:
             return False
-        if self.every_steps and step % self.every_steps == 0:
-            return True
-        if self.every_seconds and now - self._last_save_time >= self.every_seconds:
-            return True
-        return bool(epoch_ended and self.at_epoch_end)
+        return bool(self.every_steps and step % self.every_steps == 0) or bool(epoch_ended and self.at_epoch_end)
+
+    def due_by_time(self, step: int, now: float) -> bool:
+        """every_seconds, on this process's own clock (a group agrees on it first)."""
+        return step != self.last_saved_step and bool(self.every_seconds and now - self._last_save_time >= self.every_seconds)
 
     def saved(self, step: int, now: float) -> None:
         self.last_saved_step, self._last_save_time = step, now

@@ -53,6 +53,22 @@ class Group:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
         return tuple(bool(v) for v in t.tolist())
 
+    def start_agreement(self, *flags: bool) -> None:
+        """`agree`, without waiting: the result is read one step later (finish_agreement), so the
+        all_reduce runs behind that step's compute instead of in front of it (measured: ~3 ms per
+        blocking call with 4 ranks on 2 busy cores). Every rank reads the same result at the same
+        step, so the group still stops, or saves, at one step: the one after the flag was raised."""
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+        self._pending = (t, dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control, async_op=True))
+
+    def finish_agreement(self) -> tuple[bool, ...] | None:
+        """The flags of the last start_agreement, reduced over the group (None if none is pending)."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None:
+            return None
+        pending[1].wait()
+        return tuple(bool(v) for v in pending[0].tolist())
+
     def share(self, obj, group=None):
         """Rank 0's `obj`, on every rank (picklable plain values only: paths, strings, dicts)."""
         box = [obj if self.leader else None]

@@ -149,6 +149,15 @@ class Session:
         if self.group is None:
             return checkpoint
         stop, checkpoint = self.group.agree(stop, checkpoint)
+        return self._agreed(stop, checkpoint)
+
+    def _agree_late(self, *, stop: bool, checkpoint: bool) -> bool:
+        """As _agree, on the flags every rank gave at the previous step (Group.start_agreement)."""
+        previous = self.group.finish_agreement()
+        self.group.start_agreement(stop, checkpoint and not self._group_stop)
+        return self._agreed(*(previous or (False, False)))
+
+    def _agreed(self, stop: bool, checkpoint: bool) -> bool:
         if stop and not self._group_stop:
             self._group_stop = True
             if FLAGS.stop is None:
@@ -248,8 +257,12 @@ class Session:
         if self.finished:
             return                      # the final checkpoint follows at once
         asked = FLAGS.take_checkpoint_request()
-        due = self._agree(stop=FLAGS.stop is not None,
-                          checkpoint=asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now))
+        if self.group is None:
+            due = asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now)
+        else:   # every_steps is the same on every rank; a request or the clock is agreed on, one step late
+            timed = asked or self.policy.due_by_time(self.step, now)
+            due = self._agree_late(stop=FLAGS.stop is not None, checkpoint=timed) \
+                or self.policy.due_by_count(self.step, epoch_ended=bool(epoch_ended))
         if self.should_stop():
             return                      # the emergency checkpoint follows at once
         if due:
@@ -323,6 +336,8 @@ class Session:
         if self.phase in (Phase.DONE, Phase.PREEMPTED, Phase.FAILED):
             return
         with one_line_errors(self._report_error):
+            if self.group is not None:
+                self.group.finish_agreement()       # every rank has one in flight: end it together
             if self.should_stop() and not self.finished:
                 self._stop_with_emergency_checkpoint()
             self.phase = transition(self.phase, Event.FINISHED)
