@@ -24,13 +24,13 @@ def _running_ranks(run_dir, attempt):
 def test_a_random_rank_sigkilled_ten_times_restarts_the_group_each_time_and_ends_bit_identical(tmp_path, reference_run):
     seed = random.randrange(1 << 30)
     chance = random.Random(seed)
-    spec = write_spec(tmp_path, every_steps=10, step_seconds=0.05)
+    spec = write_spec(tmp_path, every_steps=10, step_seconds=0.1)    # <= 5 steps an attempt: 10 kills fit
     run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
     sup = start(spec, log)
     try:
         for kill in range(1, 11):
             pids = wait_for(lambda: _running_ranks(run_dir, kill), 120, f"attempt {kill} training (seed {seed})")
-            time.sleep(chance.uniform(0.0, 0.8))
+            time.sleep(chance.uniform(0.0, 0.5))
             victim = chance.choice(pids)
             try:
                 subprocess.run(["kill", "-KILL", str(victim)], check=True)
