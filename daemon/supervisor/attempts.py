@@ -26,6 +26,8 @@ class Attempt:
     resume_step: int | None = None
     resume_path: str | None = None
     spoke: bool = False
+    started_at: float | None = None    # monotonic, at the spawn
+    final_committed: bool = False      # the job committed its "final" checkpoint: training is done
     first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate
     last_step: int | None = None
     exit: ExitStatus | None = None

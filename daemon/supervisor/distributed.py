@@ -18,7 +18,8 @@ from typing import Any
 from traind.contract.errors import UsageError
 from traind.supervisor.checker import Checker
 
-FIELDS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "exit_timeout_seconds")
+FIELDS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "exit_timeout_seconds",
+          "rendezvous_timeout_seconds")
 MAX_RANKS = 4096
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 20000    # MASTER_PORT from the SLURM job id, when not given
 NODES_SUBDIR = "nodes"      # run files of node k > 0 go to RUN_DIR/nodes/node-k (checkpoints are shared)
@@ -32,6 +33,7 @@ class Distributed:
     master_addr: str | None = None     # None: the first host of SLURM_JOB_NODELIST, else 127.0.0.1
     master_port: int | None = None     # None: a free port per attempt (one node), or from SLURM_JOB_ID
     exit_timeout_seconds: float = 30.0  # after one rank exits 0 or 75, the others get this long to follow
+    rendezvous_timeout_seconds: float = 300.0   # a restarted group's ranks must all speak within this
 
     @property
     def world_size(self) -> int:
@@ -53,7 +55,9 @@ def parse(c: Checker, value: Any) -> Distributed | None:
         master_port=c.number(d.get("master_port"), "distributed.master_port", minimum=1, integer=True,
                              nullable=True, maximum=65535),
         exit_timeout_seconds=c.number(d.get("exit_timeout_seconds", 30.0), "distributed.exit_timeout_seconds",
-                                      strict=True, maximum=86400))
+                                      strict=True, maximum=86400),
+        rendezvous_timeout_seconds=c.number(d.get("rendezvous_timeout_seconds", 300.0),
+                                            "distributed.rendezvous_timeout_seconds", strict=True, maximum=86400))
     if dist.node_rank is not None and dist.node_rank >= dist.nnodes:
         raise c.fail("distributed.node_rank", f"a node rank below nnodes ({dist.nnodes})", dist.node_rank)
     if dist.world_size > MAX_RANKS:

@@ -79,6 +79,9 @@ class RankGroup:
             self.kill_at = now + self.exit_timeout
         return WAIT
 
+    def all_heard(self) -> bool:
+        return all(v.last_message_at is not None for v in self.ranks.values())
+
     def all_exited(self) -> bool:
         return all(v.exit is not None for v in self.ranks.values())
 

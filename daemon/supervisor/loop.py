@@ -2,8 +2,8 @@
 
 One loop, in a fixed order: (1) act on deadlines that passed (backoff over, grace over, hang,
 periodic checkpoint due), (2) block in `os.wait()` until an event or the next deadline, (3) handle
-each event. Every state change goes through `traind.supervisor.states.transition` and `_apply`, which logs it,
-appends it to events.jsonl and rewrites status.json. Every OS effect goes through `self.os`.
+each event. Every state change goes through `states.transition` and `_apply` (records.py: log line,
+events.jsonl, status.json). Every OS effect goes through `self.os`. A group of ranks is one child (group.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from traind.contract import protocol
 from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from traind.supervisor import mirror as remote_mirror
 from traind.supervisor import distributed
-from traind.supervisor.group import DONE, KILL_REST, RankGroup
+from traind.supervisor.group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
 from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
 from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
@@ -108,7 +108,8 @@ class Supervisor(Records):
     # --- the loop's pieces --------------------------------------------------------------------------
     def _timeout(self, now: float) -> float | None:
         deadlines = [d for d in (self.backoff_until, self.stop_deadline if not self.killed else None,
-                                 self._hang_deadline(), self.next_checkpoint_at, self.group.kill_at) if d is not None]
+                                 self._hang_deadline(), self.next_checkpoint_at, self.group.kill_at,
+                                 self._rendezvous_deadline()) if d is not None]
         if self.state is State.RUNNING:
             deadlines.append(self.last_drain + CHANNEL_BATCH_SECONDS)   # the batched channel read
         elif self.state in (State.STARTING, State.STOPPING):
@@ -122,7 +123,27 @@ class Supervisor(Records):
             return None
         return quiet_since + timeout
 
+    def _rendezvous_deadline(self) -> float | None:
+        """A restarted group whose ranks do not all speak in time waits for a node that will not come
+        (its supervisor died): fail the attempt rather than hold every node for torch's 30 min rendezvous
+        timeout. Not for a first attempt, nor a job that never spoke (slow to start, or no channel)."""
+        a = self.attempts[-1] if self.attempts else None
+        if (self.placement is None or a is None or a.exit is not None or self.killed or a.started_at is None
+                or self.state not in (State.STARTING, State.RUNNING) or self.group.all_heard()
+                or not any(x.spoke for x in self.attempts[:-1])):
+            return None
+        return a.started_at + self.spec.distributed.rendezvous_timeout_seconds
+
     def _act_on_deadlines(self, now: float) -> None:
+        rendezvous = self._rendezvous_deadline()
+        if rendezvous is not None and now >= rendezvous:
+            silent = [r for r, v in self.group.ranks.items() if v.last_message_at is None]
+            self.attempts[-1].reason = (f"ranks {silent} did not start within "
+                                        f"{self.spec.distributed.rendezvous_timeout_seconds:g}s: another node "
+                                        "of the group did not join the rendezvous")
+            self.say(f"{self.attempts[-1].reason}; SIGKILL to the group")
+            self.killed = True
+            self.os.signal_group(signal.SIGKILL)
         if self.group.stragglers_overdue(now):
             self.say(f"rank {self.group.late} still runs {self.group.exit_timeout:g}s after another rank exited: "
                      "SIGKILL to the group")
@@ -237,7 +258,8 @@ class Supervisor(Records):
             if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
                 self.last_heartbeat = {**self.last_heartbeat, "step": step, "time": self.os.wall()}  # the final one
                 a.last_step = step
-            if self.state is State.STOPPING and msg.get("reason") != protocol.REASON_PERIODIC:
+            a.final_committed = a.final_committed or msg.get("reason") == protocol.REASON_FINAL
+            if self.state is State.STOPPING and msg.get("reason") == protocol.REASON_EMERGENCY:
                 self.emergency_committed = True
             if self.spec.checkpoint.every_seconds and self.state is State.RUNNING:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
@@ -263,6 +285,9 @@ class Supervisor(Records):
             a = self.attempts[-1]
             if why and self.placement is not None and status.code != 0:
                 a.reason = a.reason or why
+            if a.final_committed and status.signal in STOP_SIGNALS:   # SLURM signals every process
+                self.say(f"the job had finished (final checkpoint committed) when {status.describe()}: done")
+                status = ExitStatus(0)
             self._on_exit(status)
 
     def _on_exit(self, status: ExitStatus) -> None:
@@ -323,7 +348,7 @@ class Supervisor(Records):
         number = self.attempt_base + len(self.attempts) + 1
         info = self.resume.take(quiet=False)
         a = Attempt(number=number, resume_step=None if info is None else info.step,
-                    resume_path=None if info is None else str(info.path))
+                    resume_path=None if info is None else str(info.path), started_at=self.os.monotonic())
         self.attempts.append(a)
         self.stop_deadline, self.killed = None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)

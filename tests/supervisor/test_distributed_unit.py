@@ -9,7 +9,7 @@ import pytest
 from traind.contract.errors import UsageError
 from traind.supervisor import distributed
 from traind.supervisor.group import DONE, KILL_REST, WAIT, RankGroup
-from traind.supervisor.osproc import ChildExited, ChildMessage, ExitStatus
+from traind.supervisor.osproc import ChildExited, ChildMessage, ExitStatus, SignalArrived
 from traind.supervisor.runfiles import read_status
 from traind.supervisor.spec import validate
 from traind.supervisor.states import State
@@ -131,3 +131,35 @@ def test_traind_status_shows_every_rank():
         {"rank": 0, "pid": 10, "step": 5, "exit": None}, {"rank": 1, "pid": 11, "step": 4, "exit": "exit code 1"}]},
         now=0.0)
     assert "ranks:       2 on node 1: 0 pid 10 step 5; 1 pid 11 step 4 (exit code 1)" in text
+
+
+def test_a_final_checkpoint_then_death_by_the_stop_signal_is_success_not_a_requeue(tmp_path):
+    """SLURM's warning reaches every process; it may land while the ranks exit after their final save."""
+    def on_spawn(n):
+        return [(0.1, ChildMessage({"type": "hello", "pid": 10 + r}, r)) for r in range(2)] + [
+            (1.0, ChildMessage({"type": "checkpoint", "step": 9, "reason": "final"}, 0)),
+            (1.2, ChildExited(10, ExitStatus(None, signal.SIGUSR1), 0)),
+            (1.2, ChildExited(11, ExitStatus(None, signal.SIGUSR1), 1))]
+    fake = FakeOS(on_spawn=on_spawn)
+    fake.at(1.1, SignalArrived(signal.SIGUSR1))
+    asked = []
+    sup, result, lines = run(tmp_path, fake, followup=lambda outcome: asked.append(outcome) or 75,
+                             distributed={"nproc_per_node": 2})
+    assert result.state is State.SUCCEEDED and result.exit_code == 0 and asked == []
+    assert any("the job had finished" in line for line in lines)
+
+
+def test_a_restarted_group_that_never_joins_is_killed_after_the_rendezvous_timeout(tmp_path):
+    def on_spawn(n):
+        if n == 1:      # the first attempt speaks, then its node-mates' collectives fail
+            return [(0.1, ChildMessage({"type": "hello", "pid": 10 + r}, r)) for r in range(2)] + [
+                (1.0, ChildExited(10, ExitStatus(75), 0)), (1.0, ChildExited(11, ExitStatus(75), 1))]
+        return []       # then it waits in the rendezvous for a node that never comes
+    fake = FakeOS(on_spawn=on_spawn, on_signal={signal.SIGKILL: [(0.01, ChildExited(10, ExitStatus(None, 9), 0)),
+                                                                  (0.01, ChildExited(11, ExitStatus(None, 9), 1))]})
+    sup, result, lines = run(tmp_path, fake, distributed={"nproc_per_node": 2, "rendezvous_timeout_seconds": 20},
+                             restart={"max_restarts": 1})
+    assert result.state is State.FAILED
+    kills = [t for t, sig in fake.signals if sig == signal.SIGKILL]
+    assert kills and abs(kills[0] - (fake.spawns[1] + 20)) < 0.01
+    assert "did not join the rendezvous" in result.message
