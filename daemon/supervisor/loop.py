@@ -138,9 +138,8 @@ class Supervisor(Records):
         rendezvous = self._rendezvous_deadline()
         if rendezvous is not None and now >= rendezvous:
             silent = [r for r, v in self.group.ranks.items() if v.last_message_at is None]
-            self.attempts[-1].reason = (f"ranks {silent} did not start within "
-                                        f"{self.spec.distributed.rendezvous_timeout_seconds:g}s: another node "
-                                        "of the group did not join the rendezvous")
+            self.attempts[-1].reason = (f"ranks {silent} did not start within {rendezvous - self.attempts[-1].started_at:g}s"
+                                        ": another node of the group did not join the rendezvous")
             self.say(f"{self.attempts[-1].reason}; SIGKILL to the group")
             self.killed = True
             self.os.signal_group(signal.SIGKILL)
