@@ -192,9 +192,6 @@ def test_sigkill_of_node_1s_supervisor_leaves_no_rank_of_node_0_hanging(slurm2, 
     print(f"\nnode 1's supervisor SIGKILLed: all 4 ranks gone after {gone:.1f} s, checkpoint at step {man['step']}")
 
 
-@pytest.mark.xfail(strict=False, reason="product bug: a stop signal that reaches the ranks after their final checkpoint, "
-                   "while they exit, kills them (the Session no longer handles it) and the supervisor takes that for "
-                   "a stop: preempted, 'emergency checkpoint committed' for the final one, and a requeue")
 def test_a_warning_after_the_final_checkpoint_ends_the_job_without_a_requeue(slurm2, tmp_path):
     """The time-limit warning may come while the ranks exit after their last step (seen with a rerun
     that ended just before it): the job is done, so it must end COMPLETED with no requeue."""
