@@ -151,11 +151,13 @@ class Session:
         stop, checkpoint = self.group.agree(stop, checkpoint)
         return self._agreed(stop, checkpoint)
 
-    def _agree_late(self, *, stop: bool, checkpoint: bool) -> bool:
-        """As _agree, on the flags every rank gave at the previous step (Group.start_agreement)."""
-        previous = self.group.finish_agreement()
-        self.group.start_agreement(stop, checkpoint and not self._group_stop)
-        return self._agreed(*(previous or (False, False)))
+    def _agree_late(self, *, stop: bool, checkpoint: bool, saving: bool) -> bool:
+        """As _agree, on the flags every rank gave at the previous step (Group.start_agreement).
+        A save this step (`saving`, or the agreed one) answers this step's request too: not asked twice."""
+        previous = self.group.finish_agreement() or (False, False)
+        saving = saving or previous[1]
+        self.group.start_agreement(stop, checkpoint and not saving and not self._group_stop)
+        return self._agreed(*previous)
 
     def _agreed(self, stop: bool, checkpoint: bool) -> bool:
         if stop and not self._group_stop:
@@ -260,9 +262,9 @@ class Session:
         if self.group is None:
             due = asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now)
         else:   # every_steps is the same on every rank; a request or the clock is agreed on, one step late
-            timed = asked or self.policy.due_by_time(self.step, now)
-            due = self._agree_late(stop=FLAGS.stop is not None, checkpoint=timed) \
-                or self.policy.due_by_count(self.step, epoch_ended=bool(epoch_ended))
+            counted = self.policy.due_by_count(self.step, epoch_ended=bool(epoch_ended))
+            due = self._agree_late(stop=FLAGS.stop is not None, saving=counted,
+                                   checkpoint=asked or self.policy.due_by_time(self.step, now)) or counted
         if self.should_stop():
             return                      # the emergency checkpoint follows at once
         if due:
