@@ -26,6 +26,7 @@ class Group:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.control = dist.new_group(backend="gloo")
         self.ckpt = dist.new_group(backend="gloo")
+        self._pending = None          # the agreement in flight (start_agreement), read next step
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "Group | None":
@@ -63,7 +64,7 @@ class Group:
 
     def finish_agreement(self) -> tuple[bool, ...] | None:
         """The flags of the last start_agreement, reduced over the group (None if none is pending)."""
-        pending, self._pending = getattr(self, "_pending", None), None
+        pending, self._pending = self._pending, None
         if pending is None:
             return None
         pending[1].wait()

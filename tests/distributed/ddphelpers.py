@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from tests.cluster.helpers import wait_until
+from tests.jobs.jobhelpers import assert_identical as assert_equal   # bit for bit, bytes compared
 from traind.jobs.export import consolidated_state
 from traind.jobs.session import TIMING_KEYS
 from traind.store import format as fmt
@@ -30,11 +31,11 @@ STEPS = 120      # the reference run's length: 3.75 epochs of 32 steps per rank
 
 
 def write_spec(tmp: Path, *, max_steps=STEPS, every_steps=20, nproc=4, step_seconds=0.02, name="ddp",
-               run_dir=None, **sections) -> Path:
-    """A spec for the ddp example in tmp/NAME.yaml (run dir tmp/NAME unless given)."""
+               run_dir=None, command=None, **sections) -> Path:
+    """A spec for the ddp example (or `command`) in tmp/NAME.yaml (run dir tmp/NAME unless given)."""
     spec = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir or tmp / name),
-            "command": [sys.executable, "-m", "traind.jobs.examples.ddp", "--max-steps", str(max_steps),
-                        "--every-steps", str(every_steps), "--step-seconds", str(step_seconds)],
+            "command": command or [sys.executable, "-m", "traind.jobs.examples.ddp", "--max-steps", str(max_steps),
+                                   "--every-steps", str(every_steps), "--step-seconds", str(step_seconds)],
             "env": {"OMP_NUM_THREADS": "1"},
             "distributed": {"nproc_per_node": nproc, **sections.pop("distributed", {})},
             "checkpoint": {"every_steps": every_steps, "keep_last": 2},
@@ -68,14 +69,8 @@ def status(run_dir: Path) -> dict:
         return {}
 
 
-def wait_for(predicate, timeout: float, what: str, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def wait_for(predicate, timeout: float, what: str):
+    return wait_until(predicate, timeout, what, every=0.05)     # steps are short: poll often
 
 
 def step_of(run_dir: Path) -> int:
@@ -122,21 +117,6 @@ def assert_same_state(a: Path, b: Path) -> None:
     for x, y in zip(ra, rb):
         assert x["data_position"] == y["data_position"]
         assert_equal(x["rng_states"], y["rng_states"], f"rank {x['sharded']['rank']} rng_states")
-
-
-def assert_equal(x, y, where: str) -> None:
-    if isinstance(x, torch.Tensor):
-        assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), where
-    elif isinstance(x, dict):
-        assert isinstance(y, dict) and sorted(map(str, x)) == sorted(map(str, y)), where
-        for k in x:
-            assert_equal(x[k], y[k], f"{where}.{k}")
-    elif isinstance(x, (list, tuple)):
-        assert len(x) == len(y), where
-        for i, (u, v) in enumerate(zip(x, y)):
-            assert_equal(u, v, f"{where}[{i}]")
-    else:
-        assert x == y, f"{where}: {x!r} != {y!r}"
 
 
 def stop_group(sup: subprocess.Popen, sig=signal.SIGTERM, timeout=120) -> int:

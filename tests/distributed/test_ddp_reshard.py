@@ -20,11 +20,8 @@ def test_a_4_rank_checkpoint_loads_at_2_ranks_tensor_for_tensor_and_training_goe
     assert ckpt.name == "step-000000040" and len(rank_files(ckpt)) == 4
 
     out = tmp_path / "loaded.pt"
-    probe = write_spec(tmp_path, name="probe", run_dir=run_dir, nproc=2, env={"RESHARD_OUT": str(out)})
-    import yaml
-    spec = yaml.safe_load(probe.read_text())
-    spec["command"] = [sys.executable, str(REPO / "tests" / "distributed" / "reshard_job.py")]
-    probe.write_text(yaml.safe_dump(spec))
+    probe = write_spec(tmp_path, name="probe", run_dir=run_dir, nproc=2, env={"RESHARD_OUT": str(out)},
+                       command=[sys.executable, str(REPO / "tests" / "distributed" / "reshard_job.py")])
     assert run(probe, tmp_path / "probe.log") == 0, (tmp_path / "probe.log").read_text()[-3000:]
     loaded = torch.load(out, weights_only=True)
     assert loaded["world_size"] == 2 and loaded["step"] == 40

@@ -5,7 +5,6 @@ import signal
 import sys
 
 import pytest
-import yaml
 
 from ddphelpers import REPO, assert_same_state, metrics, newest, rank_files, run, start, step_of, wait_for, write_spec
 
@@ -13,12 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def _fsdp_spec(tmp_path, name, step_seconds):
-    path = write_spec(tmp_path, name=name, nproc=2, every_steps=20)
-    spec = yaml.safe_load(path.read_text())
-    spec["command"] = [sys.executable, str(REPO / "tests" / "distributed" / "fsdp_job.py"),
-                       "--step-seconds", str(step_seconds)]
-    path.write_text(yaml.safe_dump(spec))
-    return path, tmp_path / name
+    command = [sys.executable, str(REPO / "tests" / "distributed" / "fsdp_job.py"), "--step-seconds", str(step_seconds)]
+    return write_spec(tmp_path, name=name, nproc=2, every_steps=20, command=command), tmp_path / name
 
 
 def test_fsdp2_on_two_ranks_stops_at_one_step_and_resumes_bit_identical(tmp_path):

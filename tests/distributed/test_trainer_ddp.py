@@ -5,7 +5,6 @@ import signal
 import sys
 
 import pytest
-import yaml
 
 from ddphelpers import assert_same_state, metrics, newest, rank_files, run, start, step_of, wait_for, write_spec
 
@@ -13,12 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def _tiny(tmp_path, name, step_seconds):
-    spec_path = write_spec(tmp_path, name=name, nproc=2, every_steps=20)
-    spec = yaml.safe_load(spec_path.read_text())
-    spec["command"] = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", "70", "--every-steps", "20",
-                       "--val-every", "25", "--step-seconds", str(step_seconds)]
-    spec_path.write_text(yaml.safe_dump(spec))
-    return spec_path, tmp_path / name
+    command = [sys.executable, "-m", "traind.jobs.examples.tiny", "--max-steps", "70", "--every-steps", "20",
+               "--val-every", "25", "--step-seconds", str(step_seconds)]
+    return write_spec(tmp_path, name=name, nproc=2, every_steps=20, command=command), tmp_path / name
 
 
 def test_trainer_on_two_ranks_resumes_bit_identical_after_sigterm(tmp_path):
