@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from traind.fs.libc import libc_fn
+from traind.fs.memory import private_region
 from traind.jobs.priority import lower_priority
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Linux 5.14; older: EINVAL
@@ -47,18 +48,15 @@ def _new_buffer(shape, dtype, pin: bool) -> torch.Tensor:
     """A CPU buffer for a snapshot. Large host buffers are their own mmap: page-aligned (so the
     writer can hand them to O_DIRECT as they are), transparent huge pages where the kernel offers
     them (one 2 MiB fault instead of 512 small ones: faulting in is ~5x cheaper), faulted in here
-    in one call, and not inherited by forked DataLoader workers (else every page would be
-    copy-on-write, and the next snapshot would pay a fault and a copy for each)."""
+    in one call, and wiped in forked DataLoader workers (traind.fs.memory: else every page would
+    be copy-on-write, and the next snapshot would pay a fault and a copy for each)."""
     numel = 1
     for n in shape:
         numel *= n
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     if pin or nbytes < MMAP_MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device="cpu", pin_memory=pin)
-    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    for advice in ("MADV_DONTFORK", "MADV_HUGEPAGE"):
-        if hasattr(mmap, advice):
-            region.madvise(getattr(mmap, advice))
+    region = private_region(nbytes, huge=True)
     buf = torch.frombuffer(region, dtype=dtype, count=numel).view(shape)   # keeps `region` alive
     # Fault every page in now, not during the copy. Through ctypes, which releases the GIL
     # (mmap.madvise holds it, and this runs beside training during a warm-up).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 import xxhash
 
 from traind.fs.durable import start_writeback, write_all
+from traind.fs.memory import private_region
 
 ALGO = "xxh3_128"
 BLOCK_SIZE = 16 << 20
@@ -72,11 +72,8 @@ def hash_blocks(path: Path, block_size: int | None = None, threads: int | None =
 def staging_buffer(size: int = BLOCK_SIZE) -> memoryview:
     """A page-aligned buffer for the bytes of a block that cannot go to disk from where they are
     (O_DIRECT needs page-aligned memory). Kept by the caller from one save to the next: fresh
-    memory costs page faults. Not inherited by forked children (DataLoader workers)."""
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_DONTFORK"):
-        region.madvise(mmap.MADV_DONTFORK)
-    return memoryview(region)
+    memory costs page faults. Wiped in forked children (traind.fs.memory)."""
+    return memoryview(private_region(size))
 
 
 def _set_direct(fd: int, on: bool) -> bool:
