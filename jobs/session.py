@@ -34,6 +34,7 @@ from traind.jobs.lightning import schema as lightning_schema
 from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
 from traind.jobs.reporting import Console, MetricsLog
+from traind.jobs.savecost import SaveCost
 from traind.jobs.rng import capture_rng
 from traind.jobs import restore
 from traind.jobs.store import CheckpointStore
@@ -83,10 +84,9 @@ class Session:
         self.finished = False
         self.last_metrics: dict = {}
         self.resumed_from: Path | None = None
-        self._committed_step: int | None = None
-        self._save_started = 0.0
-        self._last_heartbeat = -1e18
-        self._epoch_end_pending = False
+        self._committed_step, self._save_started = None, 0.0   # the last commit; when the last save began
+        self.save_cost = SaveCost()       # steps beside a background save against steps without
+        self._last_heartbeat, self._epoch_end_pending = -1e18, False
         self.control, self._error_sent, self.group, self._group_stop = None, False, None, False
         with one_line_errors(self._report_error):
             self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
@@ -240,6 +240,7 @@ class Session:
             # snapshot buffers in the background, so the first periodic save stalls like the others.
             self.store.prepare(self.checkpoint_state())
         now = self.clock.monotonic()
+        self.save_cost.step(now)
         rate = (self.step - self._started_step) / max(now - self._started_at, 1e-9)
         with one_line_errors(self._report_error):
             self.metrics_log.append({"step": self.step, "epoch": self.position.epoch, **metrics,
@@ -302,12 +303,14 @@ class Session:
         """Checkpoint now. Non-blocking returns once tensors are snapshotted (commit reported later)."""
         now = self.clock.monotonic()
         self._save_started = now
+        self.save_cost.save_started()
         self.policy.saved(self.step, now)
         return self.store.save(self.checkpoint_state(), step=self.step, epoch=self.position.epoch,
                                reason=reason, metrics=dict(self.last_metrics), blocking=blocking)
 
     def _on_commit(self, info) -> None:     # may run on the store's background thread
         self._committed_step = info.step
+        self.save_cost.save_committed()
         seconds = round(self.clock.monotonic() - self._save_started, 3)
         if self.control is None:     # supervised: the supervisor logs each commit, once
             self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
@@ -316,7 +319,8 @@ class Session:
             return                      # one report per node's supervisor: the commit is the group's
         self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
                    reason=info.reason, seconds=seconds, bytes=info.size,
-                   writer_cpu_seconds=stats.get("writer_cpu_seconds"), blocked_seconds=stats.get("snapshot_seconds"))
+                   writer_cpu_seconds=stats.get("writer_cpu_seconds"), blocked_seconds=stats.get("snapshot_seconds"),
+                   slowdown=self.save_cost.slowdown())
 
     def _send(self, msg_type: str, **fields) -> None:
         if self.control is not None:

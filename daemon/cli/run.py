@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from traind.cli.show import ago
+from traind.cli.show import ago, size
 from traind.contract.errors import UsageError
 from traind.supervisor.runfiles import lock_is_held, read_status
 from traind.supervisor.spec import JobSpec, load_spec
@@ -146,6 +146,9 @@ def format_status(s: dict, *, now: float) -> str:
     lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {ago(now=now, then=ck.get('created'))} ago"))
     for skipped in (ck or {}).get("skipped_newer", []):
         lines.append(f"  skipped:   {skipped}")
+    cost = save_cost(s.get("last_checkpoint"))
+    if cost:
+        lines.append(f"last save:   {cost}")
     fail = s.get("last_failure")
     if isinstance(fail, dict):
         lines.append(f"last failure: attempt {fail.get('attempt')} {fail.get('exit')}"
@@ -153,6 +156,33 @@ def format_status(s: dict, *, now: float) -> str:
     if s.get("message"):
         lines.append(f"result:      {s['message']} (exit {s.get('exit_code')})")
     return "\n".join(lines)
+
+
+PER_GIB_FROM = 64 << 20
+
+
+def save_cost(ck) -> str | None:
+    """What the last commit cost, from what the job reported (status.json may have been edited:
+    a field that is not a number is left out, never a traceback)."""
+    if not isinstance(ck, dict) or not isinstance(ck.get("step"), int):
+        return None
+
+    def num(key):
+        value = ck.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    nbytes = num("bytes")
+    gib = nbytes / 2**30 if nbytes and nbytes >= PER_GIB_FROM else None     # per GiB: large states only
+    cpu, blocked, seconds, slowdown = (num(k) for k in ("writer_cpu_seconds", "blocked_seconds", "seconds", "slowdown"))
+    parts = [f"step {ck['step']} ({ck.get('reason')})"] + ([size(nbytes)] if nbytes else [])
+    if blocked is not None:
+        parts.append(f"caller blocked {blocked:.3f} s")
+    if cpu is not None:
+        parts.append(f"writer CPU {cpu:.3f} s" + (f" ({cpu / gib:.3f} s/GiB)" if gib else ""))
+    if seconds is not None:
+        parts.append(f"durable after {seconds:.2f} s")
+    if slowdown is not None:
+        parts.append(f"steps beside a save take {slowdown:.2f}x as long")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,10 @@ ENV_SPARE = "TRAIND_SPARE"                # "1": a warm spare: start up, then wa
 # --- child -> supervisor ----------------------------------------------------------------------
 HELLO = "hello"            # {"pid": int, "resumed_step": int|None}
 HEARTBEAT = "heartbeat"    # {"step", "epoch", "metrics": {str: float}, "steps_per_second", "total": max steps|None}
-CHECKPOINT = "checkpoint"  # {"step", "epoch", "path", "reason", "seconds", "bytes", "writer_cpu_seconds", "blocked_seconds"}
+CHECKPOINT = "checkpoint"  # {"step", "epoch", "path", "reason", "bytes", and CHECKPOINT_COSTS}
+# What a commit cost: seconds from the save call to durable, the writer's CPU seconds, how long
+# the caller was blocked, and the mean step time beside a background save over that without.
+CHECKPOINT_COSTS = ("seconds", "writer_cpu_seconds", "blocked_seconds", "slowdown")
 STOPPING = "stopping"      # {"reason": str}  about to exit after an emergency checkpoint
 ERROR = "error"            # {"message": str}
 SPARE_READY = "spare_ready"  # {"pid": int}  a warm spare is built and waits for RESUME (holds no lock yet)

@@ -247,11 +247,8 @@ class Supervisor(Records):
                                    "steps_per_second": step_rate(a, now, step, msg.get("steps_per_second"))}
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
-            self.last_checkpoint = {"step": msg.get("step"), "path": msg.get("path"), "reason": msg.get("reason"),
-                                    "seconds": msg.get("seconds"), "bytes": as_int(msg.get("bytes")),
-                                    "writer_cpu_seconds": msg.get("writer_cpu_seconds"),
-                                    "blocked_seconds": msg.get("blocked_seconds"),
-                                    "time": self.os.wall()}
+            self.last_checkpoint = {**{k: msg.get(k) for k in ("step", "path", "reason", *protocol.CHECKPOINT_COSTS)},
+                                    "bytes": as_int(msg.get("bytes")), "time": self.os.wall()}
             step = as_int(msg.get("step"))
             self.mirror.enqueue(msg.get("path"), step, msg.get("reason"))   # then to checkpoint.remote, if set
             if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
