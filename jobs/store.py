@@ -30,7 +30,9 @@ from traind.store.retention import check_retention
 log = logging.getLogger("traind.store")
 _Snapshotter = Snapshotter          # the name tests and benchmarks know
 DEADLINE_FRACTION = 0.5   # a background save still running this far into the save interval
-                          # goes back to normal priority, so it ends before the next is due
+                          # goes back to normal priority, so it ends before the next is due...
+TAIL_MARGIN = 1.5         # ... or earlier, if the last save needed more than the rest of the
+                          # interval once hurried (a slow disk): that long, times this, before
 INTERVALS_KEPT = 3        # the interval is the shortest of the last few (safe when irregular)
 
 
@@ -60,6 +62,7 @@ class CheckpointStore:
         self._last_call = time.monotonic()
         self._intervals: collections.deque[float] = collections.deque(maxlen=INTERVALS_KEPT)
         self._result: CheckpointInfo | None = None
+        self._tail = 0.0          # seconds the last background save took to commit once hurried
         self._error: BaseException | None = None
         self.last_stats: dict | None = None
         self._closed = False
@@ -79,6 +82,8 @@ class CheckpointStore:
         of the previous non-blocking save (once) before doing anything."""
         if self._closed:
             raise TraindError(f"{self.ckpt_dir}: checkpoint store is closed")
+        if self._thread is not None:
+            self._thread.hurry("next save")     # still running: the next deadline comes earlier
         self.flush()
         args = (int(step), epoch, reason, dict(metrics or {}))
         started = time.monotonic()
@@ -95,8 +100,16 @@ class CheckpointStore:
             lambda job: self._persist_in_background(snapshot, *args, started=started,
                                                     snapshot_seconds=snapshot_seconds, job=job),
             name=f"traind-ckpt-{step}",
-            deadline=started + DEADLINE_FRACTION * min(self._intervals))
+            deadline=started + self._deadline_after(min(self._intervals)))
         return None
+
+    def _deadline_after(self, interval: float) -> float:
+        """Seconds after its call at which a background save is hurried: halfway to the next
+        save, or early enough that the time the last hurried save needed still fits."""
+        offset = DEADLINE_FRACTION * interval
+        if self._tail:
+            offset = min(offset, interval - TAIL_MARGIN * self._tail)
+        return max(0.0, offset)
 
     def _persist_in_background(self, *args, **kwargs) -> None:
         try:
@@ -143,6 +156,9 @@ class CheckpointStore:
         except (OSError, TraindError) as err:   # committed already; a failed prune only costs space
             log.warning("pruning %s failed: %s", self.ckpt_dir, err)
         stats["commit_seconds"] = round(time.monotonic() - started, 6)
+        if job is not None:       # hurried by its deadline, or by the next save as it ran late
+            late = job.hurried_at is not None and job.hurried_by in ("deadline", "next save")
+            self._tail = time.monotonic() - job.hurried_at if late else 0.0
         info.stats = self.last_stats = stats      # what on_commit listeners may forward
         self._result = info
         if self.on_commit is not None:

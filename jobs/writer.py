@@ -137,6 +137,8 @@ class SaveThread:
         self.raised = False               # ... it was raised back by hurry()
         self.helped_cpu = 0.0        # CPU seconds that hurrying threads spent writing blocks
         self.helped_blocks = 0       # blocks they wrote
+        self.hurried_at: float | None = None   # when hurry() was first called (monotonic) ...
+        self.hurried_by: str | None = None     # ... and why: "deadline", "next save", "flush"
         self.tid: int | None = None
         self._urgent = False
         self._done = False
@@ -150,7 +152,7 @@ class SaveThread:
         # before the next one is due. The timer is made here, by the caller: normal priority.
         self._timer = None
         if deadline is not None:
-            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.hurry)
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.hurry, ("deadline",))
             self._timer.name, self._timer.daemon = f"{name}-deadline", True
         self._thread.start()
         if self._timer is not None:
@@ -191,11 +193,13 @@ class SaveThread:
                 n += 1
 
     # --- in the caller, or the deadline's timer --------------------------------------------------
-    def hurry(self) -> None:
+    def hurry(self, why: str = "flush") -> None:
         """Make the save finish as fast as it would in the foreground: raise the thread back to
         normal priority (where allowed) and write its remaining blocks from this thread."""
         with self._cond:
             self._urgent = True
+            if self.hurried_at is None:
+                self.hurried_at, self.hurried_by = time.monotonic(), why
             if self.lowered and self.tid is not None and raise_priority(self.tid):
                 self.raised, self.lowered = True, None
             self._cond.wait_for(lambda: self._file is not None or self._done)

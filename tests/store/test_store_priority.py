@@ -230,3 +230,28 @@ def test_a_save_during_prepare_takes_over_and_is_exact(tmp_path, monkeypatch):
         info = store.flush()
     assert ck.verify(info.path).valid
     assert all(torch.equal(t, torch.full((4 << 20,), 3.0)) for t in load_checkpoint(info.path)["t"])
+
+
+def test_a_save_that_ran_late_brings_the_next_deadline_forward(tmp_path, monkeypatch):
+    """A save still running when the next one is called (a slow disk) makes the following
+    deadline come early enough for the time it needed once hurried; quick saves keep halfway."""
+    import traind.jobs.store as store_module
+    monkeypatch.setattr(store_module, "DEADLINE_FRACTION", 0.5)
+    slow = threading.Event()
+    faults.fault_hook = lambda point: time.sleep(0.03) if point == "write" and slow.is_set() else None
+    try:
+        with CheckpointStore(tmp_path) as store:
+            for step in (1, 2, 3, 4):                  # the first interval counts from the store's start
+                store.save(state_of(float(step)), step=step, epoch=0, blocking=False)
+                time.sleep(0.4)                        # each commits well inside its interval
+            assert store._tail < 0.1 and 0.1 < store._thread._timer.interval <= 0.3     # about halfway
+            slow.set()                                 # from now on each write takes 30 ms more
+            store.save(state_of(5.0), step=5, epoch=0, blocking=False)
+            time.sleep(0.4)
+            store.save(state_of(6.0), step=6, epoch=0, blocking=False)   # step 5 still running
+            assert store._tail > 0.2                   # what step 5 needed after being hurried
+            assert store._thread._timer.interval < 0.1     # halfway would be 0.2; 0.4 - 1.5 x the tail
+            info = store.flush()
+        assert info.step == 6 and ck.verify(info.path).valid
+    finally:
+        faults.fault_hook = None
