@@ -57,13 +57,20 @@ def last_step(run_dir) -> int:
         return 0
 
 
-@pytest.mark.parametrize("warm_spare", [False, True], ids=["cold", "warm-spare"])
-def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_path, reap, warm_spare):
-    """Issue 4: the example job's child SIGKILLed at random moments, 20 times in one run; issue 14:
-    the same with a warm spare taking over each time (ready, or still starting)."""
-    alone = tmp_path / "alone"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The example run once, unsupervised: what both variants below must end equal to."""
+    alone = tmp_path_factory.mktemp("alone")
     subprocess.run([*JOB, "--run-dir", str(alone)], cwd=REPO, env={**os.environ, **ENV}, check=True,
                    capture_output=True, timeout=180)
+    return alone
+
+
+@pytest.mark.parametrize("warm_spare", [False, True], ids=["cold", "warm-spare"])
+def test_tiny_killed_twenty_times_at_random_matches_an_uninterrupted_run(tmp_path, reap, warm_spare, uninterrupted):
+    """Issue 4: the example job's child SIGKILLed at random moments, 20 times in one run; issue 14:
+    the same with a warm spare taking over each time (ready, or still starting)."""
+    alone = uninterrupted
     # Paced to >= 3 ms a step under supervision, so that each attempt trains for a while after its
     # torch start-up and the run can't finish between two kills on a fast or a loaded machine.
     spec = write_spec(tmp_path, command=[*JOB, "--step-seconds", "0.003"], workdir=str(REPO),
