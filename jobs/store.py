@@ -82,9 +82,7 @@ class CheckpointStore:
         of the previous non-blocking save (once) before doing anything."""
         if self._closed:
             raise TraindError(f"{self.ckpt_dir}: checkpoint store is closed")
-        if self._thread is not None:
-            self._thread.hurry("next save")     # still running: the next deadline comes earlier
-        self.flush()
+        self.flush(_why="next save")     # one still running makes the next deadline come earlier
         args = (int(step), epoch, reason, dict(metrics or {}))
         started = time.monotonic()
         if blocking:
@@ -168,12 +166,12 @@ class CheckpointStore:
                 log.exception("on_commit callback failed for %s", info.path)
         return info
 
-    def flush(self) -> CheckpointInfo | None:
+    def flush(self, _why: str = "flush") -> CheckpointInfo | None:
         """Wait for the in-flight save; re-raise its failure (once). Returns the last commit.
         The wait is never slowed by the save's idle priority: it is raised back where the OS
         allows, and this thread writes what is left itself."""
         if self._thread is not None:
-            self._thread.hurry()
+            self._thread.hurry(_why)
             self._thread.join()
             self._thread = None
         if self._error is not None:
