@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_checkpoint.py [--size-gib 1.0] [--dir DIR] [--repeat 3]
 
 (1) raw write + fsync of the same bytes (the floor)   (2) torch.save + fsync
-(3) our blocking save (CheckpointStore.save)           (4) how long a non-blocking save blocks the caller: steady, the first one without prepare() (it
+(3) our blocking save (CheckpointEngine.save)           (4) how long a non-blocking save blocks the caller: steady, the first one without prepare() (it
     allocates its buffers) and the first one after store.prepare(state) (warmed in the background)
 (5) verify with the files in page cache
 Targets: (3) >= 0.9x the throughput of (1); (4) <= 0.2 s/GiB and >= 15x less than (2), the first
@@ -26,7 +26,8 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from traind import store as ck# noqa: E402
-from traind.jobs.store import CheckpointStore, _Snapshotter, tensor_bytes  # noqa: E402
+from traind.jobs.engine import CheckpointEngine
+from traind.jobs.engine.snapshot import Snapshotter as _Snapshotter, tensor_bytes  # noqa: E402
 
 GIB = 1 << 30
 
@@ -99,13 +100,13 @@ def torch_save(state, out: Path) -> float:
 
 
 def our_blocking(state, run: Path, step: int) -> float:
-    with CheckpointStore(run, keep_last=1) as store:
+    with CheckpointEngine(run, keep_last=1) as store:
         t = time.perf_counter()
         store.save(state, step=step, epoch=0)
         return time.perf_counter() - t
 
 
-def our_nonblocking(store: CheckpointStore, state, step: int) -> tuple[float, float]:
+def our_nonblocking(store: CheckpointEngine, state, step: int) -> tuple[float, float]:
     """(time the caller was blocked, time until committed)."""
     t = time.perf_counter()
     store.save(state, step=step, epoch=0, blocking=False)
@@ -116,7 +117,7 @@ def our_nonblocking(store: CheckpointStore, state, step: int) -> tuple[float, fl
 
 def first_after_prepare(state, run: Path) -> float:
     """A fresh store: prepare(), wait for the warm-up, then the first non-blocking save."""
-    with CheckpointStore(run, keep_last=1) as store:
+    with CheckpointEngine(run, keep_last=1) as store:
         store.prepare(state)
         while not store._snap.prepared():
             time.sleep(0.01)
@@ -159,7 +160,7 @@ def main() -> int:
                                                         "snap1", "writer_cpu")}
         snap1 = _Snapshotter(threads=1)
         buffers = [torch.empty_like(t).zero_() for t in tensors_of(state)]
-        with CheckpointStore(work / "nb", keep_last=1) as nb_store:
+        with CheckpointEngine(work / "nb", keep_last=1) as nb_store:
             for i in range(args.repeat):
                 runs["raw"].append(raw_write(state, work / "raw.bin"))
                 (work / "raw.bin").unlink()

@@ -48,8 +48,8 @@ def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from traind.jobs.group import Group
-    from traind.jobs.sharded import ShardedStore
-    from traind.jobs.store import CheckpointStore
+    from traind.jobs.engine.sharded import ShardedStore
+    from traind.jobs.engine import CheckpointEngine
     torch.manual_seed(0)
     model = DistributedDataParallel(_model(mib))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -58,7 +58,7 @@ def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str
     group = Group.from_env() if world > 1 else None
     run_dir = Path(out_dir) / f"traind-{world}"
     if group is None:
-        store = CheckpointStore(run_dir, keep_last=1)
+        store = CheckpointEngine(run_dir, keep_last=1)
     else:
         store = ShardedStore(run_dir, group, model, [opt], keep_last=1)
     state = {"state_dict": model.module.state_dict(), "optimizer_states": [opt.state_dict()], "global_step": 0}

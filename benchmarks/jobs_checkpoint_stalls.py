@@ -168,7 +168,7 @@ def alternating(tmp: Path, every: int, pairs: int, per_block: int = 3) -> None:
     gives the extra time per save; blocks a few seconds long alternate, so the load of other
     processes weighs on every kind of block alike."""
     from traind.jobs.session import Session
-    from traind.jobs.store import tensor_bytes
+    from traind.jobs.engine.snapshot import tensor_bytes
     model, opt, data = large_job()
     session = Session(tmp / "alternating", model=model, optimizers=opt, every_steps=0)
     batches = iter(session.batches(data, batch_size=16))
@@ -234,7 +234,7 @@ def alternating(tmp: Path, every: int, pairs: int, per_block: int = 3) -> None:
 
 def in_process_saves(tmp: Path) -> None:
     from traind.jobs.session import Session
-    from traind.jobs.store import tensor_bytes
+    from traind.jobs.engine.snapshot import tensor_bytes
     model, opt, data = large_job()
     rows = []
     for run, prepare in (("inproc", False), ("prepared", True)):

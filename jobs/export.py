@@ -23,9 +23,9 @@ import torch
 
 from traind.contract.errors import UsageError
 from traind.fs.durable import atomic_write
-from traind.jobs.checkpoint_io import find_checkpoint, load_checkpoint
+from traind.jobs.engine.loading import find_checkpoint, load_checkpoint
 from traind.jobs.lifecycle import one_line_errors
-from traind.jobs.sharded import merge
+from traind.jobs.engine.sharded import merge
 from traind.store import format as fmt
 
 

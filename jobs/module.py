@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from traind.contract.errors import UsageError
-from traind.jobs.checkpoint_io import read_state
+from traind.jobs.engine.loading import read_state
 from traind.jobs.hparams import HyperparametersMixin
 
 

@@ -34,10 +34,10 @@ from traind.jobs.lightning import schema as lightning_schema
 from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
 from traind.jobs.preemption import FLAGS
 from traind.jobs.reporting import Console, MetricsLog
-from traind.jobs.savecost import SaveCost
+from traind.jobs.engine.savecost import SaveCost
 from traind.jobs.rng import capture_rng
 from traind.jobs import restore
-from traind.jobs.store import CheckpointStore
+from traind.jobs.engine import CheckpointEngine
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
@@ -134,14 +134,14 @@ class Session:
     def _open_store(self):
         options = {"keep_last": self.policy.keep_last, "keep_best": self.policy.keep_best, "on_commit": self._on_commit}
         if self.group is None:
-            return CheckpointStore(self.run_dir, **options)
-        from traind.jobs.sharded import ShardedStore
+            return CheckpointEngine(self.run_dir, **options)
+        from traind.jobs.engine.sharded import Sharded
         if self.model is None:
             raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
         fix_ddp_buckets(self.model)
         self.console.progress = self.group.leader   # one progress line per group; messages from every rank
         self.console.prefix += f"[rank {self.group.rank}] "
-        return ShardedStore(self.run_dir, self.group, self.model, self.optimizers, **options)
+        return CheckpointEngine(self.run_dir, Sharded(self.group, self.model, self.optimizers), **options)
 
     def _agree(self, *, stop: bool, checkpoint: bool = False) -> bool:
         """A group's ranks stop (and save) at the same step: each flag true on all if on any.

@@ -4,6 +4,12 @@ Protocol (PendingCheckpoint): write + fsync every file in the temp dir -> write 
 manifest (built by format.py) -> fsync the temp dir -> rename it to step-N -> fsync the
 checkpoints dir. A kill at any point leaves either the previous set of committed checkpoints or
 that set plus the complete new one; discovery (format.verify) trusts nothing else.
+
+Every way a checkpoint comes into being goes through this one protocol, and only this module
+makes a PendingCheckpoint: begin() for the one writer, attach() for the other ranks of a group
+writing into the writer's temp dir (they never commit or remove it). The job side's engine
+(jobs/engine/engine.py) calls commit() for its saves and imports; a download from a remote calls
+commit_manifest() with the remote's manifest bytes, verified before the rename.
 """
 from __future__ import annotations
 
@@ -51,6 +57,14 @@ def begin(ckpt_dir, step: int, expected_bytes: int) -> "PendingCheckpoint":
     return PendingCheckpoint(ckpt_dir, step, tmp)
 
 
+def attach(ckpt_dir, step: int, tmp_path) -> "PendingCheckpoint":
+    """The temp dir another process began (a group's rank 0): write files into it, never commit
+    or remove it (abort() does nothing here; the owner cleans up)."""
+    pending = PendingCheckpoint(fmt.checkpoints_dir(ckpt_dir), step, Path(tmp_path))
+    pending.owner = False
+    return pending
+
+
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -63,6 +77,7 @@ class PendingCheckpoint:
         self.step = int(step)
         self.tmp_path = tmp_path
         self._files: dict[str, dict] = {}
+        self.owner = True      # False for attach(): commit and abort belong to another process
         self.done = False
 
     def file_path(self, name: str) -> Path:
@@ -99,6 +114,22 @@ class PendingCheckpoint:
                 self.record(entry.name, *hashing.hash_blocks(Path(entry.path)))
         reach("commit:files-durable")
         manifest, data = fmt.build_manifest(step, epoch, reason, metrics, self._files, extra)
+        final, _ = self._seal(data)
+        return fmt.info_from_manifest(final, manifest)
+
+    def commit_manifest(self, data: bytes) -> CheckpointInfo:
+        """Commit the files already in the temp dir under a manifest built elsewhere (a remote
+        copy's, kept byte for byte). Every file is verified against it before the rename: an
+        invalid CheckpointInfo comes back and nothing is committed (the caller aborts)."""
+        final, problem = self._seal(data, verify_first=True)
+        return problem if final is None else fmt.verify(final, deep=False)
+
+    def _seal(self, data: bytes, verify_first: bool = False) -> tuple[Path | None, CheckpointInfo | None]:
+        """Manifest last: write and fsync it, fsync the temp dir, rename to step-N, fsync the
+        parent. Returns (step-N, None), or (None, why) when verify_first finds a file that does
+        not match the manifest."""
+        if not self.owner:
+            raise ValueError(f"{self.tmp_path}: attached to another process's checkpoint; its owner commits")
         fd = os.open(self.tmp_path / fmt.MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             write_all(fd, memoryview(data))
@@ -109,7 +140,11 @@ class PendingCheckpoint:
         reach("commit:manifest-durable")
         fsync_dir(self.tmp_path)
         reach("commit:tmpdir-durable")
-        final = self.ckpt_dir / fmt.step_dir_name(step)
+        if verify_first:
+            checked = fmt.verify(self.tmp_path)         # the one validity rule: parse + every byte
+            if not checked.valid:
+                return None, checked
+        final = self.ckpt_dir / fmt.step_dir_name(self.step)
         replaced = self.rename_into_place(final)
         reach("commit:renamed")
         fsync_dir(self.ckpt_dir)
@@ -118,7 +153,7 @@ class PendingCheckpoint:
         if replaced is not None:
             remove_tree(replaced)
         retention.remember_verified(final)
-        return fmt.info_from_manifest(final, manifest)
+        return final, None
 
     def rename_into_place(self, final: Path) -> Path | None:
         """Rename the temp dir to step-N. If step-N already exists (a second save at the same
@@ -136,7 +171,7 @@ class PendingCheckpoint:
 
     def abort(self) -> None:
         """Remove the temp dir (after a failed write); nothing was committed."""
-        if not self.done and self.tmp_path.exists():
+        if self.owner and not self.done and self.tmp_path.exists():
             remove_tree(self.tmp_path)
         self.done = True
 

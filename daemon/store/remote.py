@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from typing import Callable
 import xxhash
 
 from traind.contract.errors import TraindError
-from traind.fs.durable import fsync_dir, fsync_path, remove_tree, write_durably
+from traind.fs.durable import fsync_path
 from traind.store import format as fmt
 from traind.store import retention
-from traind.store.commit import PendingCheckpoint, WriterLock, check_free_space
+from traind.store.commit import WriterLock, begin
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 INSTALL_HINT = "pip install 'traind[remote]'"
@@ -91,30 +90,6 @@ class Upload:
     total_bytes: int
     seconds: float
     how: str                 # "uploaded" | "manifest only" | "already there"
-
-
-class _Download(PendingCheckpoint):
-    """A checkpoint fetched from the remote: its files and its original manifest bytes, committed
-    like any local checkpoint (the manifest stays byte-identical to the remote one)."""
-
-    def commit_fetched(self, manifest_raw: bytes) -> fmt.CheckpointInfo:
-        fd = os.open(self.tmp_path / fmt.MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            write_durably(fd, manifest_raw)
-        finally:
-            os.close(fd)
-        fsync_dir(self.tmp_path)
-        checked = fmt.verify(self.tmp_path)          # the one validity rule: parse + every byte
-        if not checked.valid:
-            return checked
-        final = self.ckpt_dir / fmt.step_dir_name(self.step)
-        replaced = self.rename_into_place(final)
-        fsync_dir(self.ckpt_dir)
-        self.done = True
-        if replaced is not None:
-            remove_tree(replaced)
-        retention.remember_verified(final)
-        return fmt.verify(final, deep=False)
 
 
 class Remote:
@@ -298,16 +273,14 @@ class Remote:
         if man is None:
             return fmt.CheckpointInfo(path=self.where(step), step=step, error=err)
         with WriterLock(ckpt_dir):
-            check_free_space(ckpt_dir, step, sum(e["size"] for e in man["files"].values()))
-            tmp = ckpt_dir / fmt.tmp_dir_name(step)
-            tmp.mkdir()
-            pending = _Download(ckpt_dir, step, tmp)
+            pending = begin(ckpt_dir, step, sum(e["size"] for e in man["files"].values()))
+            tmp = pending.tmp_path
             try:
                 for name in sorted(man["files"]):
                     self._call(f"download {name}", self.fs.get_file, self._path(step, name),
                                str(pending.file_path(name)))
                     fsync_path(pending.file_path(name))
-                info = pending.commit_fetched(raw)
+                info = pending.commit_manifest(raw)   # verified before it is renamed
             finally:
                 pending.abort()
         if not info.valid:

@@ -32,7 +32,7 @@ class RetentionProblem:
 
 
 def check_retention(keep_last, keep_best) -> tuple[tuple[int, dict | None] | None, RetentionProblem | None]:
-    """The one retention rule (spec, Trainer/Session policy and CheckpointStore all use it):
+    """The one retention rule (spec, Trainer/Session policy and CheckpointEngine all use it):
     keep_last an integer >= 1 (the newest is always kept); keep_best null or
     {metric: a name, mode: min|max (min), k: an integer >= 1 (1)}.
     Returns ((keep_last, keep_best normalised), None) or (None, what is wrong)."""

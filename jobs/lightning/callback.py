@@ -43,7 +43,7 @@ from traind.jobs.lightning.reporter import RunReporter
 from traind.jobs.lightning.sampler import resumable_copy, why_not_resumable
 from traind.jobs.preemption import FLAGS
 from traind.jobs.rng import capture_rng, restore_rng
-from traind.jobs.store import CheckpointStore
+from traind.jobs.engine import CheckpointEngine
 
 # Lightning warns about these when traind does the job instead (it resumes by itself; the loader is
 # resumable through the sampler, which Lightning's check does not look at).
@@ -87,7 +87,7 @@ class Checkpointing(pl.Callback):
         self._keep_best_given = keep_best is not None
         self.report = RunReporter()
         self.clock = self.report.clock
-        self.store: CheckpointStore | None = None
+        self.store: CheckpointEngine | None = None
         self.ckpt_dir: Path | None = None
         self.position = DataPosition()
         self._restored: dict | None = None        # traind's part of the checkpoint Lightning restored
@@ -115,7 +115,7 @@ class Checkpointing(pl.Callback):
             self.report.open(run_dir, trainer.global_rank, self.env)
             self._configure_policy(trainer)
             if trainer.global_rank == 0:
-                self.store = CheckpointStore(run_dir, keep_last=self.policy.keep_last,
+                self.store = CheckpointEngine(run_dir, keep_last=self.policy.keep_last,
                                              keep_best=self.policy.keep_best, on_commit=self._on_commit)
             seed = trainer.strategy.broadcast(torch.initial_seed() % 2**31, src=0)
             self.position = DataPosition(shuffle_seed=int(seed))

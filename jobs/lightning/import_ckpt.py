@@ -18,10 +18,10 @@ from pathlib import Path
 from traind import __version__, store
 from traind.contract import protocol
 from traind.contract.errors import UsageError
-from traind.jobs.checkpoint_io import UnusableCheckpoint, load_checkpoint, load_unverified
+from traind.jobs.engine.loading import UnusableCheckpoint, load_checkpoint, load_unverified
 from traind.jobs.lifecycle import one_line_errors
 from traind.jobs.lightning import schema
-from traind.jobs.store import tensor_bytes, write_state
+from traind.jobs.engine import CheckpointEngine
 
 
 
@@ -50,19 +50,13 @@ def import_checkpoint(file, run_dir) -> store.CheckpointInfo:
     state[schema.COUNTERS_KEY] = counters
     state.setdefault("traind_version", __version__)
     ckpt_dir = store.checkpoints_dir(run_dir)
-    with store.WriterLock(ckpt_dir):
+    with CheckpointEngine(run_dir, prune=False) as engine:    # the writer lock: no job writes meanwhile
         target = ckpt_dir / store.step_dir_name(step)
         if target.exists():
             raise UsageError(f"{target}: {run_dir} already has a checkpoint at step {step}; "
                              "nothing imported (move it away first)")
-        pending = store.begin(ckpt_dir, step, tensor_bytes(state))
-        try:
-            write_state(pending, state)
-            info = pending.commit(step, epoch, protocol.REASON_PERIODIC, {},
-                                  extra={"imported_from": str(file.resolve())})
-        except BaseException:
-            pending.abort()
-            raise
+        info = engine.save(state, step=step, epoch=epoch, reason=protocol.REASON_PERIODIC,
+                           extra={"imported_from": str(file.resolve())})
     load_checkpoint(info.path)       # read back through the verified path: it loads, as committed
     return info
 

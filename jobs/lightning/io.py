@@ -1,7 +1,7 @@
 """Lightning's CheckpointIO plugin over traind's store: where a Lightning run's saves land.
 
 Every resumable save Lightning makes (`trainer.save_checkpoint`, hence every ModelCheckpoint save)
-becomes a commit of `RUN_DIR/checkpoints/step-N` through traind.jobs.store.CheckpointStore:
+becomes a commit of `RUN_DIR/checkpoints/step-N` through traind.jobs.engine.CheckpointEngine:
 atomic, checksummed, non-blocking (the loop waits only for a snapshot into reused buffers), pruned
 by traind's retention, one writer. The file name Lightning chose is remembered, so that Lightning
 can load it back by that name (`ckpt_path="best"`); traind's retention, not ModelCheckpoint's

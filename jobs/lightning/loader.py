@@ -1,7 +1,7 @@
 """Loading checkpoints for Lightning: traind's are verified first, and may be named by their directory.
 
 `load_for_lightning(path)` is what traind's CheckpointIO plugin loads with: a traind checkpoint
-(a step dir, a file in one, a run or checkpoints dir) goes through traind.jobs.checkpoint_io
+(a step dir, a file in one, a run or checkpoints dir) goes through traind.jobs.engine.loading
 (sizes + xxh3 checked, weights_only=True); any other file (a Lightning .ckpt) loads as it is,
 still with weights_only=True. `install_loader()` routes Lightning's own loader through the same
 function for traind checkpoints only, so that `LitModule.load_from_checkpoint("runs/x/checkpoints/
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from traind import store
-from traind.jobs.checkpoint_io import load_checkpoint, load_unverified
+from traind.jobs.engine.loading import load_checkpoint, load_unverified
 
 log = logging.getLogger("traind.lightning")
 _installed = False

@@ -4,8 +4,8 @@ import torch
 
 from traind.jobs.data import EpochBatchSampler
 from traind.jobs.export import export, torch_optimizer_state
-from traind.jobs.sharded import merge, split_tensors
-from traind.jobs.store import CheckpointStore
+from traind.jobs.engine.sharded import merge, split_tensors
+from traind.jobs.engine import CheckpointEngine
 
 
 def test_each_rank_takes_a_disjoint_equal_share_of_the_epoch_as_a_function_of_seed_epoch_rank():
@@ -47,7 +47,7 @@ def test_optimizer_state_by_name_becomes_torchs_layout_by_position():
 
 
 def test_export_of_a_single_process_checkpoint_is_its_state(tmp_path):
-    with CheckpointStore(tmp_path / "run") as store:
+    with CheckpointEngine(tmp_path / "run") as store:
         info = store.save({"state_dict": {"w": torch.arange(4.0)}, "global_step": 7}, step=7, epoch=0)
     out = export(info.path, tmp_path / "out.pt")
     state = torch.load(out, weights_only=True)

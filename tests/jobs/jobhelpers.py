@@ -181,7 +181,7 @@ def checkpoints(run_dir) -> list[Path]:
 
 
 def final_state(run_dir) -> dict:
-    from traind.jobs.checkpoint_io import load_state
+    from traind.jobs.engine.loading import load_state
     return load_state(run_dir)
 
 

@@ -157,7 +157,7 @@ def test_load_from_checkpoint_in_a_fresh_process(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(run_dir), str(out_file)], cwd=REPO, env=job_env(),
                    check=True)
     got = torch.load(out_file, weights_only=True)
-    from traind.jobs.checkpoint_io import load_state
+    from traind.jobs.engine.loading import load_state
     from traind.jobs.examples.tiny import TinyClassifier
     state = load_state(run_dir)
     assert got["hp"] == state["hyper_parameters"] == TinyClassifier().hparams
@@ -214,7 +214,7 @@ def test_trainer_epochs_epoch_end_checkpoints_early_stopping_and_two_optimizers(
     assert code == 0, out
     per_epoch = 56                                  # 3584 training samples / 64
     assert [c.name for c in checkpoints(run_dir)] == [f"step-{per_epoch:09d}", f"step-{2 * per_epoch:09d}"]
-    from traind.jobs.checkpoint_io import load_state
+    from traind.jobs.engine.loading import load_state
     state = load_state(run_dir)
     assert (state["global_step"], state["epoch"]) == (2 * per_epoch, 2)
     assert state["callbacks"]["EarlyStopping"] == {"best": state["callbacks"]["EarlyStopping"]["best"],
@@ -268,9 +268,9 @@ def test_periodic_checkpoints_do_not_block_training(tmp_path):
 
 
 def test_resuming_a_checkpoint_of_another_program_is_one_line_exit_2(tmp_path):
-    from traind.jobs.store import CheckpointStore
+    from traind.jobs.engine import CheckpointEngine
     run_dir = tmp_path / "run"
-    store = CheckpointStore(run_dir)
+    store = CheckpointEngine(run_dir)
     store.save({"weights": torch.zeros(3)}, step=7, epoch=0)    # valid, but not a Session's state
     store.close()
     code, out = finish(start_function("traind.jobs.examples.own_loop", "main", str(run_dir), 10))

@@ -19,7 +19,7 @@ from traind.jobs.examples.tiny import Blobs, TinyClassifier  # noqa: E402
 from traind.jobs.lightning import schema  # noqa: E402
 from traind.jobs.lightning.sampler import ResumableSampler  # noqa: E402
 from traind.jobs.preemption import FLAGS  # noqa: E402
-from traind.jobs.store import CheckpointStore  # noqa: E402
+from traind.jobs.engine import CheckpointEngine  # noqa: E402
 
 from jobhelpers import assert_identical, metrics  # noqa: E402
 from test_load_paths import flip_a_weight_byte  # noqa: E402
@@ -62,7 +62,7 @@ def fit(run_dir, *callbacks, steps=STEPS, ckpt_path=None, extra=(), model=None, 
 
 
 def final(run_dir) -> dict:
-    return traind.jobs.checkpoint_io.load_state(run_dir)
+    return traind.jobs.engine.loading.load_state(run_dir)
 
 
 def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
@@ -133,7 +133,7 @@ def test_older_traind_checkpoints_still_restore(tmp_path):
     assert state["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 1
     legacy = {k: v for k, v in state.items() if k not in (schema.COUNTERS_KEY, schema.VERSION_KEY)}
     legacy["loops"] = {"global_step": 1, "epoch": 0, "batches_consumed": 1, "last_metrics": {"loss": 1.5}}
-    with CheckpointStore(tmp_path / "old") as st:
+    with CheckpointEngine(tmp_path / "old") as st:
         st.save(legacy, step=1, epoch=0)
     resumed = traind.Session(tmp_path / "old", model=torch.nn.Linear(2, 1), max_steps=3)
     assert (resumed.step, resumed.last_metrics) == (1, {"loss": 1.5})

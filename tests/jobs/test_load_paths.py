@@ -10,9 +10,9 @@ from torch import nn
 
 from traind import store as ck
 from traind.contract.errors import TraindError, UsageError
-from traind.jobs.checkpoint_io import UnusableCheckpoint, load_state, load_unverified
+from traind.jobs.engine.loading import UnusableCheckpoint, load_state, load_unverified
 from traind.jobs.module import TrainModule
-from traind.jobs.store import CheckpointStore, load_checkpoint
+from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 
 class Tiny(TrainModule):
@@ -30,7 +30,7 @@ def module_state(seed: int, width: int = 4) -> dict:
 
 
 def save_steps(run_dir, *steps) -> list:
-    with CheckpointStore(run_dir) as store:
+    with CheckpointEngine(run_dir) as store:
         return [store.save(module_state(step), step=step, epoch=0) for step in steps]
 
 
@@ -83,7 +83,7 @@ def test_a_flipped_byte_in_state_pt_is_refused_whatever_path_names_it(tmp_path, 
         with pytest.raises(TraindError, match="checksum mismatch") as err:
             load(path)
         assert str(info.path / ck.STATE_NAME) in one_line(err.value)
-    with CheckpointStore(tmp_path) as store, pytest.raises(TraindError, match="checksum mismatch"):
+    with CheckpointEngine(tmp_path) as store, pytest.raises(TraindError, match="checksum mismatch"):
         store.load(path)
 
 
@@ -130,7 +130,7 @@ def test_a_verified_state_pt_torch_cannot_read_is_an_unusable_checkpoint(tmp_pat
     info = commit_raw(tmp_path, 4, bytes(range(256)) * 16)   # valid manifest over garbage
     assert ck.verify(info.path).valid
     state_file = info.path / ck.STATE_NAME
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         loads = [store.load, lambda: store.load(info.path), lambda: load_checkpoint(state_file),
                  lambda: Tiny.load_from_checkpoint(tmp_path)]
         for load in loads:
@@ -152,7 +152,7 @@ def test_a_malicious_pickle_is_refused_in_one_line_and_never_runs(tmp_path, monk
     info = commit_raw(tmp_path / "run", 9, foreign.read_bytes())
     assert ck.verify(info.path).valid                  # the bytes are as committed: it is the content
     state_file = info.path / ck.STATE_NAME
-    with CheckpointStore(tmp_path / "run") as store:
+    with CheckpointEngine(tmp_path / "run") as store:
         loads = [(store.load, info.path), (lambda: store.load(info.path), info.path),
                  (lambda: load_checkpoint(info.path), info.path),
                  (lambda: Tiny.load_from_checkpoint(state_file), info.path),

@@ -90,8 +90,8 @@ def test_inspect_reads_state_without_torch_or_running_code(tmp_path):
 def test_inspect_reads_what_the_store_writes(tmp_path):
     """The store writes state.pt with torch's zip crc32 off; inspect must still read it."""
     import torch
-    from traind.jobs.store import CheckpointStore
-    store = CheckpointStore(tmp_path)
+    from traind.jobs.engine import CheckpointEngine
+    store = CheckpointEngine(tmp_path)
     store.save({"epoch": 1, "global_step": 7, "state_dict": torch.nn.Linear(3, 2).state_dict(),
                 "hyper_parameters": {"width": 3}}, step=7, epoch=1, reason="final")
     store.close()
@@ -102,7 +102,7 @@ def test_inspect_reads_what_the_store_writes(tmp_path):
     assert (got["global_step"], got["hyper_parameters"], got["tensor_count"]) == (7, {"width": 3}, 2)
     # A damaged newer one: inspect shows the valid one and says what it skipped, in its own output
     # (one report, no stray log line on stderr).
-    store = CheckpointStore(tmp_path)
+    store = CheckpointEngine(tmp_path)
     store.save({"global_step": 9}, step=9, epoch=1, reason="periodic")
     store.close()
     with open(tmp_path / "checkpoints" / "step-000000009" / "state.pt", "r+b") as f:

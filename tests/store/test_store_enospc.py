@@ -8,7 +8,7 @@ import torch
 from traind import store as ck
 from traind.store import faults
 from traind.contract.errors import TraindError
-from traind.jobs.store import CheckpointStore, load_checkpoint
+from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 MIB = 1 << 20
 
@@ -53,7 +53,7 @@ def assert_only_a_intact(store, a_info):
 
 
 def test_free_space_check_refuses_up_front(small_fs):
-    with CheckpointStore(small_fs / "run") as store:
+    with CheckpointEngine(small_fs / "run") as store:
         a = store.save(state_of(MIB, 1.0), step=1, epoch=0)
         for blocking in (True, False):        # non-blocking too: refused by save() itself
             with pytest.raises(TraindError, match=r"not enough free space for checkpoint step 2"):
@@ -69,7 +69,7 @@ def test_free_space_check_refuses_up_front(small_fs):
 ])
 def test_enospc_mid_write_cleans_up_and_keeps_earlier_checkpoints(small_fs, point, leave, blocking):
     filler = small_fs / "filler"
-    with CheckpointStore(small_fs / "run", keep_last=1) as store:
+    with CheckpointEngine(small_fs / "run", keep_last=1) as store:
         a = store.save(state_of(MIB, 1.0), step=1, epoch=0)
         faults.fault_hook = fill_disk_at(point, filler, leave)
         with pytest.raises(TraindError, match=r"step 2 failed: No space left on device; nothing committed"):

@@ -16,7 +16,7 @@ import torch
 
 from traind import store as ck
 from traind.store import faults
-from traind.jobs.store import CheckpointStore, load_checkpoint
+from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 torch.set_num_threads(1)
 COMMITTED_AFTER = {"commit:renamed", "commit:parent-durable", "prune:renamed", "prune:durable",
@@ -34,7 +34,7 @@ def record_points(ckpt_dir) -> list[tuple[str, int]]:
     seen = []
     faults.fault_hook = seen.append
     try:
-        with CheckpointStore(ckpt_dir, keep_last=1) as store:
+        with CheckpointEngine(ckpt_dir, keep_last=1) as store:
             store.save(make_state(1), step=1, epoch=0)
             seen.clear()
             store.save(make_state(2), step=2, epoch=0)
@@ -63,7 +63,7 @@ def fork_writer(ckpt_dir, *, step, tag, kill_at=None, blocking=True, big=False, 
             if (name, counts[name]) == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         faults.fault_hook = hook
-        store = CheckpointStore(ckpt_dir, keep_last=2)
+        store = CheckpointEngine(ckpt_dir, keep_last=2)
         if ready_w is not None:
             os.write(ready_w, b"go")
         store.save(state, step=step, epoch=0, reason="periodic", blocking=blocking)
@@ -158,7 +158,7 @@ def test_sigkill_at_every_protocol_point_and_random_times(tmp_path):
     assert kills >= 100, kills
     assert outcomes["killed"] >= 10, outcomes       # the random kills really landed mid-save
     # the next writer cleans every leftover of the dead ones
-    with CheckpointStore(ckpt_dir, keep_last=2):
+    with CheckpointEngine(ckpt_dir, keep_last=2):
         pass
     left = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("."))
     assert left == [".lock"], left

@@ -16,7 +16,7 @@ import os
 import torch
 
 from traind.fs import memory
-from traind.jobs.snapshot import Snapshotter
+from traind.jobs.engine.snapshot import Snapshotter
 from traind.store.hashing import staging_buffer
 
 MIB = 1 << 20

@@ -10,8 +10,8 @@ import torch
 
 from traind import store as ck
 from traind.store import faults
-from traind.jobs import priority, snapshot, writer
-from traind.jobs.store import CheckpointStore, load_checkpoint
+from traind.jobs.engine import priority, snapshot, writer
+from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
@@ -56,7 +56,7 @@ class Points:
 def no_deadline(monkeypatch):
     """A store's first interval counts from its creation, a moment before these saves: without
     this, the deadline would hurry every save at once."""
-    import traind.jobs.store as store_module
+    import traind.jobs.engine.engine as store_module
     monkeypatch.setattr(store_module, "DEADLINE_FRACTION", 1e6)
 
 
@@ -73,7 +73,7 @@ def test_the_writer_thread_runs_under_sched_idle_and_plans_at_normal(tmp_path, p
     hook = points()
     main = threading.get_native_id()
     committed = threading.Event()
-    with CheckpointStore(tmp_path, on_commit=lambda info: committed.set()) as store:
+    with CheckpointEngine(tmp_path, on_commit=lambda info: committed.set()) as store:
         store.save(state_of(1.0), step=1, epoch=0, blocking=False)
         assert committed.wait(30)           # no flush(): it would hurry the writer
         writes = [(t, p) for name, t, p in hook.seen if name == "write"]
@@ -88,7 +88,7 @@ def test_flush_raises_the_writer_back_to_normal_priority(tmp_path, points):
     if not can_raise_back():
         pytest.skip("no CAP_SYS_NICE / RLIMIT_NICE: SCHED_IDLE cannot be undone here")
     hook = points(stop_at="write")
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save(state_of(1.0), step=1, epoch=0, blocking=False)
         assert hook.reached.wait(20)
         tid = store._thread.tid
@@ -111,7 +111,7 @@ def test_where_it_cannot_be_raised_flush_writes_the_rest_itself(tmp_path, points
     monkeypatch.setattr(writer, "raise_priority", lambda tid=None: False)    # unprivileged
     hook = points(stop_at="write")
     main = threading.get_native_id()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save(state_of(1.0, blocks=4), step=1, epoch=0, blocking=False)
         assert hook.reached.wait(20)
         releaser = threading.Timer(0.3, hook.go.set)       # the writer is stuck mid-block
@@ -128,11 +128,11 @@ def test_where_it_cannot_be_raised_flush_writes_the_rest_itself(tmp_path, points
 def test_a_save_running_late_goes_back_to_normal_before_the_next_is_due(tmp_path, points, monkeypatch):
     if not can_raise_back():
         pytest.skip("no CAP_SYS_NICE / RLIMIT_NICE: SCHED_IDLE cannot be undone here")
-    import traind.jobs.store as store_module
+    import traind.jobs.engine.engine as store_module
     monkeypatch.setattr(store_module, "DEADLINE_FRACTION", 0.0)   # due at once
     hook = points()
     committed = threading.Semaphore(0)
-    with CheckpointStore(tmp_path, on_commit=lambda info: committed.release()) as store:
+    with CheckpointEngine(tmp_path, on_commit=lambda info: committed.release()) as store:
         store.save(state_of(1.0), step=1, epoch=0, blocking=False)
         assert committed.acquire(timeout=30)
         hook.seen.clear()
@@ -147,12 +147,12 @@ def test_a_save_running_late_goes_back_to_normal_before_the_next_is_due(tmp_path
 def test_the_deadline_timer_writes_the_rest_where_raising_is_refused(tmp_path, points, monkeypatch):
     """A starved SCHED_IDLE thread cannot raise itself; the deadline is kept by a timer made by
     the caller (normal priority), which writes the remaining blocks itself if need be."""
-    import traind.jobs.store as store_module
+    import traind.jobs.engine.engine as store_module
     monkeypatch.setattr(store_module, "DEADLINE_FRACTION", 0.0)
     monkeypatch.setattr(writer, "raise_priority", lambda tid=None: False)    # unprivileged
     hook = points(stop_at="write")
     committed = threading.Event()
-    with CheckpointStore(tmp_path, on_commit=lambda info: committed.set()) as store:
+    with CheckpointEngine(tmp_path, on_commit=lambda info: committed.set()) as store:
         store.save(state_of(1.0, blocks=4), step=1, epoch=0, blocking=False)
         if hook.reached.wait(20):                   # the writer went idle and is stuck mid-block
             threading.Timer(0.3, hook.go.set).start()
@@ -170,7 +170,7 @@ def test_writer_priority_nice_and_normal_stay_sched_other(tmp_path, points, monk
     base = os.getpriority(os.PRIO_PROCESS, 0)
     hook = points()
     committed = threading.Event()
-    with CheckpointStore(tmp_path, on_commit=lambda info: committed.set()) as store:
+    with CheckpointEngine(tmp_path, on_commit=lambda info: committed.set()) as store:
         store.save(state_of(1.0), step=1, epoch=0, blocking=False)
         assert committed.wait(30)
         assert store.flush().stats["priority"] == policy
@@ -192,7 +192,7 @@ def test_after_prepare_the_first_save_allocates_nothing_in_the_caller(tmp_path, 
     model(torch.randn(4, 512)).sum().backward()
     opt.step()
     state = lambda: {"state_dict": model.state_dict(), "optimizer_states": [opt.state_dict()]}  # noqa: E731
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.prepare(state())
         deadline = time.monotonic() + 30
         while not store._snap.prepared() and time.monotonic() < deadline:
@@ -222,7 +222,7 @@ def test_a_save_during_prepare_takes_over_and_is_exact(tmp_path, monkeypatch):
         return real(shape, dtype, pin)
     monkeypatch.setattr(snapshot, "_new_buffer", slow)
     state = state_of(3.0)
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.prepare(state)
         assert started.wait(10)
         store.save(state, step=1, epoch=0, blocking=False)   # stops the warm-up, adopts its buffers
@@ -235,12 +235,12 @@ def test_a_save_during_prepare_takes_over_and_is_exact(tmp_path, monkeypatch):
 def test_a_save_that_ran_late_brings_the_next_deadline_forward(tmp_path, monkeypatch):
     """A save still running when the next one is called (a slow disk) makes the following
     deadline come early enough for the time it needed once hurried; quick saves keep halfway."""
-    import traind.jobs.store as store_module
+    import traind.jobs.engine.engine as store_module
     monkeypatch.setattr(store_module, "DEADLINE_FRACTION", 0.5)
     slow = threading.Event()
     faults.fault_hook = lambda point: time.sleep(0.03) if point == "write" and slow.is_set() else None
     try:
-        with CheckpointStore(tmp_path) as store:
+        with CheckpointEngine(tmp_path) as store:
             for step in (1, 2, 3, 4):                  # the first interval counts from the store's start
                 store.save(state_of(float(step)), step=step, epoch=0, blocking=False)
                 time.sleep(0.4)

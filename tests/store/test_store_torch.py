@@ -1,4 +1,4 @@
-"""The torch side: CheckpointStore save/load, non-blocking snapshots, failures, safe loading."""
+"""The torch side: CheckpointEngine save/load, non-blocking snapshots, failures, safe loading."""
 import json
 import os
 import zipfile
@@ -9,8 +9,8 @@ import torch
 from traind import store as ck
 from traind.store import faults
 from traind.contract.errors import TraindError
-from traind.jobs.checkpoint_io import UnusableCheckpoint
-from traind.jobs.store import CheckpointStore, load_checkpoint
+from traind.jobs.engine.loading import UnusableCheckpoint
+from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,7 @@ def assert_same(a, b):
 def test_save_load_roundtrip_bit_exact(tmp_path, blocking):
     model, opt, state = make_state(3)
     commits = []
-    with CheckpointStore(tmp_path, on_commit=commits.append) as store:
+    with CheckpointEngine(tmp_path, on_commit=commits.append) as store:
         ret = store.save(state, step=3, epoch=1, metrics={"loss": torch.tensor(0.5)}, blocking=blocking)
         info = store.flush()
         assert (ret is not None) == blocking and info.valid and info.step == 3
@@ -65,7 +65,7 @@ def test_save_load_roundtrip_bit_exact(tmp_path, blocking):
 def test_nonblocking_snapshot_is_isolated_and_buffers_reused(tmp_path):
     model, opt, state = make_state(1)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
-    with CheckpointStore(tmp_path, keep_last=5) as store:
+    with CheckpointEngine(tmp_path, keep_last=5) as store:
         store.save(state, step=1, epoch=0, blocking=False)
         ptrs = {k: v.data_ptr() for k, v in store._snap._buffers.items()}
         with torch.no_grad():                      # training goes on while the save runs
@@ -88,7 +88,7 @@ def test_nonblocking_snapshot_is_isolated_and_buffers_reused(tmp_path):
 
 def test_background_failure_raised_at_next_save_flush_and_close(tmp_path, monkeypatch):
     _, _, state = make_state(1, width=8)
-    store = CheckpointStore(tmp_path)
+    store = CheckpointEngine(tmp_path)
     real_commit = ck.PendingCheckpoint.commit
 
     def broken(self, *a, **kw):
@@ -114,7 +114,7 @@ def test_background_failure_raised_at_next_save_flush_and_close(tmp_path, monkey
 
 def test_retention_and_protect_through_the_store(tmp_path):
     _, _, state = make_state(1, width=8)
-    with CheckpointStore(tmp_path, keep_last=2, keep_best={"metric": "loss", "mode": "min", "k": 1}) as store:
+    with CheckpointEngine(tmp_path, keep_last=2, keep_best={"metric": "loss", "mode": "min", "k": 1}) as store:
         store.save(state, step=1, epoch=0, metrics={"loss": 5.0})
         store.protect(store.ckpt_dir / "step-000000001")
         for step, loss in [(2, 1.0), (3, 3.0), (4, 4.0), (5, 2.0)]:
@@ -143,14 +143,14 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     # refused as one line naming the file (issue 10.3; was torch's raw UnpicklingError)
     with pytest.raises(UnusableCheckpoint, match="state.pt: refused"):
         load_checkpoint(info.path)
-    with CheckpointStore(tmp_path) as store, pytest.raises(UnusableCheckpoint):
+    with CheckpointEngine(tmp_path) as store, pytest.raises(UnusableCheckpoint):
         store.load()
     assert not marker.exists()
 
 
 def test_load_refuses_a_corrupt_checkpoint(tmp_path):
     _, _, state = make_state(1, width=8)
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         info = store.save(state, step=1, epoch=0)
     data = bytearray((info.path / "state.pt").read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -170,7 +170,7 @@ def test_eio_mid_write_and_unpicklable_state_are_one_line_errors(tmp_path, monke
         if sum(written) > 100_000:
             raise OSError(5, "Input/output error")
         real_write_all(fd, view)
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         good = store.save(state, step=1, epoch=0)
         monkeypatch.setattr(ckpt_hash, "write_all", failing_write_all)
         with pytest.raises(TraindError, match="step 2 failed: Input/output error; nothing committed"):
@@ -188,7 +188,7 @@ def test_eio_mid_write_and_unpicklable_state_are_one_line_errors(tmp_path, monke
 
 
 def test_snapshot_copies_every_kind_of_tensor_exactly():
-    from traind.jobs.store import _Snapshotter
+    from traind.jobs.engine.snapshot import Snapshotter as _Snapshotter
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     state = {
         "big": torch.randn(3_000_000),                           # split into chunks
@@ -215,7 +215,7 @@ def test_failing_on_commit_listener_does_not_fail_the_save(tmp_path):
 
     def broken_listener(info):
         raise BrokenPipeError("supervisor gone")
-    with CheckpointStore(tmp_path, on_commit=broken_listener) as store:
+    with CheckpointEngine(tmp_path, on_commit=broken_listener) as store:
         assert store.save(state, step=1, epoch=0).valid
         store.save(state, step=2, epoch=0, blocking=False)
         assert store.flush().step == 2
@@ -228,7 +228,7 @@ def test_tied_weights_stay_tied_through_a_nonblocking_save(tmp_path):
     model = torch.nn.ModuleDict({"emb": emb, "head": head})
     sd = model.state_dict(keep_vars=True)
     assert sd["emb.weight"] is sd["head.weight"]
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save({"state_dict": model.state_dict()}, step=1, epoch=0, blocking=False)
         info = store.flush()
         loaded = load_checkpoint(info.path)["state_dict"]
@@ -246,8 +246,8 @@ def test_tied_weights_stay_tied_through_a_nonblocking_save(tmp_path):
 def test_bad_retention_policy_is_a_usage_error_naming_the_field(tmp_path, keep_last, keep_best, field):
     from traind.contract.errors import UsageError
     with pytest.raises(UsageError, match=f"field '{field}'"):
-        CheckpointStore(tmp_path, keep_last=keep_last, keep_best=keep_best)
-    with CheckpointStore(tmp_path, keep_last=1, keep_best={"metric": "m"}):   # lock was not kept
+        CheckpointEngine(tmp_path, keep_last=keep_last, keep_best=keep_best)
+    with CheckpointEngine(tmp_path, keep_last=1, keep_best={"metric": "m"}):   # lock was not kept
         pass
 
 
@@ -258,7 +258,7 @@ def test_store_commits_durably_before_pruning_the_predecessor(tmp_path, blocking
     successor commits)."""
     from .conftest import assert_commit_order
     _, _, state = make_state(1)
-    with CheckpointStore(tmp_path / "run", keep_last=1) as store:
+    with CheckpointEngine(tmp_path / "run", keep_last=1) as store:
         store.save(state, step=1, epoch=0)
         durability_trace.clear()
         store.save(state, step=2, epoch=0, blocking=blocking)
@@ -287,7 +287,7 @@ def test_a_second_nonblocking_save_waits_for_the_one_in_flight(tmp_path):
             time.sleep(0.3)
     faults.fault_hook = slow_begin
     try:
-        with CheckpointStore(tmp_path, keep_last=5) as store:
+        with CheckpointEngine(tmp_path, keep_last=5) as store:
             store.save(state, step=1, epoch=0, blocking=False)
             with torch.no_grad():
                 model[0].weight.add_(1.0)          # `state` holds the live tensors

@@ -14,8 +14,8 @@ import torch
 from traind import store as ck
 from traind.contract.errors import TraindError
 from traind.store import hashing
-from traind.jobs import writer
-from traind.jobs.store import CheckpointStore
+from traind.jobs.engine import writer
+from traind.jobs.engine import CheckpointEngine
 
 torch.set_num_threads(1)
 MIB = 1 << 20
@@ -63,7 +63,7 @@ def direct(monkeypatch):
 @pytest.mark.parametrize("blocking", [True, False])
 def test_direct_io_file_is_torch_saves_bytes_and_loads_plainly(tmp_path, direct, blocking):
     state = big_state()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save(state, step=1, epoch=0, blocking=blocking)
         info = store.flush()
     assert info.stats["direct_io"] is True and info.stats["writer_cpu_seconds"] > 0
@@ -78,7 +78,7 @@ def test_direct_io_file_is_torch_saves_bytes_and_loads_plainly(tmp_path, direct,
 def test_page_cache_path_is_torch_saves_bytes(tmp_path, monkeypatch):
     monkeypatch.setenv(writer.DIRECT_ENV, "0")
     state = big_state()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save(state, step=1, epoch=0, blocking=False)
         info = store.flush()
     assert info.stats["direct_io"] is False
@@ -97,7 +97,7 @@ def test_tensor_bytes_go_to_disk_from_the_snapshot_buffers(tmp_path, direct, mon
         real(fd, view)
     monkeypatch.setattr(hashing, "write_all", traced)
     state = big_state()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         store.save(state, step=1, epoch=0, blocking=False)
         store.flush()
         buffers = {b.data_ptr(): b for b in store._snap._buffers.values() if b.numel() * b.element_size() >= MIB}
@@ -120,7 +120,7 @@ def test_einval_from_o_direct_falls_back_to_the_page_cache(tmp_path, direct, mon
         real(fd, view)
     monkeypatch.setattr(hashing, "write_all", refuse_first_direct)
     state = big_state()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         info = store.save(state, step=1, epoch=0)
     assert failed and info.stats["direct_io"] is False
     assert (info.path / ck.STATE_NAME).read_bytes() == torch_bytes(state, hashing.PAGE)
@@ -129,7 +129,7 @@ def test_einval_from_o_direct_falls_back_to_the_page_cache(tmp_path, direct, mon
 @pytest.mark.parametrize("blocking", [True, False])
 def test_eio_during_a_direct_write_is_one_line_and_commits_nothing(tmp_path, direct, monkeypatch, blocking):
     state = big_state()
-    with CheckpointStore(tmp_path) as store:
+    with CheckpointEngine(tmp_path) as store:
         good = store.save(state, step=1, epoch=0)
         real, written = hashing.write_all, []
 
@@ -186,7 +186,7 @@ def test_sigkill_at_every_write_of_a_direct_save_leaves_no_trusted_partial(tmp_p
     seen = []
     faults.fault_hook = seen.append
     try:
-        with CheckpointStore(tmp_path / "probe") as store:
+        with CheckpointEngine(tmp_path / "probe") as store:
             assert store.save(make_state(1, big=True), step=1, epoch=0).stats["direct_io"]
     finally:
         faults.fault_hook = None

@@ -55,7 +55,7 @@ def find_checkpoint(path) -> store.CheckpointInfo:
             raise UsageError(
                 f"{path}: no {store.MANIFEST_NAME} next to it, so it cannot be verified; to load a file "
                 f"you trust as it is, call load_from_checkpoint(path, unverified=True) or "
-                f"traind.jobs.checkpoint_io.load_unverified(path)")
+                f"traind.jobs.engine.loading.load_unverified(path)")
         path = path.parent
     if (path / store.MANIFEST_NAME).exists() or store.STEP_DIR_RE.match(path.name):
         info = store.verify(path)

@@ -18,6 +18,7 @@ halfway to the next save (so the save ends before the next is due).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -29,7 +30,7 @@ import torch
 from traind import store as ck
 from traind.store.faults import reach
 from traind.store.hashing import BLOCK_SIZE, PAGE, HashingWriter, WriteOnlyFile
-from traind.jobs.priority import background_policy, lower_priority, raise_priority
+from traind.jobs.engine.priority import background_policy, lower_priority, raise_priority
 
 DIRECT_ENV = "TRAIND_DIRECT_IO"     # "0": always through the page cache
 DIRECT_MIN_BYTES = 64 << 20         # below this the page cache costs little and fsync is short
@@ -132,7 +133,7 @@ class SaveThread:
     or a timer at the deadline (a starved SCHED_IDLE thread could not raise itself)."""
 
     def __init__(self, run: Callable[["SaveThread"], None], name: str,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, daemon: bool = False) -> None:
         self.lowered: str | None = None   # the policy this thread is under ("idle", "nice")
         self.raised = False               # ... it was raised back by hurry()
         self.helped_cpu = 0.0        # CPU seconds that hurrying threads spent writing blocks
@@ -143,11 +144,12 @@ class SaveThread:
         self._urgent = False
         self._done = False
         self._file: HashingWriter | None = None
+        self._self_writing = False    # in lowered(): the layout's own code writes, no blocks to help with
         self._cond = threading.Condition()
         self._baton = threading.Lock()
         self._helped = threading.Event()
         self._help_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, args=(run,), name=name, daemon=False)
+        self._thread = threading.Thread(target=self._main, args=(run,), name=name, daemon=daemon)
         # Past the deadline the save competes for the CPU like the training does, so it ends
         # before the next one is due. The timer is made here, by the caller: normal priority.
         self._timer = None
@@ -181,6 +183,20 @@ class SaveThread:
             if self._help_error is not None:
                 raise self._help_error
 
+    @contextlib.contextmanager
+    def at_low_priority(self):
+        """For a layout whose files are written by other code (DCP's writer, a framework's own
+        save): run the block at the low priority; hurry() can only raise it back, not help."""
+        with self._cond:
+            self._self_writing = True
+            if not self._urgent and lower_priority():
+                self.lowered = background_policy()
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            raise_priority()
+
     def _write_blocks(self, file: HashingWriter, stop: Callable[[], bool]) -> int | None:
         """Write blocks until none is left (their count) or stop() says so (None)."""
         n = 0
@@ -202,7 +218,7 @@ class SaveThread:
                 self.hurried_at, self.hurried_by = time.monotonic(), why
             if self.lowered and self.tid is not None and raise_priority(self.tid):
                 self.raised, self.lowered = True, None
-            self._cond.wait_for(lambda: self._file is not None or self._done)
+            self._cond.wait_for(lambda: self._file is not None or self._done or self._self_writing)
             file = self._file
         if file is None:
             return
