@@ -47,7 +47,7 @@ def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str
     from torch.nn.parallel import DistributedDataParallel
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    from traind.jobs.group import Group
+    from traind.jobs.runtime.group import Group
     from traind.jobs.engine.sharded import ShardedStore
     from traind.jobs.engine import CheckpointEngine
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=4)
-    from traind.jobs.group import Group
+    from traind.jobs.runtime.group import Group
     group, a = Group(rank, 4, rank), torch.randn(256, 256)
     out = {}
     for mode in ("none", "blocking", "late"):

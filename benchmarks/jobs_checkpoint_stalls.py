@@ -167,7 +167,7 @@ def alternating(tmp: Path, every: int, pairs: int, per_block: int = 3) -> None:
     taking turns between MODES. A block with saves against the mean of its neighbours without
     gives the extra time per save; blocks a few seconds long alternate, so the load of other
     processes weighs on every kind of block alike."""
-    from traind.jobs.session import Session
+    from traind.jobs.runtime.session import Session
     from traind.jobs.engine.snapshot import tensor_bytes
     model, opt, data = large_job()
     session = Session(tmp / "alternating", model=model, optimizers=opt, every_steps=0)
@@ -233,7 +233,7 @@ def alternating(tmp: Path, every: int, pairs: int, per_block: int = 3) -> None:
 
 
 def in_process_saves(tmp: Path) -> None:
-    from traind.jobs.session import Session
+    from traind.jobs.runtime.session import Session
     from traind.jobs.engine.snapshot import tensor_bytes
     model, opt, data = large_job()
     rows = []

@@ -1,6 +1,6 @@
 """`traind.lightning`: the Lightning integration, by its short name (torch-free until used).
 
-`traind.lightning.Checkpointing` and the other names of `traind.jobs.lightning` resolve on first
+`traind.lightning.Checkpointing` and the other names of `traind.jobs.adapters.lightning` resolve on first
 use, so importing this module imports neither torch nor Lightning (the supervisor side imports
 every daemon module; tests/test_no_torch.py checks).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-_TARGET = "traind.jobs.lightning"
+_TARGET = "traind.jobs.adapters.lightning"
 
 
 def __getattr__(name):

@@ -6,18 +6,18 @@ Public API: Trainer, TrainModule, DataModule, callbacks (CheckpointPolicy, Early
 import os as _os
 
 from traind.contract import protocol as _protocol
-from traind.jobs import preemption as _preemption
+from traind.jobs.runtime import preemption as _preemption
 
 if _os.environ.get(_protocol.ENV_CONTROL_FD):
     # Under a supervisor, record stop signals from the very start: importing torch and building
     # the model can take long enough for a preemption notice to arrive.
     _preemption.install()
 
-from traind.jobs.callbacks import Callback, CheckpointPolicy, EarlyStopping  # noqa: E402
-from traind.jobs.data import DataModule, DataPosition, EpochBatchSampler, resumable_loader  # noqa: E402
-from traind.jobs.module import TrainModule  # noqa: E402
-from traind.jobs.rng import seed_everything  # noqa: E402
-from traind.jobs.session import Preempted, Session  # noqa: E402
+from traind.jobs.runtime.callbacks import Callback, CheckpointPolicy, EarlyStopping  # noqa: E402
+from traind.jobs.runtime.data import DataModule, DataPosition, EpochBatchSampler, resumable_loader  # noqa: E402
+from traind.jobs.training.module import TrainModule  # noqa: E402
+from traind.jobs.runtime.rng import seed_everything  # noqa: E402
+from traind.jobs.runtime.session import Preempted, Session  # noqa: E402
 
 __all__ = [
     "Callback", "CheckpointPolicy", "EarlyStopping", "DataModule", "DataPosition",
@@ -28,6 +28,6 @@ __all__ = [
 
 def __getattr__(name):  # Trainer is imported on first use (it pulls in more of torch)
     if name == "Trainer":
-        from traind.jobs.trainer import Trainer
+        from traind.jobs.training.trainer import Trainer
         return Trainer
     raise AttributeError(f"module 'jobs' has no attribute {name!r}")

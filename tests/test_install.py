@@ -32,7 +32,7 @@ CHECK = textwrap.dedent("""
     assert "torch" not in sys.modules, "import traind imported torch"
     import traind.cli, traind.supervisor.loop, traind.service.daemon
     assert "torch" not in sys.modules, "the supervisor side imported torch"
-    assert traind.Session.__module__ == "traind.jobs.session" and "torch" in sys.modules
+    assert traind.Session.__module__ == "traind.jobs.runtime.session" and "torch" in sys.modules
     print("ok", traind.__file__)
 """)
 

@@ -15,9 +15,9 @@ import traind
 ROOTS = {"traind": Path(traind.__path__[0]), "traind.jobs": Path(traind.__path__[0]).parent / "jobs"}
 
 
-def modules() -> dict[str, Path]:
+def modules(roots=ROOTS) -> dict[str, Path]:
     found = {}
-    for prefix, root in ROOTS.items():
+    for prefix, root in roots.items():
         for path in root.rglob("*.py"):
             rel = path.relative_to(root).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
@@ -27,12 +27,14 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def module_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
+def module_level_imports(name: str, path: Path, known: set[str], *, everywhere: bool = False) -> set[str]:
+    """The modules `name` imports at module level (including under if/try at top level), or,
+    with everywhere=True, anywhere in it (function-level imports included)."""
     tree = ast.parse(path.read_text())
     is_pkg = path.name == "__init__.py"
     out = set()
-    for node in tree.body:       # module level only (including under if/try at top level)
-        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+    for node in tree.body:
+        for sub in ast.walk(node) if everywhere or isinstance(node, (ast.If, ast.Try)) else [node]:
             if isinstance(sub, ast.Import):
                 out.update(a.name for a in sub.names)
             elif isinstance(sub, ast.ImportFrom):
@@ -72,9 +74,19 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def import_graph() -> dict[str, set[str]]:
-    mods = modules()
-    return {n: module_level_imports(n, p, set(mods)) for n, p in mods.items()}
+def import_graph(roots=ROOTS, *, everywhere: bool = False) -> dict[str, set[str]]:
+    mods = modules(roots)
+    return {n: module_level_imports(n, p, set(mods), everywhere=everywhere) for n, p in mods.items()}
+
+
+ADAPTERS = "traind.jobs.adapters"
+
+
+def core_imports_of_adapters(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, adapter it imports) for every module outside the adapters (and the examples,
+    which are user code) that imports an adapter, at any level."""
+    return sorted((name, dep) for name, deps in graph.items() for dep in deps
+                  if dep.startswith(ADAPTERS) and not name.startswith((ADAPTERS, "traind.jobs.examples")))
 
 
 def test_no_import_circles():
@@ -82,6 +94,44 @@ def test_no_import_circles():
     assert len(graph) > 40
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_import_circles_through_function_level_imports_either():
+    """A late import inside a function only hides a circle (cli/ckpt.py <-> cli/ckpt_remote.py did)."""
+    cycle = find_cycle(import_graph(everywhere=True))
+    assert cycle is None, "import circle (function-level imports included): " + " -> ".join(cycle)
+
+
+def test_the_core_never_imports_an_adapter():
+    """Adapters plug into the runtime and the engine; nothing else knows them (at any level)."""
+    assert core_imports_of_adapters(import_graph(everywhere=True)) == []
+
+
+def _planted_tree(tmp_path) -> dict:
+    """A tiny package laid out as ours is, with one planted violation of each rule."""
+    files = {
+        "jobs/__init__.py": "",
+        "jobs/runtime/__init__.py": "",
+        "jobs/runtime/session.py": "def f():\n    from traind.jobs.adapters.fancy import hook\n",
+        "jobs/adapters/__init__.py": "",
+        "jobs/adapters/fancy.py": "from traind.jobs.runtime import session\n",
+        "daemon/__init__.py": "",
+        "daemon/cli/__init__.py": "",
+        "daemon/cli/a.py": "from traind.cli import b\n",
+        "daemon/cli/b.py": "def g():\n    from traind.cli import a\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return {"traind": tmp_path / "daemon", "traind.jobs": tmp_path / "jobs"}
+
+
+def test_the_rules_fail_on_planted_violations(tmp_path):
+    roots = _planted_tree(tmp_path)
+    assert find_cycle(import_graph(roots)) is None                  # invisible at module level ...
+    assert find_cycle(import_graph(roots, everywhere=True)) == ["traind.cli.a", "traind.cli.b", "traind.cli.a"]
+    assert core_imports_of_adapters(import_graph(roots, everywhere=True)) == [
+        ("traind.jobs.runtime.session", "traind.jobs.adapters.fancy")]
 
 
 def test_the_cycle_finder_finds_a_circle():
@@ -123,7 +173,7 @@ def test_import_traind_is_torch_free_and_job_names_resolve_lazily(tmp_path):
         import traind
         assert 'torch' not in sys.modules, 'import traind imported torch'
         assert importlib.util.find_spec('daemon') is None and importlib.util.find_spec('jobs') is None
-        assert traind.Session.__module__ == 'traind.jobs.session' and 'torch' in sys.modules
+        assert traind.Session.__module__ == 'traind.jobs.runtime.session' and 'torch' in sys.modules
         for name in traind.JOB_SIDE_NAMES:
             getattr(traind, name)
         print('ok')

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from traind import store as ck
 from traind.cli import ckpt_remote
-from traind.cli.show import ago, size, timestamp
-from traind.store import format as fmt
+from traind.cli.ckpt_views import print_table, print_verdicts, show_inspection
 from traind.contract.errors import UsageError
 
 
@@ -73,20 +72,6 @@ def _is_checkpoint_dir(p: Path) -> bool:
     return bool(ck.STEP_DIR_RE.match(p.name)) or (p / ck.MANIFEST_NAME).exists()
 
 
-def _status(info: ck.CheckpointInfo) -> str:
-    return "valid" if info.valid else f"INVALID: {info.error}"
-
-
-def print_table(infos: list[ck.CheckpointInfo]) -> None:
-    rows = [("STEP", "EPOCH", "REASON", "SIZE", "RANKS", "AGE", "STATUS")]
-    for i in infos:
-        rows.append((str(i.step if i.step is not None else "?"), str(i.epoch if i.epoch is not None else "-"),
-                     i.reason or "-", size(i.size), str(i.ranks or 1), ago(i.created, missing="-"), _status(i)))
-    widths = [max(len(r[c]) for r in rows) for c in range(6)]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r[:6], widths)) + "  " + r[6])
-
-
 def cmd_ls(args) -> int:
     if ckpt_remote.is_remote_url(args.dir):
         return ckpt_remote.remote_ls(args)
@@ -111,17 +96,6 @@ def cmd_verify(args) -> int:
     return print_verdicts(infos, args.json, f"no checkpoints in {ck.checkpoints_dir(p)}")
 
 
-def print_verdicts(infos: list[ck.CheckpointInfo], as_json: bool, empty: str) -> int:
-    """`ckpt verify`'s output, local or remote: exit 0 when there are checkpoints and all verify."""
-    if as_json:
-        print(json.dumps([i.to_json() for i in infos], indent=1))
-    elif not infos:
-        print(empty)
-    for i in infos if not as_json else ():
-        print(f"ok       {i.path}" if i.valid else f"INVALID  {i.error}")
-    return 0 if infos and all(i.valid for i in infos) else 1
-
-
 def cmd_inspect(args) -> int:
     if ckpt_remote.is_remote_url(args.path):
         return ckpt_remote.remote_inspect(args)
@@ -139,41 +113,6 @@ def cmd_inspect(args) -> int:
             raise UsageError(f"{ck.checkpoints_dir(p)}: no valid checkpoint to inspect"
                              + (f" ({len(skipped)} invalid)" if skipped else ""))
     return show_inspection(info, skipped, args.json)
-
-
-def show_inspection(info: ck.CheckpointInfo, skipped: list, as_json: bool, shown: str | None = None) -> int:
-    """Print what one checkpoint holds; `shown` names it when its files sit elsewhere (a remote one)."""
-    from traind.store.inspect import summarize_state   # only this command needs it
-
-    out = {"path": shown or str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
-           "epoch": info.epoch, "reason": info.reason, "created": info.created,
-           "metrics": info.metrics, "size": info.size}
-    if skipped:
-        out["skipped_newer"] = [f"{Path(bad.path).name}: {bad.error}" for bad in skipped]
-    state = info.path / ck.STATE_NAME
-    if info.ranks:      # sharded: the tensors are DCP's; rank 0's own file has the rest
-        state = info.path / fmt.rank_state_name(0)
-        out["sharded"] = {"ranks": info.ranks, "engine": "torch.distributed.checkpoint",
-                          "shard_bytes": sum(f.stat().st_size for f in info.path.glob("__*.distcp"))}
-    try:
-        s = summarize_state(state)
-        out.update(global_step=s.global_step, state_epoch=s.epoch, hyper_parameters=s.hyper_parameters,
-                   top_level_keys=s.top_level_keys, tensor_count=s.tensor_count,
-                   tensor_bytes=s.tensor_bytes, storage_bytes=s.storage_bytes)
-    except FileNotFoundError:
-        out["state_error"] = f"{state}: missing"
-    except (ValueError, OSError) as err:
-        out["state_error"] = f"{state}: {err}"
-    if as_json:
-        print(json.dumps(out, indent=1, default=str))
-    else:
-        for key, value in out.items():
-            if isinstance(value, (dict, list)):
-                value = json.dumps(value, default=str)
-            elif key == "created":       # people read times, not epoch seconds (--json keeps those)
-                value = f"{timestamp(value)} ({ago(value, missing='?')} ago)"
-            print(f"{key + ':':<18}{value}")
-    return 0 if info.valid and "state_error" not in out else 1
 
 
 def _inspect_file(path: Path, as_json: bool) -> int:
@@ -203,7 +142,7 @@ def cmd_export(args) -> int:
 
     if importlib.util.find_spec("torch") is None:
         raise UsageError("ckpt export needs torch in this Python (pip install torch)")
-    return subprocess.run([sys.executable, "-m", "traind.jobs.export", str(args.path), str(args.out)]).returncode
+    return subprocess.run([sys.executable, "-m", "traind.jobs.engine.export", str(args.path), str(args.out)]).returncode
 
 
 def cmd_import(args) -> int:
@@ -217,5 +156,5 @@ def cmd_import(args) -> int:
                          "ckpt import takes one .ckpt/.pt file")
     if importlib.util.find_spec("torch") is None:
         raise UsageError("ckpt import needs torch in this Python (pip install torch)")
-    return subprocess.run([sys.executable, "-m", "traind.jobs.lightning.import_ckpt",
+    return subprocess.run([sys.executable, "-m", "traind.jobs.adapters.lightning.import_ckpt",
                            str(src), str(args.run_dir)]).returncode

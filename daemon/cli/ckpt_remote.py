@@ -13,6 +13,7 @@ import yaml
 from traind import store as ck
 from traind.contract.errors import TraindError, UsageError
 from traind.store.remote import Remote, is_remote_url
+from traind.cli.ckpt_views import print_table, print_verdicts, show_inspection
 
 __all__ = ["add_options", "is_remote_url", "remote_ls", "remote_verify", "remote_inspect"]
 
@@ -53,7 +54,6 @@ def _open(url: str, items: list[str]) -> tuple[Remote, int | None]:
 
 
 def remote_ls(args) -> int:
-    from traind.cli.ckpt import print_table
     remote, step = _open(args.dir, args.remote_options)
     objects = remote.objects(step)
     infos = [remote.check(s, files, deep=not args.quick) for s, files in objects.items()]
@@ -67,7 +67,6 @@ def remote_ls(args) -> int:
 
 
 def remote_verify(args) -> int:
-    from traind.cli.ckpt import print_verdicts
     remote, step = _open(args.path, args.remote_options)
     infos = [remote.check(s, files, deep=True, every_file=True) for s, files in remote.objects(step).items()]
     if step is not None and not infos:
@@ -79,7 +78,6 @@ def remote_verify(args) -> int:
 def remote_inspect(args) -> int:
     """The newest valid remote checkpoint (or the step named), fetched into a temporary dir through
     the commit protocol (every checksum verified), then inspected like a local one."""
-    from traind.cli.ckpt import show_inspection
     remote, step = _open(args.path, args.remote_options)
     steps = [step] if step is not None else list(remote.objects())
     skipped = []

@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 
-PROGRESS_RE = re.compile(r"^step \d+(/\d+)? epoch ")   # the job's periodic progress line (traind.jobs.reporting)
+PROGRESS_RE = re.compile(r"^step \d+(/\d+)? epoch ")   # the job's periodic progress line (traind.jobs.runtime.reporting)
 
 
 class Terminal:

@@ -26,11 +26,11 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from traind import store as ck
 from traind.contract.errors import TraindError
 from traind.jobs.engine.loading import UnusableCheckpoint
-from traind.jobs.group import Group
+from traind.jobs.runtime import schema
+from traind.jobs.runtime.group import Group
 from traind.store import format as fmt
 from traind.store import hashing
 
-TENSOR_KEYS = ("state_dict", "optimizer_states")     # what DCP holds; the rest is per rank
 
 
 _NONE = object()      # "nothing on this side" (None itself is a value: SGD's momentum_buffer may be None)
@@ -85,7 +85,7 @@ class Sharded:
         """{"t": the model and optimizer tensors (for DCP), "r": this rank's own state}."""
         msd, osd = get_state_dict(self.model, self.optimizers)
         tensors, rest = split_tensors({"model": msd, "optim": osd})
-        rank_state = {k: v for k, v in state.items() if k not in TENSOR_KEYS}
+        rank_state = schema.rank_part(state)
         rank_state["sharded"] = {"rank": self.group.rank, "world_size": self.group.world_size, "rest": rest}
         return {"t": tensors or {}, "r": rank_state}
 

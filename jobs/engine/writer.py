@@ -10,7 +10,7 @@ storages start on page boundaries in the file, as O_DIRECT wants; torch.load rea
 
 A background save (SaveThread) first plans the file (torch.save into the writer, which keeps
 views and copies only headers and the pickle), at normal priority since it holds the GIL, then
-writes it block by block at a low priority (jobs/priority.py; SCHED_IDLE by default). hurry()
+writes it block by block at a low priority (jobs/engine/priority.py; SCHED_IDLE by default). hurry()
 makes it finish as fast as a foreground save: the thread is raised back to SCHED_OTHER where
 the OS allows, and the hurrying thread writes the remaining blocks itself, at its own priority.
 flush() hurries (so the emergency path is never slowed), and so does a timer at the deadline,

@@ -14,8 +14,8 @@ import yaml
 
 from tests.cluster.helpers import wait_until
 from tests.jobs.jobhelpers import assert_identical as assert_equal   # bit for bit, bytes compared
-from traind.jobs.export import consolidated_state
-from traind.jobs.session import TIMING_KEYS
+from traind.jobs.engine.export import consolidated_state
+from traind.jobs.runtime.session import TIMING_KEYS
 from traind.store import format as fmt
 
 REPO = Path(__file__).resolve().parents[2]

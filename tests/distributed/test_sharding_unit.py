@@ -2,8 +2,8 @@
 a sharded state, and `ckpt export` of a single-process checkpoint."""
 import torch
 
-from traind.jobs.data import EpochBatchSampler
-from traind.jobs.export import export, torch_optimizer_state
+from traind.jobs.runtime.data import EpochBatchSampler
+from traind.jobs.engine.export import export, torch_optimizer_state
 from traind.jobs.engine.sharded import merge, split_tensors
 from traind.jobs.engine import CheckpointEngine
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from traind.jobs.session import TIMING_KEYS
+from traind.jobs.runtime.session import TIMING_KEYS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

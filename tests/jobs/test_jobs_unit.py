@@ -10,15 +10,15 @@ import torch
 
 from traind.contract import protocol
 from traind.contract.errors import UsageError
-from traind.jobs.callbacks import CheckpointPolicy, EarlyStopping
-from traind.jobs.control import ControlChannel
-from traind.jobs.data import DataPosition, EpochBatchSampler, resumable_loader
-from traind.jobs.hparams import HyperparameterError, HyperparametersMixin
-from traind.jobs.optim import parse_optimizers
-from traind.jobs.preemption import StopFlags
-from traind.jobs.reporting import MetricsLog, read_metrics
-from traind.jobs.rng import capture_rng, restore_rng
-from traind.jobs.session import Event, Phase, transition
+from traind.jobs.runtime.callbacks import CheckpointPolicy, EarlyStopping
+from traind.jobs.runtime.control import ControlChannel
+from traind.jobs.runtime.data import DataPosition, EpochBatchSampler, resumable_loader
+from traind.jobs.training.hparams import HyperparameterError, HyperparametersMixin
+from traind.jobs.training.optim import parse_optimizers
+from traind.jobs.runtime.preemption import StopFlags
+from traind.jobs.runtime.reporting import MetricsLog, read_metrics
+from traind.jobs.runtime.rng import capture_rng, restore_rng
+from traind.jobs.runtime.session import Event, Phase, transition
 
 
 def test_sampler_skips_consumed_batches_by_index():
@@ -199,7 +199,7 @@ class _Stream(io.StringIO):
 
 
 def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
-    from traind.jobs.reporting import Console
+    from traind.jobs.runtime.reporting import Console
     tty, plain = _Stream(True), _Stream(False)
     for stream in (tty, plain):
         console = Console(100, stream=stream, every_steps=50, every_seconds=1e9)
@@ -216,7 +216,7 @@ def test_console_draws_a_bar_on_a_terminal_and_plain_lines_otherwise():
 def test_metrics_log_that_cannot_be_written_is_a_traind_error_naming_the_file(tmp_path):
     """A full disk mid-run (or a directory in the way) was an OSError traceback out of step_done()."""
     from traind.contract.errors import TraindError
-    from traind.jobs.reporting import MetricsLog
+    from traind.jobs.runtime.reporting import MetricsLog
     (tmp_path / "metrics.jsonl").mkdir()
     log = MetricsLog(tmp_path)
     with pytest.raises(TraindError, match=r"metrics\.jsonl: cannot rewrite the metrics log: Is a directory$"):

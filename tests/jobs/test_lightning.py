@@ -16,9 +16,9 @@ from traind import store as ck  # noqa: E402
 from traind.contract.errors import TraindError  # noqa: E402
 from traind.jobs.examples.lightning_job import BlobData, LitClassifier  # noqa: E402
 from traind.jobs.examples.tiny import Blobs, TinyClassifier  # noqa: E402
-from traind.jobs.lightning import schema  # noqa: E402
-from traind.jobs.lightning.sampler import ResumableSampler  # noqa: E402
-from traind.jobs.preemption import FLAGS  # noqa: E402
+from traind.jobs.runtime import schema  # noqa: E402
+from traind.jobs.adapters.lightning.sampler import ResumableSampler  # noqa: E402
+from traind.jobs.runtime.preemption import FLAGS  # noqa: E402
 from traind.jobs.engine import CheckpointEngine  # noqa: E402
 
 from jobhelpers import assert_identical, metrics  # noqa: E402

@@ -11,7 +11,7 @@ from torch import nn
 from traind import store as ck
 from traind.contract.errors import TraindError, UsageError
 from traind.jobs.engine.loading import UnusableCheckpoint, load_state, load_unverified
-from traind.jobs.module import TrainModule
+from traind.jobs.training.module import TrainModule
 from traind.jobs.engine import CheckpointEngine, load_checkpoint
 
 

@@ -1,5 +1,5 @@
 """SaveCost: the step time beside a background save against the step time without."""
-from traind.jobs.engine.savecost import MIN_STEPS, SaveCost
+from traind.jobs.runtime.savecost import MIN_STEPS, SaveCost
 
 
 def steps(cost, t, seconds, n):

@@ -20,7 +20,7 @@ def warm_up() -> None:
     import traind.jobs.examples.large      # noqa: F401
     import traind.jobs.examples.own_loop   # noqa: F401
     import traind.jobs.examples.tiny       # noqa: F401
-    import traind.jobs.trainer             # noqa: F401
+    import traind.jobs.training.trainer             # noqa: F401
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])   # pulls in torch._dynamo
 
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from traind.contract.errors import UsageError
 
-from traind.jobs.hparams import HyperparametersMixin
-from traind.jobs.preemption import RECORDED_SIGNALS
+from traind.jobs.training.hparams import HyperparametersMixin
+from traind.jobs.runtime.preemption import RECORDED_SIGNALS
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -99,7 +99,7 @@ def resumable_loader(dataset: Dataset, batch_size: int, *, position: DataPositio
                      shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
                      group=None, **loader_kwargs) -> DataLoader:
     """A DataLoader for the epoch in `position`, starting after the batches already consumed;
-    with a `group` (jobs/group.py), this rank's part of each epoch."""
+    with a `group` (jobs/runtime/group.py), this rank's part of each epoch."""
     position = position or DataPosition()
     sampler = EpochBatchSampler(len(dataset), batch_size, seed=position.shuffle_seed,
                                 epoch=position.epoch, shuffle=shuffle, drop_last=drop_last,
@@ -153,7 +153,7 @@ class DataModule(HyperparametersMixin):
     shuffle: bool = True
     drop_last: bool = False
     loader_kwargs: dict = {}
-    group = None        # the rank's data-parallel group (jobs/group.py), set by the Trainer
+    group = None        # the rank's data-parallel group (jobs/runtime/group.py), set by the Trainer
 
     def setup(self, stage: str) -> None:
         """Called once before training ("fit"), before the restore: build the datasets here."""

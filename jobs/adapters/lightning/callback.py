@@ -28,21 +28,21 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from traind import __version__, store as ck
+from traind import store as ck
 from traind.contract import protocol
 from traind.contract.errors import TraindError
-from traind.jobs import preemption
-from traind.jobs.callbacks import CheckpointPolicy
-from traind.jobs.data import DataPosition
-from traind.jobs.lifecycle import Preempted, one_line_errors
-from traind.jobs.lightning import schema
-from traind.jobs.lightning.io import TraindCheckpointIO
-from traind.jobs.lightning.loader import install_loader
-from traind.jobs.lightning.ranks import any_rank, gather_rng, position_from_loops, rng_for_rank
-from traind.jobs.lightning.reporter import RunReporter
-from traind.jobs.lightning.sampler import resumable_copy, why_not_resumable
-from traind.jobs.preemption import FLAGS
-from traind.jobs.rng import capture_rng, restore_rng
+from traind.jobs.runtime import preemption
+from traind.jobs.runtime.callbacks import CheckpointPolicy
+from traind.jobs.runtime.data import DataPosition
+from traind.jobs.runtime.lifecycle import Preempted, one_line_errors
+from traind.jobs.runtime import schema
+from traind.jobs.adapters.lightning.io import TraindCheckpointIO
+from traind.jobs.adapters.lightning.loader import install_loader
+from traind.jobs.adapters.lightning.ranks import any_rank, gather_rng, position_from_loops, rng_for_rank
+from traind.jobs.adapters.lightning.reporter import RunReporter
+from traind.jobs.adapters.lightning.sampler import resumable_copy, why_not_resumable
+from traind.jobs.runtime.preemption import FLAGS
+from traind.jobs.runtime.rng import capture_rng, restore_rng
 from traind.jobs.engine import CheckpointEngine
 
 # Lightning warns about these when traind does the job instead (it resumes by itself; the loader is
@@ -238,14 +238,10 @@ class Checkpointing(pl.Callback):
         """Runs on every rank inside trainer.save_checkpoint: add what exact resume needs."""
         states = capture_rng()
         per_rank = gather_rng(trainer, states)
-        checkpoint["rng_states"] = states
-        checkpoint["data_position"] = self.position.state_dict()
-        checkpoint[schema.COUNTERS_KEY] = {
-            "global_step": trainer.global_step, "epoch": trainer.current_epoch,
-            "batches_consumed": self.position.batches_consumed,
-            "last_metrics": _scalars(trainer.callback_metrics),
-            **({"rng_states_per_rank": per_rank} if per_rank is not None else {})}
-        checkpoint["traind_version"] = __version__
+        counters = schema.counters_entry(trainer.global_step, trainer.current_epoch, self.position.batches_consumed,
+                                         _scalars(trainer.callback_metrics),
+                                         **({"rng_states_per_rank": per_rank} if per_rank is not None else {}))
+        checkpoint.update(schema.resume_parts(self.position, counters, rng_states=states))
 
     def on_train_end(self, trainer, pl_module) -> None:
         with one_line_errors(self.report.error):

@@ -13,30 +13,26 @@ in-flight save, writes a blocking emergency checkpoint and exits 75.
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from traind import __version__
 from traind.contract import exitcodes
 from traind.contract import protocol
 from traind.contract.errors import TraindError, UsageError
-from traind.jobs import preemption
-from traind.jobs.callbacks import CheckpointPolicy
-from traind.jobs.clock import SystemClock
-from traind.jobs.control import ControlChannel
-from traind.jobs.data import DataPosition, resumable_loader
-from traind.jobs.group import Group, fix_ddp_buckets
-from traind.jobs.lightning import schema as lightning_schema
-from traind.jobs.lifecycle import Event, Phase, Preempted, one_line_errors, transition
-from traind.jobs.preemption import FLAGS
-from traind.jobs.reporting import Console, MetricsLog
-from traind.jobs.engine.savecost import SaveCost
-from traind.jobs.rng import capture_rng
-from traind.jobs import restore
+from traind.jobs.runtime import preemption
+from traind.jobs.runtime.callbacks import CheckpointPolicy
+from traind.jobs.runtime.clock import SystemClock
+from traind.jobs.runtime.control import ControlChannel
+from traind.jobs.runtime.data import DataPosition, resumable_loader
+from traind.jobs.runtime.group import Group, fix_ddp_buckets
+from traind.jobs.runtime.lifecycle import Event, Phase, Preempted, one_line_errors, transition
+from traind.jobs.runtime.preemption import FLAGS
+from traind.jobs.runtime.reporting import Console, MetricsLog
+from traind.jobs.runtime.savecost import SaveCost
+from traind.jobs.runtime import schema
 from traind.jobs.engine import CheckpointEngine
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
@@ -105,7 +101,7 @@ class Session:
             self.control = ControlChannel.from_env(env)
             if env.get(protocol.ENV_SPARE) and self.control is not None:
                 env = self._wait_as_spare(env)      # before the store: a spare holds no lock
-            self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/group.py)
+            self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/runtime/group.py)
             self.store = self._open_store()
             self.metrics_log = MetricsLog(self.run_dir, enabled=self.group is None or self.group.leader)
             self._restore(env)
@@ -192,8 +188,8 @@ class Session:
         self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
 
     def apply_state(self, state: dict, where: str = "checkpoint") -> None:
-        """Load every part of a checkpoint into the live objects (jobs/restore.py); the RNG states go last."""
-        restore.apply_state(self, state, where)
+        """Load every part of a checkpoint into the live objects (jobs/runtime/schema.py); the RNG states go last."""
+        schema.apply(self, state, where)
 
     # --- the loop's side ------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -274,30 +270,8 @@ class Session:
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        dm = self.datamodule
-        return {
-            "epoch": self.position.epoch,
-            "global_step": self.step,
-            "state_dict": self.model.state_dict() if self.model is not None else {},
-            "optimizer_states": [o.state_dict() for o in self.optimizers],
-            "lr_schedulers": [s.state_dict() for s in self.schedulers],
-            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
-            "hyper_parameters": copy.deepcopy(self.hyper_parameters),
-            "hparams_name": self.hparams_name,
-            "datamodule_hyper_parameters": copy.deepcopy(dict(dm.hparams)) if dm is not None else {},
-            "datamodule_state": dm.state_dict() if dm is not None else {},
-            "MixedPrecision": self.scaler.state_dict() if self.scaler is not None else {},
-            # Lightning's loader reads these two; traind's own counters go under their own key
-            lightning_schema.VERSION_KEY: lightning_schema.LIGHTNING_SCHEMA_VERSION,
-            "loops": lightning_schema.loops_state(self.step, self.position.epoch, self.position.batches_consumed),
-            lightning_schema.COUNTERS_KEY: {"global_step": self.step, "epoch": self.position.epoch,
-                                            "batches_consumed": self.position.batches_consumed,
-                                            "last_metrics": dict(self.last_metrics)},
-            "rng_states": capture_rng(),
-            "data_position": self.position.state_dict(),
-            "user_state": copy.deepcopy(self.state),
-            "traind_version": __version__,
-        }
+        """The whole checkpoint at this step, as the state schema builds it (jobs/runtime/schema.py)."""
+        return schema.build(self)
 
     def save(self, reason: str = protocol.REASON_PERIODIC, blocking: bool = True):
         """Checkpoint now. Non-blocking returns once tensors are snapshotted (commit reported later)."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from traind.jobs.callbacks import Callback, CheckpointPolicy
-from traind.jobs.data import train_loader
-from traind.jobs.optim import parse_optimizers
-from traind.jobs.precision import Precision
-from traind.jobs.reporting import Console
-from traind.jobs.group import data_parallel_step
-from traind.jobs.session import Session
+from traind.jobs.runtime.callbacks import Callback, CheckpointPolicy
+from traind.jobs.runtime.data import train_loader
+from traind.jobs.training.optim import parse_optimizers
+from traind.jobs.training.precision import Precision
+from traind.jobs.runtime.reporting import Console
+from traind.jobs.runtime.group import data_parallel_step
+from traind.jobs.runtime.session import Session
 
 
 def move_to(batch, device: torch.device):

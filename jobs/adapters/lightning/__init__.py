@@ -9,7 +9,7 @@ the run resumes by itself from the latest valid checkpoint, bit for bit on CPU, 
 (SIGTERM, SIGUSR1, the supervisor's control channel) is acted on at the next step boundary with
 one emergency checkpoint and exit 75. See docs/lightning.md.
 
-This package's own __init__ imports nothing heavy: `traind.jobs.session` reads `schema` (Lightning's
+This package's own __init__ imports nothing heavy: `traind.jobs.runtime.session` reads `schema` (Lightning's
 checkpoint schema, stdlib only) without Lightning installed. The names below import
 pytorch_lightning on first use (`pip install 'traind[lightning]'`).
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "Checkpointing": "traind.jobs.lightning.callback",
-    "TraindCheckpointIO": "traind.jobs.lightning.io",
-    "ResumableSampler": "traind.jobs.lightning.sampler",
-    "install_loader": "traind.jobs.lightning.loader",
-    "import_checkpoint": "traind.jobs.lightning.import_ckpt",
+    "Checkpointing": "traind.jobs.adapters.lightning.callback",
+    "TraindCheckpointIO": "traind.jobs.adapters.lightning.io",
+    "ResumableSampler": "traind.jobs.adapters.lightning.sampler",
+    "install_loader": "traind.jobs.adapters.lightning.loader",
+    "import_checkpoint": "traind.jobs.adapters.lightning.import_ckpt",
 }
 __all__ = sorted(_LAZY)
 
@@ -32,7 +32,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'traind.jobs.lightning' has no attribute {name!r}")
+    raise AttributeError(f"module 'traind.jobs.adapters.lightning' has no attribute {name!r}")
 
 
 def __dir__():

@@ -8,7 +8,7 @@ from torch import nn
 
 from traind.contract.errors import UsageError
 from traind.jobs.engine.loading import read_state
-from traind.jobs.hparams import HyperparametersMixin
+from traind.jobs.training.hparams import HyperparametersMixin
 
 
 class TrainModule(HyperparametersMixin, nn.Module):

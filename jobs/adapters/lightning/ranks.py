@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from traind.jobs.data import DataPosition
+from traind.jobs.runtime.data import DataPosition
 
 
 def _distributed(trainer) -> bool:

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler)
 
-from traind.jobs.data import DataPosition, EpochBatchSampler, _WorkerInit, epoch_seed
+from traind.jobs.runtime.data import DataPosition, EpochBatchSampler, _WorkerInit, epoch_seed
 
-WORKER_SEED_SALT = 0x5EED     # as traind.jobs.data.resumable_loader: worker base seeds per (seed, epoch)
+WORKER_SEED_SALT = 0x5EED     # as traind.jobs.runtime.data.resumable_loader: worker base seeds per (seed, epoch)
 
 
 class ResumableSampler(DistributedSampler):
@@ -56,7 +56,7 @@ class ResumableSampler(DistributedSampler):
             self.move_to(epoch, 0)
 
     def __iter__(self):
-        # The epoch's order as traind.jobs.data defines it (the whole epoch as one batch of indices).
+        # The epoch's order as traind.jobs.runtime.data defines it (the whole epoch as one batch of indices).
         order = next(iter(EpochBatchSampler(self.dataset_len, max(self.dataset_len, 1), seed=self.seed,
                                             epoch=self.epoch, shuffle=self.shuffle)), [])
         if self.total_size > len(order):         # pad, as DistributedSampler does, so shards are equal
