@@ -9,8 +9,10 @@ Run by hand (not a test):  python benchmarks/bench_distributed.py [--mib 192] [-
    one rank's tensors, the floor of any snapshot. Also the time until each save is committed.
 2. Time from one rank's death (SIGKILL) to the group training again, for the ddp example under
    `traind run` with 4 ranks: the kill to the first heartbeat of the new attempt.
-3. What the per-step stop/checkpoint agreement costs 4 ranks with a ~5 ms step: none, a blocking
-   all_reduce, and the one-step-late agreement `Session` uses (started at one step, read at the next).
+3. What the per-step stop/checkpoint agreement costs 4 ranks with a ~5 ms step while nothing is
+   pending: none, a blocking all_reduce, the one-step-late all_reduce (started at one step, read at
+   the next; the rule across nodes), and the shared word (the rule on one node); then the step at
+   which each rank stops when rank 2 alone is asked to, for both rules.
 """
 from __future__ import annotations
 
@@ -121,13 +123,16 @@ def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=4)
+    from traind.jobs.runtime import agreement
     from traind.jobs.runtime.group import Group
     group, a = Group(rank, 4, rank), torch.randn(256, 256)
-    out = {}
-    for mode in ("none", "blocking", "late"):
+    word = agreement.for_group(group, local_rank=rank, local_world_size=4)
+    out, stopped = {}, {}
+    modes = ("none", "blocking", "late", "word")
+    for mode in modes * 2:                 # twice, interleaved: the second round is reported
         dist.barrier()
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             for _ in range(6):
                 a @ a                      # the step's compute
             if mode == "blocking":
@@ -135,10 +140,24 @@ def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
             elif mode == "late":
                 group.finish_agreement()
                 group.start_agreement(False, False)
+            elif mode == "word":
+                word.at_step(step, stop=False, checkpoint=False)
         group.finish_agreement()
         out[mode] = (time.perf_counter() - t0) / steps
-    if rank == 0:
-        queue.put(out)
+    for mode in ("late", "word"):          # and a stop asked by rank 2 alone: where does each rank stop?
+        dist.barrier()
+        rule = agreement.OneStepLate(group) if mode == "late" else agreement.for_group(
+            group, local_rank=rank, local_world_size=4)
+        grad = torch.ones(1000)
+        for step in range(1, steps + 1):
+            dist.all_reduce(grad)          # a data-parallel step reduces its gradients: lockstep
+            stop, _ = rule.at_step(step, stop=rank == 2 and step >= steps // 2, checkpoint=False)
+            if stop:
+                break
+        rule.close()
+        stopped[mode] = step
+    word.close()
+    queue.put((rank, out, stopped))
     dist.destroy_process_group()
 
 
@@ -152,12 +171,17 @@ def agreement_figures(steps: int = 300) -> None:
     procs = [ctx.Process(target=_agreement_worker, args=(r, port, steps, queue)) for r in range(4)]
     for p in procs:
         p.start()
-    out = queue.get(timeout=600)
+    results = sorted(queue.get(timeout=600) for _ in procs)
     for p in procs:
         p.join()
-    print(f"stop/checkpoint agreement, 4 ranks, {steps} steps: step {out['none'] * 1000:.2f} ms alone, "
+    out = results[0][1]
+    print(f"stop/checkpoint agreement, 4 ranks, {steps} steps (rank 0): step {out['none'] * 1000:.2f} ms alone, "
           f"+{(out['blocking'] - out['none']) * 1000:.2f} ms blocking all_reduce, "
-          f"+{(out['late'] - out['none']) * 1000:.2f} ms one step late (what Session does)")
+          f"+{(out['late'] - out['none']) * 1000:.2f} ms one step late (across nodes), "
+          f"+{(out['word'] - out['none']) * 1000:.2f} ms shared word (one node: what Session and Lightning use)")
+    for mode in ("late", "word"):
+        print(f"  a stop asked by rank 2 at step {steps // 2}, {mode}: ranks stopped at steps "
+              f"{[r[2][mode] for r in results]}")
 
 
 def _status(run_dir: Path) -> dict:

@@ -26,6 +26,7 @@ from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, Exi
 from traind.supervisor.records import Records
 from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
 from traind.supervisor.resume import ResumePoints, find_resume_point
+from traind.supervisor.os_interface import SupervisorOS
 from traind.supervisor.spare import Spares
 from traind.supervisor.spec import JobSpec, signal_numbers
 from traind.supervisor.states import TERMINAL, Facts, State, Trigger, transition
@@ -35,7 +36,7 @@ MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without prog
 
 
 class Supervisor(Records):
-    def __init__(self, spec: JobSpec, *, os_=None, followup: Callable[[Outcome], int] | None = None,
+    def __init__(self, spec: JobSpec, *, os_: SupervisorOS | None = None, followup: Callable[[Outcome], int] | None = None,
                  find_resume=find_resume_point, log: Callable[[str], None] | None = None,
                  live: Callable[[str], None] | None = None):
         self.spec = spec

@@ -141,7 +141,7 @@ class RealOS:
         if not self.subreaper:
             # Processes the job leaves behind (a double-forked worker, say) are re-parented to us
             # rather than to PID 1, which in a container without an init never reaps them; we reap
-            # them (reap_orphans), so they neither linger as zombies nor look alive to lock checks.
+            # them (_reap_orphans), so they neither linger as zombies nor look alive to lock checks.
             self.subreaper = os.getpid() == 1 or prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
         self._log = [log_path, 0]
         for rank, extra in enumerate(rank_envs or [{}]):
@@ -281,13 +281,13 @@ class RealOS:
                     events.append(StopRequested(self._requests.popleft()))
         for child in ranks:
             events += self._drain(child)
-        self.echo_output()
+        self._echo_output()
         events += [self._reap(c) for c in ranks if ("exit", c.rank) in kinds]
         events += self._spare_events(kinds)
-        self.reap_orphans()
+        self._reap_orphans()
         return events
 
-    def reap_orphans(self) -> int:
+    def _reap_orphans(self) -> int:
         """Reap exited processes that were re-parented to us, never the child or the spare (their
         exit status is read through their pidfds). Only zombies are touched: a live orphan runs on."""
         mine = {c.pid for c in (*self._ranks.values(), self._spare) if c is not None}
@@ -313,7 +313,7 @@ class RealOS:
         except (ProcessLookupError, PermissionError):
             pass
         self._forget(child)
-        self.echo_output()
+        self._echo_output()
         return ChildExited(child.pid, ExitStatus.from_returncode(rc), child.rank)
 
     def _forget(self, child: _Child) -> None:
@@ -322,7 +322,7 @@ class RealOS:
         child.channel.close()
         self._ranks.pop(child.rank, None)
 
-    def echo_output(self) -> None:
+    def _echo_output(self) -> None:
         """Copy what the attempt appended to its log since last time to our stderr. The child
         writes the log file itself, so its output survives us and never hits a broken pipe."""
         log_path, offset = self._log

@@ -22,7 +22,7 @@ import torch
 from traind.contract import exitcodes
 from traind.contract import protocol
 from traind.contract.errors import TraindError, UsageError
-from traind.jobs.runtime import preemption
+from traind.jobs.runtime import agreement, preemption
 from traind.jobs.runtime.callbacks import CheckpointPolicy
 from traind.jobs.runtime.clock import SystemClock
 from traind.jobs.runtime.control import ControlChannel
@@ -84,6 +84,7 @@ class Session:
         self.save_cost = SaveCost()       # steps beside a background save against steps without
         self._last_heartbeat, self._epoch_end_pending = -1e18, False
         self.control, self._error_sent, self.group, self._group_stop = None, False, None, False
+        self.agreement = agreement.Alone()
         with one_line_errors(self._report_error):
             self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
             self.policy = policy or CheckpointPolicy(every_steps, every_seconds,
@@ -102,6 +103,8 @@ class Session:
             if env.get(protocol.ENV_SPARE) and self.control is not None:
                 env = self._wait_as_spare(env)      # before the store: a spare holds no lock
             self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/runtime/group.py)
+            self.agreement = agreement.for_group(self.group, local_rank=int(env.get("LOCAL_RANK", 0) or 0),
+                                                 local_world_size=int(env.get("LOCAL_WORLD_SIZE", 0) or 0))
             self.store = self._open_store()
             self.metrics_log = MetricsLog(self.run_dir, enabled=self.group is None or self.group.leader)
             self._restore(env)
@@ -146,14 +149,6 @@ class Session:
             return checkpoint
         stop, checkpoint = self.group.agree(stop, checkpoint)
         return self._agreed(stop, checkpoint)
-
-    def _agree_late(self, *, stop: bool, checkpoint: bool, saving: bool) -> bool:
-        """As _agree, on the flags every rank gave at the previous step (Group.start_agreement).
-        A save this step (`saving`, or the agreed one) answers this step's request too: not asked twice."""
-        previous = self.group.finish_agreement() or (False, False)
-        saving = saving or previous[1]
-        self.group.start_agreement(stop, checkpoint and not saving and not self._group_stop)
-        return self._agreed(*previous)
 
     def _agreed(self, stop: bool, checkpoint: bool) -> bool:
         if stop and not self._group_stop:
@@ -256,12 +251,13 @@ class Session:
         if self.finished:
             return                      # the final checkpoint follows at once
         asked = FLAGS.take_checkpoint_request()
-        if self.group is None:
-            due = asked or self.policy.due(self.step, epoch_ended=bool(epoch_ended), now=now)
-        else:   # every_steps is the same on every rank; a request or the clock is agreed on, one step late
-            counted = self.policy.due_by_count(self.step, epoch_ended=bool(epoch_ended))
-            due = self._agree_late(stop=FLAGS.stop is not None, saving=counted,
-                                   checkpoint=asked or self.policy.due_by_time(self.step, now)) or counted
+        # every_steps is the same on every rank; a request, or every_seconds on the leader's
+        # clock, is agreed on (jobs/runtime/agreement.py): a group acts on it one step later
+        counted = self.policy.due_by_count(self.step, epoch_ended=bool(epoch_ended))
+        timed = (self.group is None or self.group.leader) and self.policy.due_by_time(self.step, now)
+        stop, save = self.agreement.at_step(self.step, stop=FLAGS.stop is not None,
+                                            checkpoint=bool(asked or timed) and not counted and not self._group_stop)
+        due = self._agreed(stop, save) or counted
         if self.should_stop():
             return                      # the emergency checkpoint follows at once
         if due:
@@ -316,8 +312,7 @@ class Session:
         if self.phase in (Phase.DONE, Phase.PREEMPTED, Phase.FAILED):
             return
         with one_line_errors(self._report_error):
-            if self.group is not None:
-                self.group.finish_agreement()       # every rank has one in flight: end it together
+            self.agreement.close()
             if self.should_stop() and not self.finished:
                 self._stop_with_emergency_checkpoint()
             self.phase = transition(self.phase, Event.FINISHED)

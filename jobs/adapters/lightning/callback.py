@@ -9,9 +9,10 @@ Order of work, hook by hook (each is where Lightning gives us the consistent sta
 - on_load_checkpoint: what traind adds to a checkpoint (RNG states, data position) is kept;
 - on_train_start: our stop handlers replace Lightning's SIGTERM handling (which would exit 0 at
   its next batch end without a checkpoint); RNG states restored last; `hello` to the supervisor;
-- on_train_batch_end, at each optimizer step: metrics line, heartbeat, then the ranks agree on
-  "stop" and "checkpoint due" (one tiny all-reduce, only when there are several ranks); a stop is
-  one emergency checkpoint (blocking, durable) and exit 75 (`traind.Preempted`);
+- on_train_batch_end, at each optimizer step: metrics line, heartbeat, then the ranks' agreement
+  on "stop" and "checkpoint" (jobs/runtime/agreement.py: every rank acts one step after a rank
+  asks, at no cost while nothing is pending); a stop is one emergency checkpoint (blocking,
+  durable) and exit 75 (`traind.Preempted`);
 - validation never moves the training RNG stream (captured before, restored after), so a run
   resumed after a skipped validation continues identically;
 - on_train_end: the final checkpoint; teardown: flush and close.
@@ -31,14 +32,15 @@ import torch
 from traind import store as ck
 from traind.contract import protocol
 from traind.contract.errors import TraindError
-from traind.jobs.runtime import preemption
+from traind.jobs.runtime import agreement, preemption
+from traind.jobs.runtime.group import Group
 from traind.jobs.runtime.callbacks import CheckpointPolicy
 from traind.jobs.runtime.data import DataPosition
 from traind.jobs.runtime.lifecycle import Preempted, one_line_errors
 from traind.jobs.runtime import schema
 from traind.jobs.adapters.lightning.io import TraindCheckpointIO
 from traind.jobs.adapters.lightning.loader import install_loader
-from traind.jobs.adapters.lightning.ranks import any_rank, gather_rng, position_from_loops, rng_for_rank
+from traind.jobs.adapters.lightning.ranks import gather_rng, position_from_loops, rng_for_rank
 from traind.jobs.adapters.lightning.reporter import RunReporter
 from traind.jobs.adapters.lightning.sampler import resumable_copy, why_not_resumable
 from traind.jobs.runtime.preemption import FLAGS
@@ -97,6 +99,7 @@ class Checkpointing(pl.Callback):
         self._step_at_batch_start = 0
         self._save_started = 0.0
         self._active = self._prepared = False
+        self._group, self._agreement = None, agreement.Alone()
         self._undo_data = self._resumed_path = None
         for pattern in _QUIETED:
             warnings.filterwarnings("ignore", message=pattern)
@@ -205,7 +208,11 @@ class Checkpointing(pl.Callback):
         with one_line_errors(self.report.error):
             self.report.started(trainer.global_step)
         self.policy.start(self.clock.monotonic())
-        if any_rank(trainer, [FLAGS.stop is not None])[0]:
+        self._group = Group.from_env(self.env)     # Lightning made the process group; None alone
+        self._agreement = agreement.for_group(self._group, local_rank=trainer.local_rank,
+                                              local_world_size=trainer.world_size // max(trainer.num_nodes, 1))
+        stop = FLAGS.stop is not None
+        if (self._group.agree(stop)[0] if self._group is not None else stop):   # a stop during start-up
             self._emergency(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
@@ -223,11 +230,13 @@ class Checkpointing(pl.Callback):
             return                           # the final checkpoint follows in on_train_end
         now = self.clock.monotonic()
         asked = FLAGS.take_checkpoint_request() is not None
-        stop, due = any_rank(trainer, [FLAGS.stop is not None,
-                                       asked or self.policy.due(step, epoch_ended=False, now=now)])
+        counted = self.policy.due_by_count(step, epoch_ended=False)
+        timed = trainer.global_rank == 0 and self.policy.due_by_time(step, now)
+        stop, save = self._agreement.at_step(step, stop=FLAGS.stop is not None,
+                                             checkpoint=(asked or timed) and not counted)
         if stop:
             self._emergency(trainer)
-        elif due:
+        elif save or counted:
             self._save(trainer, protocol.REASON_PERIODIC, blocking=False)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -349,6 +358,8 @@ class Checkpointing(pl.Callback):
         self.report.committed(info, round(self.clock.monotonic() - self._save_started, 3))
 
     def _close(self) -> None:
+        self._agreement.close()
+        self._agreement = agreement.Alone()
         if self._undo_data is not None:
             self._undo_data()
             self._undo_data = None

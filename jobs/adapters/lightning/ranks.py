@@ -1,9 +1,8 @@
 """What several ranks of one Lightning run must agree on, and each rank's share of a checkpoint.
 
-Decisions (stop now, checkpoint now) are taken by every rank at the same step: one all-reduce
-(max) of a few flags per optimizer step, only when there is more than one rank. A rank never
-acts alone, so no rank waits in a collective the others skipped. RNG states differ per rank
-(dropout): rank 0 gathers them into the checkpoint, and each rank restores its own.
+Decisions (stop now, checkpoint now) are the runtime's agreement (jobs/runtime/agreement.py),
+as for every way in. RNG states differ per rank (dropout): rank 0 gathers them into the
+checkpoint, and each rank restores its own.
 """
 from __future__ import annotations
 
@@ -15,15 +14,6 @@ from traind.jobs.runtime.data import DataPosition
 def _distributed(trainer) -> bool:
     return (trainer.world_size > 1 and torch.distributed.is_available()
             and torch.distributed.is_initialized())
-
-
-def any_rank(trainer, flags: list[bool]) -> list[bool]:
-    """Each flag: True if it is True on any rank (the same answer on every rank)."""
-    if not _distributed(trainer):
-        return [bool(f) for f in flags]
-    votes = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=trainer.strategy.root_device)
-    votes = trainer.strategy.reduce(votes, reduce_op="max")
-    return [bool(v) for v in votes.tolist()]
 
 
 def gather_rng(trainer, states: dict) -> list | None:
