@@ -51,6 +51,7 @@ def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from traind.jobs.runtime.group import Group
     from traind.jobs.engine.sharded import Sharded
+    from traind.jobs.runtime import schema
     from traind.jobs.engine import CheckpointEngine
     torch.manual_seed(0)
     model = DistributedDataParallel(_model(mib))
@@ -62,7 +63,7 @@ def _worker(rank: int, world: int, port: int, mib: int, saves: int, out_dir: str
     if group is None:
         store = CheckpointEngine(run_dir, keep_last=1)
     else:
-        store = CheckpointEngine(run_dir, Sharded(group, model, [opt]), keep_last=1)
+        store = CheckpointEngine(run_dir, Sharded(group, model, [opt], schema.rank_part), keep_last=1)
     state = {"state_dict": model.module.state_dict(), "optimizer_states": [opt.state_dict()], "global_step": 0}
     store.prepare(state)
     time.sleep(1.0)                        # the warm-up thread allocates the snapshot buffers

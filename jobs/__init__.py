@@ -6,18 +6,19 @@ Public API: Trainer, TrainModule, DataModule, callbacks (CheckpointPolicy, Early
 import os as _os
 
 from traind.contract import protocol as _protocol
-from traind.jobs.runtime import preemption as _preemption
+from .runtime import preemption as _preemption
 
 if _os.environ.get(_protocol.ENV_CONTROL_FD):
     # Under a supervisor, record stop signals from the very start: importing torch and building
     # the model can take long enough for a preemption notice to arrive.
     _preemption.install()
 
-from traind.jobs.runtime.callbacks import Callback, CheckpointPolicy, EarlyStopping  # noqa: E402
-from traind.jobs.runtime.data import DataModule, DataPosition, EpochBatchSampler, resumable_loader  # noqa: E402
-from traind.jobs.training.module import TrainModule  # noqa: E402
-from traind.jobs.runtime.rng import seed_everything  # noqa: E402
-from traind.jobs.runtime.session import Preempted, Session  # noqa: E402
+from .runtime.callbacks import Callback, CheckpointPolicy, EarlyStopping  # noqa: E402
+from .runtime.data import DataPosition, EpochBatchSampler, resumable_loader  # noqa: E402
+from .training.datamodule import DataModule  # noqa: E402
+from .training.module import TrainModule  # noqa: E402
+from .runtime.rng import seed_everything  # noqa: E402
+from .runtime.session import Preempted, Session  # noqa: E402
 
 __all__ = [
     "Callback", "CheckpointPolicy", "EarlyStopping", "DataModule", "DataPosition",
@@ -28,6 +29,6 @@ __all__ = [
 
 def __getattr__(name):  # Trainer is imported on first use (it pulls in more of torch)
     if name == "Trainer":
-        from traind.jobs.training.trainer import Trainer
+        from .training.trainer import Trainer
         return Trainer
     raise AttributeError(f"module 'jobs' has no attribute {name!r}")

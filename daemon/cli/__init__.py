@@ -10,8 +10,8 @@ import errno
 import importlib
 import sys
 
-from traind import __version__
-from traind.contract.errors import TraindError
+from .. import __version__
+from ..contract.errors import TraindError
 
 # Modules that add commands, in the order they appear in --help.
 COMMAND_MODULES = (

@@ -5,10 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from traind import store as ck
-from traind.cli import ckpt_remote
-from traind.cli.ckpt_views import print_table, print_verdicts, show_inspection
-from traind.contract.errors import UsageError
+from .. import store as ck
+from . import ckpt_remote
+from .ckpt_views import print_table, print_verdicts, show_inspection
+from ..contract.errors import UsageError
 
 
 def register(sub) -> None:
@@ -116,7 +116,7 @@ def cmd_inspect(args) -> int:
 
 
 def _inspect_file(path: Path, as_json: bool) -> int:
-    from traind.store.inspect import summarize_file   # torch-free, runs no code from the file
+    from ..store.inspect import summarize_file   # torch-free, runs no code from the file
 
     out = summarize_file(path)
     if as_json:
@@ -142,7 +142,7 @@ def cmd_export(args) -> int:
 
     if importlib.util.find_spec("torch") is None:
         raise UsageError("ckpt export needs torch in this Python (pip install torch)")
-    return subprocess.run([sys.executable, "-m", "traind.jobs.engine.export", str(args.path), str(args.out)]).returncode
+    return subprocess.run([sys.executable, "-m", "traind.jobs.commands.export", str(args.path), str(args.out)]).returncode
 
 
 def cmd_import(args) -> int:
@@ -156,5 +156,5 @@ def cmd_import(args) -> int:
                          "ckpt import takes one .ckpt/.pt file")
     if importlib.util.find_spec("torch") is None:
         raise UsageError("ckpt import needs torch in this Python (pip install torch)")
-    return subprocess.run([sys.executable, "-m", "traind.jobs.adapters.lightning.import_ckpt",
+    return subprocess.run([sys.executable, "-m", "traind.jobs.commands.import_ckpt",
                            str(src), str(args.run_dir)]).returncode

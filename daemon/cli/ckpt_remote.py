@@ -10,10 +10,10 @@ import tempfile
 
 import yaml
 
-from traind import store as ck
-from traind.contract.errors import TraindError, UsageError
-from traind.store.remote import Remote, is_remote_url
-from traind.cli.ckpt_views import print_table, print_verdicts, show_inspection
+from .. import store as ck
+from ..contract.errors import TraindError, UsageError
+from ..store.remote import Remote, is_remote_url
+from .ckpt_views import print_table, print_verdicts, show_inspection
 
 __all__ = ["add_options", "is_remote_url", "remote_ls", "remote_verify", "remote_inspect"]
 

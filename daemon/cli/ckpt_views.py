@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from traind import store as ck
-from traind.cli.show import ago, size, timestamp
-from traind.store import format as fmt
+from .. import store as ck
+from .show import ago, size, timestamp
+from ..store import format as fmt
 
 
 def _status(info: ck.CheckpointInfo) -> str:
@@ -37,7 +37,7 @@ def print_verdicts(infos: list[ck.CheckpointInfo], as_json: bool, empty: str) ->
 
 def show_inspection(info: ck.CheckpointInfo, skipped: list, as_json: bool, shown: str | None = None) -> int:
     """Print what one checkpoint holds; `shown` names it when its files sit elsewhere (a remote one)."""
-    from traind.store.inspect import summarize_state   # only this command needs it
+    from ..store.inspect import summarize_state   # only this command needs it
 
     out = {"path": shown or str(info.path), "valid": info.valid, "error": info.error, "step": info.step,
            "epoch": info.epoch, "reason": info.reason, "created": info.created,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from traind.contract import exitcodes
-from traind.contract.errors import TraindError, UsageError
-from traind.supervisor.runfiles import read_events
+from ..contract import exitcodes
+from ..contract.errors import TraindError, UsageError
+from ..supervisor.runfiles import read_events
 
 SKIP = ("step", "epoch", "time", "steps_per_s")      # not metrics: the axes and the timing fields
 PREEMPTED_EXIT = exitcodes.PREEMPTED

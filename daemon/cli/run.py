@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from traind.cli.show import ago, size
-from traind.contract.errors import UsageError
-from traind.supervisor.runfiles import lock_is_held, read_status
-from traind.supervisor.spec import JobSpec, load_spec
+from .show import ago, size
+from ..contract.errors import UsageError
+from ..supervisor.runfiles import lock_is_held, read_status
+from ..supervisor.spec import JobSpec, load_spec
 
 
 def register(sub) -> None:
@@ -62,17 +62,17 @@ def _probe(spec: JobSpec, field: str, path: Path) -> tuple[bool, bool]:
 
 
 def cmd_run(args) -> int:
-    from traind.supervisor.loop import Supervisor   # after the spec is known to be good
-    from traind.supervisor.osproc import RealOS
-    from traind.supervisor.terminal import Terminal
+    from ..supervisor.loop import Supervisor   # after the spec is known to be good
+    from ..supervisor.osproc import RealOS
+    from ..supervisor.terminal import Terminal
     spec = load_spec(args.spec, args.overrides)
     check_runnable(spec)
     # --- cluster hooks (traind.cluster.hooks): SLURM requeue after an emergency stop, spot notices ---
-    from traind.cluster import hooks
+    from ..cluster import hooks
     attached = hooks.attach(spec)
     terminal = Terminal(sys.stderr, spec.name)
     if args.metrics_port is not None:
-        from traind.supervisor.metrics import serve_metrics
+        from ..supervisor.metrics import serve_metrics
         port = serve_metrics(args.metrics_port, lambda: {spec.name: (spec.run_dir, None)})
         terminal.line(f"traind[{spec.name}]: Prometheus metrics on http://127.0.0.1:{port}/metrics")
     supervisor = Supervisor(spec, os_=RealOS(echo_to=terminal), followup=attached.followup, log=terminal.line,
@@ -91,7 +91,7 @@ def resolve_run_dir(arg: str, state_dir: Path | None) -> Path:
     run_dir = Path(arg)
     if run_dir.is_dir():
         return run_dir
-    from traind.service.client import lookup_run_dir
+    from ..service.client import lookup_run_dir
     found = lookup_run_dir(arg, state_dir)
     if found is None:
         raise UsageError(f"{arg}: no such run dir, nor a job of that name in the traind state dir")
@@ -113,7 +113,7 @@ def cmd_status(args) -> int:
 
 
 def _latest_checkpoint(run_dir: Path) -> dict | None:
-    from traind import store
+    from .. import store
     info, skipped = store.latest_valid(store.checkpoints_dir(run_dir))
     out = None if info is None else {"step": info.step, "path": str(info.path), "created": info.created}
     if out is not None and skipped:

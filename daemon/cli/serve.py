@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from traind.service import spool
-from traind.contract.errors import UsageError
-from traind.service.jobqueue import FINAL_STATES, JobTable
-from traind.service.client import daemon_status, default_state_dir, request_cancel
-from traind.service.config import ServeConfig, parse_runner
-from traind.service.daemon import Daemon
+from ..service import spool
+from ..contract.errors import UsageError
+from ..service.jobqueue import FINAL_STATES, JobTable
+from ..service.client import daemon_status, default_state_dir, request_cancel
+from ..service.config import ServeConfig, parse_runner
+from ..service.daemon import Daemon
 
 
 def register(sub):
@@ -121,7 +121,7 @@ def cmd_serve(args) -> int:
     daemon = Daemon(cfg)
     daemon.setup()
     if args.metrics_port is not None:
-        from traind.supervisor.metrics import serve_metrics
+        from ..supervisor.metrics import serve_metrics
         port = serve_metrics(args.metrics_port, lambda: {r.name: (daemon.table.job_dir(r.name) / "run", r.state.value)
                                                          for r in daemon.table.load_all()})
         logging.getLogger("traind.serve").info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
@@ -215,7 +215,7 @@ def _copy_from(path: Path, offset: int) -> int:
 
 # ------------------------------------------------------------------------------ systemd install
 def cmd_systemd_install(args) -> int:
-    from traind.service.systemd_install import WARNING, install
+    from ..service.systemd_install import WARNING, install
     for line in install(args.unit_dir, exe=args.exe, create_user=args.create_user,
                         reload=not args.no_reload, jobs_dir=args.jobs_dir):
         if line.startswith(WARNING):

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from traind.cluster import sbatch
-from traind.contract.errors import TraindError, UsageError
-from traind.cluster.slurm import CommandRunner
+from ..cluster import sbatch
+from ..contract.errors import TraindError, UsageError
+from ..cluster.slurm import CommandRunner
 
 EPILOG = """\
 Any other option (e.g. --array 0-3, --mem 4G, --qos high, --exclusive) is passed to sbatch.
@@ -61,7 +61,7 @@ class _OwnOptions(argparse.ArgumentParser):
 
 
 def submit(args: argparse.Namespace, runner: CommandRunner | None = None) -> int:
-    from traind.supervisor.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
+    from ..supervisor.spec import SLURM_MAX_SIGNAL_SECONDS, load_spec
     runner = runner or CommandRunner()
     extra = split_options(args)
     nodes = sbatch.parse_nodes(args.nodes) if args.nodes is not None else None

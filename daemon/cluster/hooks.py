@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from traind.cluster import slurm
-from traind.cluster import spot
+from . import slurm
+from . import spot
 
 
 def stderr_log(line: str) -> None:

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from traind import store
-from traind.contract.errors import UsageError
-from traind.cluster.slurm import ENV_SUBMITTED_LEAD
-from traind.supervisor import mirror
+from .. import store
+from ..contract.errors import UsageError
+from .slurm import ENV_SUBMITTED_LEAD
+from ..supervisor import mirror
 
 DEFAULT_LEAD_SECONDS = 120        # nothing measured yet: enough for a few GiB on a local disk
 MIN_LEAD_SECONDS = 60             # SLURM's signal tick is 30 s; less than this is a gamble

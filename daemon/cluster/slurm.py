@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Mapping, Sequence
 
-from traind.contract import exitcodes
+from ..contract import exitcodes
 
 
 # --- running commands (the one replaceable OS effect of this module) ------------------------------

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from traind.fs.libc import libc_fn
+from .libc import libc_fn
 
 
 def write_all(fd: int, view: memoryview) -> None:

@@ -14,7 +14,7 @@ import time
 import weakref
 from pathlib import Path
 
-from traind.contract.errors import TraindError
+from ..contract.errors import TraindError
 
 _held_fork_private: "weakref.WeakSet[ExclusiveFileLock]" = weakref.WeakSet()
 

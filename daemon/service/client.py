@@ -8,11 +8,11 @@ import json
 import os
 from pathlib import Path
 
-from traind.contract.errors import UsageError
-from traind.fs.durable import atomic_write
-from traind.fs.locks import ExclusiveFileLock, is_locked
-from traind.service import spool
-from traind.service.jobqueue import JobRecord, JobTable
+from ..contract.errors import UsageError
+from ..fs.durable import atomic_write
+from ..fs.locks import ExclusiveFileLock, is_locked
+from . import spool
+from .jobqueue import JobRecord, JobTable
 
 SERVE_LOCK_NAME = "serve.lock"
 SERVE_STATE_NAME = "serve.json"

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from traind.contract import exitcodes
-from traind.service import spool
-from traind.contract.errors import UsageError
-from traind.fs.durable import atomic_write
-from traind.service.client import SERVE_STATE_NAME, ServeLock
-from traind.service.config import Running, ServeConfig
-from traind.service.jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, transition
-from traind.service.sdnotify import Notifier
-from traind.service.serve_os import ServeOS
-from traind.supervisor.spec import validate
+from ..contract import exitcodes
+from . import spool
+from ..contract.errors import UsageError
+from ..fs.durable import atomic_write
+from .client import SERVE_STATE_NAME, ServeLock
+from .config import Running, ServeConfig
+from .jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, transition
+from .sdnotify import Notifier
+from .serve_os import ServeOS
+from ..supervisor.spec import validate
 
 log = logging.getLogger("traind.serve")
 
@@ -98,7 +98,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- the loop
     def serve_forever(self, observer_factory=None, scheduler_factory=None) -> int:
-        from traind.service.threads import start_observer, start_scheduler
+        from .threads import start_observer, start_scheduler
         observer = (observer_factory or start_observer)(self.cfg.spool_dir, self.post)
         scheduler = (scheduler_factory or start_scheduler)(self.post)
         try:

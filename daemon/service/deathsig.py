@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 
-from traind.contract import exitcodes
-from traind.fs.libc import PR_SET_PDEATHSIG, prctl
+from ..contract import exitcodes
+from ..fs.libc import PR_SET_PDEATHSIG, prctl
 
 
 

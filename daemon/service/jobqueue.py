@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from traind.contract import exitcodes
-from traind.contract.errors import IllegalTransition, TraindError
-from traind.fs.durable import atomic_write
+from ..contract import exitcodes
+from ..contract.errors import IllegalTransition, TraindError
+from ..fs.durable import atomic_write
 
 
 class JobState(str, Enum):

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from traind.supervisor import runfiles
+from ..supervisor import runfiles
 
 
 class ServeOS:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from traind.contract.errors import TraindError, UsageError
-from traind.fs.durable import rename_durably, write_durably
-from traind.supervisor.spec import MAX_SPEC_BYTES, NAME_RE, parse_spec_text, read_spec_text, validate  # the spec's rules
+from ..contract.errors import TraindError, UsageError
+from ..fs.durable import rename_durably, write_durably
+from ..supervisor.spec import MAX_SPEC_BYTES, NAME_RE, parse_spec_text, read_spec_text, validate  # the spec's rules
 
 SPEC_SUFFIX = ".yaml"
 REFUSED_SUBDIR = ".refused"

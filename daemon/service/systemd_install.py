@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from traind.contract.errors import TraindError, UsageError
+from ..contract.errors import TraindError, UsageError
 
 UNIT_NAMES = ("traind.service", "traind@.service")
 SHIPPED_EXE = "/usr/local/bin/traind"

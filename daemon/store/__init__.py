@@ -6,11 +6,11 @@ hashing.py checksums while writing; inspect.py reads state.pt records without un
 faults.py names the protocol's points for fault-injection tests.
 The job side's torch half is the engine in jobs/engine/ (traind.jobs.engine).
 """
-from traind.store.commit import PendingCheckpoint, WriterLock, attach, begin, check_free_space, free_bytes
-from traind.store.format import (BLOCKS_FIELD, CHECKPOINTS_SUBDIR, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME,
+from .commit import PendingCheckpoint, WriterLock, attach, begin, check_free_space, free_bytes
+from .format import (BLOCKS_FIELD, CHECKPOINTS_SUBDIR, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME,
                                  STEP_DIR_RE, TMP_PREFIX, TRASH_PREFIX, CheckpointInfo, checkpoints_dir, host_tag,
                                  latest_valid, list_checkpoints, read_manifest, step_dir_name, verify)
-from traind.store.retention import check_retention, choose_keep, clean_stale, prune, set_aside
+from .retention import check_retention, choose_keep, clean_stale, prune, set_aside
 
 __all__ = [
     "CHECKPOINTS_SUBDIR", "MANIFEST_NAME", "FORMAT_VERSION", "STATE_NAME", "BLOCKS_FIELD", "STEP_DIR_RE",

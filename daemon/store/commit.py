@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traind.contract.errors import TraindError
-from traind.fs.durable import fsync_dir, fsync_path, make_dirs_durable, remove_tree, swap_into_place, write_all
-from traind.fs.locks import ExclusiveFileLock
-from traind.store import format as fmt
-from traind.store import hashing, retention
-from traind.store.faults import reach
-from traind.store.format import CheckpointInfo
-from traind.store.hashing import HashingWriter
+from ..contract.errors import TraindError
+from ..fs.durable import fsync_dir, fsync_path, make_dirs_durable, remove_tree, swap_into_place, write_all
+from ..fs.locks import ExclusiveFileLock
+from . import format as fmt
+from . import hashing, retention
+from .faults import reach
+from .format import CheckpointInfo
+from .hashing import HashingWriter
 
 # Free space required beyond the expected size: torch.save adds headers and 64-byte alignment.
 SPACE_MARGIN_FRACTION = 0.05

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import xxhash
 
-from traind import __version__
-from traind.contract.errors import TraindError
-from traind.store import hashing
+from .. import __version__
+from ..contract.errors import TraindError
+from . import hashing
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 MANIFEST_NAME = "MANIFEST.json"

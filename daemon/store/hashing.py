@@ -15,8 +15,8 @@ from pathlib import Path
 
 import xxhash
 
-from traind.fs.durable import start_writeback, write_all
-from traind.fs.memory import private_region
+from ..fs.durable import start_writeback, write_all
+from ..fs.memory import private_region
 
 ALGO = "xxh3_128"
 BLOCK_SIZE = 16 << 20

@@ -26,11 +26,11 @@ from typing import Callable
 
 import xxhash
 
-from traind.contract.errors import TraindError
-from traind.fs.durable import fsync_path
-from traind.store import format as fmt
-from traind.store import retention
-from traind.store.commit import WriterLock, begin
+from ..contract.errors import TraindError
+from ..fs.durable import fsync_path
+from . import format as fmt
+from . import retention
+from .commit import WriterLock, begin
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 INSTALL_HINT = "pip install 'traind[remote]'"

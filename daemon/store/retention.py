@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from traind.fs.durable import atomic_write, fsync_dir, remove_tree
-from traind.fs.locks import pid_alive
-from traind.store import format as ck
-from traind.store.faults import reach
+from ..fs.durable import atomic_write, fsync_dir, remove_tree
+from ..fs.locks import pid_alive
+from . import format as ck
+from .faults import reach
 
 log = logging.getLogger("traind.checkpoints")
 

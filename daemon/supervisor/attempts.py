@@ -5,8 +5,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from traind.supervisor.osproc import ExitStatus
-from traind.supervisor.states import State
+from .osproc import ExitStatus
+from .states import State
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from traind.contract import protocol
+from ..contract import protocol
 
 
 @dataclass(frozen=True)

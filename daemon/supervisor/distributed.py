@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traind.contract.errors import UsageError
-from traind.supervisor.checker import Checker
+from ..contract.errors import UsageError
+from .checker import Checker
 
 FIELDS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "exit_timeout_seconds",
           "rendezvous_timeout_seconds")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from traind.contract.exitcodes import OK, PREEMPTED
-from traind.supervisor.osproc import ExitStatus
+from ..contract.exitcodes import OK, PREEMPTED
+from .osproc import ExitStatus
 
 WAIT, KILL_REST, DONE = "wait", "kill-rest", "done"
 # SLURM signals every process of a step (--signal, scancel --signal): a rank of an unmodified

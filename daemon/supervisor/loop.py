@@ -14,22 +14,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from traind.contract import protocol
-from traind.contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
-from traind.supervisor import mirror as remote_mirror
-from traind.supervisor import distributed
-from traind.supervisor.group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
-from traind.supervisor.attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
+from ..contract import protocol
+from ..contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
+from . import mirror as remote_mirror
+from . import distributed
+from .group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
+from .attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
-from traind.supervisor.osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
+from .osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
-from traind.supervisor.records import Records
-from traind.supervisor.runfiles import Recorder, RunFiles, RunLock
-from traind.supervisor.resume import ResumePoints, find_resume_point
-from traind.supervisor.os_interface import SupervisorOS
-from traind.supervisor.spare import Spares
-from traind.supervisor.spec import JobSpec, signal_numbers
-from traind.supervisor.states import TERMINAL, Facts, State, Trigger, transition
+from .records import Records
+from .runfiles import Recorder, RunFiles, RunLock
+from .resume import ResumePoints, find_resume_point
+from .os_interface import SupervisorOS
+from .spare import Spares
+from .spec import JobSpec, signal_numbers
+from .states import TERMINAL, Facts, State, Trigger, transition
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from traind import store
-from traind.contract.errors import TraindError
-from traind.contract.exitcodes import PREEMPTED
-from traind.supervisor.runfiles import read_events, read_status
+from .. import store
+from ..contract.errors import TraindError
+from ..contract.exitcodes import PREEMPTED
+from .runfiles import read_events, read_status
 
 STATES = ("starting", "running", "stopping", "backing_off", "succeeded", "preempted", "failed")
 

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from traind import store
-from traind.contract import protocol
-from traind.contract.errors import TraindError
-from traind.fs.durable import atomic_write, remove_tree
-from traind.supervisor.osproc import SpawnFailure
+from .. import store
+from ..contract import protocol
+from ..contract.errors import TraindError
+from ..fs.durable import atomic_write, remove_tree
+from .osproc import SpawnFailure
 
 UPLOAD_DIR = ".upload"
 FIGURES_NAME = "remote.json"
@@ -83,7 +83,7 @@ class NoMirror:
 def attach(spec, say: Callable[[str], None], event: Callable[..., None], clock=time.monotonic):
     if not spec.checkpoint.remote:
         return NoMirror()
-    from traind.store.remote import Remote
+    from ..store.remote import Remote
     ck = spec.checkpoint
     remote = Remote(ck.remote, ck.remote_options)
     keep_best = None if ck.keep_best is None else {"metric": ck.keep_best.metric, "mode": ck.keep_best.mode,
@@ -255,7 +255,7 @@ class Mirror:
 
     # --- the uploader thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        from traind.store.remote import RemoteError
+        from ..store.remote import RemoteError
         self._lower_priority()
         try:
             aborted = self.remote.abort_stale_uploads()
@@ -320,7 +320,7 @@ class Mirror:
 
     def _upload(self, item: _Item) -> bool:
         """One upload attempt; True if it should be retried."""
-        from traind.store.remote import RemoteError, UploadCancelled
+        from ..store.remote import RemoteError, UploadCancelled
         try:
             up = self.remote.upload(item.path, item.step, cancelled=lambda: self._cancelled(item))
         except UploadCancelled:
@@ -366,7 +366,7 @@ class Mirror:
         self._write_figures()
 
     def _prune(self) -> None:
-        from traind.store.remote import RemoteError
+        from ..store.remote import RemoteError
         try:
             gone = self.remote.prune(self.keep_last, self.keep_best,
                                      protect_steps=[s for s in (self.committed_step,) if s is not None])

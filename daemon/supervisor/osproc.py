@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from pathlib import Path
 
-from traind.fs.libc import PR_SET_CHILD_SUBREAPER, prctl
-from traind.supervisor.channel import SupervisorChannel
-from traind.contract.protocol import ENV_CONTROL_FD, RESUME, SPARE_READY
+from ..fs.libc import PR_SET_CHILD_SUBREAPER, prctl
+from .channel import SupervisorChannel
+from ..contract.protocol import ENV_CONTROL_FD, RESUME, SPARE_READY
 
 # epoll refuses a timeout past ~24 days (a spec may ask for a longer backoff or grace): waking
 # early is harmless, the loop just computes its deadlines again.

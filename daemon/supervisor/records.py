@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
-from traind.supervisor.osproc import ExitStatus
-from traind.supervisor.states import TERMINAL, Transition
-from traind.supervisor.terminal import live_text
+from .osproc import ExitStatus
+from .states import TERMINAL, Transition
+from .terminal import live_text
 
 
 class Records:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traind import store
-from traind.contract.exitcodes import UNUSABLE_CHECKPOINT
+from .. import store
+from ..contract.exitcodes import UNUSABLE_CHECKPOINT
 
 
 def find_resume_point(run_dir: Path):

@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from traind.contract.errors import TraindError
-from traind.fs.durable import atomic_write
-from traind.fs.locks import ExclusiveFileLock, is_locked, pid_alive, read_holder
+from ..contract.errors import TraindError
+from ..fs.durable import atomic_write
+from ..fs.locks import ExclusiveFileLock, is_locked, pid_alive, read_holder
 
 EVENTS_NAME = "events.jsonl"
 STATUS_NAME = "status.json"

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traind.contract import protocol
-from traind.supervisor.osproc import SpareExited, SpareReady, SpawnFailure
+from ..contract import protocol
+from .osproc import SpareExited, SpareReady, SpawnFailure
 
 MAX_SPARE_FAILURES = 3
 

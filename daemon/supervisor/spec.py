@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from traind.contract.errors import UsageError
-from traind.supervisor import distributed as dist_spec
-from traind.supervisor.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
-from traind.contract.exitcodes import PREEMPTED
-from traind.store.remote import url_problem
-from traind.store.retention import KEEP_BEST_FIELDS, check_retention
+from ..contract.errors import UsageError
+from . import distributed as dist_spec
+from .checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
+from ..contract.exitcodes import PREEMPTED
+from ..store.remote import url_problem
+from ..store.retention import KEEP_BEST_FIELDS, check_retention
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from traind.contract import exitcodes
+from ..contract import exitcodes
 
 
 class State(str, enum.Enum):

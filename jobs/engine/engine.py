@@ -31,9 +31,9 @@ from traind import store as ck
 from traind.contract.errors import TraindError, UsageError
 from traind.store import CheckpointInfo
 from traind.store.retention import check_retention
-from traind.jobs.engine.single import SingleFile
-from traind.jobs.engine.snapshot import Snapshotter, tensor_bytes
-from traind.jobs.engine.writer import SaveThread
+from .single import SingleFile
+from .snapshot import Snapshotter, tensor_bytes
+from .writer import SaveThread
 
 log = logging.getLogger("traind.store")
 DEADLINE_FRACTION = 0.5   # a background save still running this far into the save interval

@@ -25,9 +25,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from traind import store as ck
 from traind.contract.errors import TraindError
-from traind.jobs.engine.loading import UnusableCheckpoint
-from traind.jobs.runtime import schema
-from traind.jobs.runtime.group import Group
+from .loading import UnusableCheckpoint
 from traind.store import format as fmt
 from traind.store import hashing
 
@@ -71,10 +69,13 @@ def merge(tensors, rest):
 
 
 class Sharded:
-    """The layout of a group's checkpoint; the engine calls it on every rank at the same step."""
+    """The layout of a group's checkpoint; the engine calls it on every rank at the same step.
+    `group`: the rank's place in the group (jobs/runtime/group.py: share, collect, its `ckpt`
+    process group); `rank_part(state)`: what of a state this rank keeps in its own file, as the
+    state schema says (jobs/runtime/schema.py); the model and optimizers go through DCP."""
 
-    def __init__(self, group: Group, model, optimizers) -> None:
-        self.group, self.model, self.optimizers = group, model, list(optimizers)
+    def __init__(self, group, model, optimizers, rank_part) -> None:
+        self.group, self.model, self.optimizers, self.rank_part = group, model, list(optimizers), rank_part
         self.leader = group.leader      # rank 0: lock, temp dirs, commit, pruning
         self.ranks = group.world_size
 
@@ -85,7 +86,7 @@ class Sharded:
         """{"t": the model and optimizer tensors (for DCP), "r": this rank's own state}."""
         msd, osd = get_state_dict(self.model, self.optimizers)
         tensors, rest = split_tensors({"model": msd, "optim": osd})
-        rank_state = schema.rank_part(state)
+        rank_state = self.rank_part(state)
         rank_state["sharded"] = {"rank": self.group.rank, "world_size": self.group.world_size, "rest": rest}
         return {"t": tensors or {}, "r": rank_state}
 

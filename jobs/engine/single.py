@@ -6,10 +6,10 @@ state.pt loads with plain torch.load(weights_only=True).
 from __future__ import annotations
 
 from traind import store as ck
-from traind.jobs.engine import writer
-from traind.jobs.engine.loading import load_checkpoint
-from traind.jobs.engine.snapshot import tensor_bytes
-from traind.jobs.engine.writer import write_state
+from . import writer
+from .loading import load_checkpoint
+from .snapshot import tensor_bytes
+from .writer import write_state
 from traind.store.hashing import staging_buffer
 
 

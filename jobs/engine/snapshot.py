@@ -19,7 +19,7 @@ import torch
 
 from traind.fs.libc import libc_fn
 from traind.fs.memory import private_region
-from traind.jobs.engine.priority import lower_priority
+from .priority import lower_priority
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Linux 5.14; older: EINVAL
 MMAP_MIN_BYTES = 1 << 20        # smaller buffers come from torch's allocator

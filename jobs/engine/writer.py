@@ -30,7 +30,7 @@ import torch
 from traind import store as ck
 from traind.store.faults import reach
 from traind.store.hashing import BLOCK_SIZE, PAGE, HashingWriter, WriteOnlyFile
-from traind.jobs.engine.priority import background_policy, lower_priority, raise_priority
+from .priority import background_policy, lower_priority, raise_priority
 
 DIRECT_ENV = "TRAIND_DIRECT_IO"     # "0": always through the page cache
 DIRECT_MIN_BYTES = 64 << 20         # below this the page cache costs little and fsync is short

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from traind.contract import protocol
-from traind.jobs.runtime.preemption import FLAGS, StopFlags
+from .preemption import FLAGS, StopFlags
 
 REASON_SUPERVISOR_GONE = "supervisor gone"
 

@@ -24,8 +24,8 @@ import copy
 
 from traind import __version__
 from traind.contract.errors import UsageError
-from traind.jobs.runtime.data import DataPosition
-from traind.jobs.runtime.rng import capture_rng, restore_rng
+from .data import DataPosition
+from .rng import capture_rng, restore_rng
 
 TENSOR_KEYS = ("state_dict", "optimizer_states")     # a group's sharded tensors (DCP); the rest is per rank
 # The schema these loops follow; no migration of Lightning 2.x runs on it (they start at <2.0).

@@ -22,18 +22,18 @@ import torch
 from traind.contract import exitcodes
 from traind.contract import protocol
 from traind.contract.errors import TraindError, UsageError
-from traind.jobs.runtime import agreement, preemption
-from traind.jobs.runtime.callbacks import CheckpointPolicy
-from traind.jobs.runtime.clock import SystemClock
-from traind.jobs.runtime.control import ControlChannel
-from traind.jobs.runtime.data import DataPosition, resumable_loader
-from traind.jobs.runtime.group import Group, fix_ddp_buckets
-from traind.jobs.runtime.lifecycle import Event, Phase, Preempted, one_line_errors, transition
-from traind.jobs.runtime.preemption import FLAGS
-from traind.jobs.runtime.reporting import Console, MetricsLog
-from traind.jobs.runtime.savecost import SaveCost
-from traind.jobs.runtime import schema
-from traind.jobs.engine import CheckpointEngine
+from . import agreement, preemption
+from .callbacks import CheckpointPolicy
+from .clock import SystemClock
+from .control import ControlChannel
+from .data import DataPosition, resumable_loader
+from .group import Group, fix_ddp_buckets
+from .lifecycle import Event, Phase, Preempted, one_line_errors, transition
+from .preemption import FLAGS
+from .reporting import Console, MetricsLog
+from .savecost import SaveCost
+from . import schema
+from ..engine import CheckpointEngine
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
@@ -134,13 +134,13 @@ class Session:
         options = {"keep_last": self.policy.keep_last, "keep_best": self.policy.keep_best, "on_commit": self._on_commit}
         if self.group is None:
             return CheckpointEngine(self.run_dir, **options)
-        from traind.jobs.engine.sharded import Sharded
+        from ..engine.sharded import Sharded
         if self.model is None:
             raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
         fix_ddp_buckets(self.model)
         self.console.progress = self.group.leader   # one progress line per group; messages from every rank
         self.console.prefix += f"[rank {self.group.rank}] "
-        return CheckpointEngine(self.run_dir, Sharded(self.group, self.model, self.optimizers), **options)
+        return CheckpointEngine(self.run_dir, Sharded(self.group, self.model, self.optimizers, schema.rank_part), **options)
 
     def _agree(self, *, stop: bool, checkpoint: bool = False) -> bool:
         """A group's ranks stop (and save) at the same step: each flag true on all if on any.

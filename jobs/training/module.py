@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from traind.contract.errors import UsageError
-from traind.jobs.engine.loading import read_state
-from traind.jobs.training.hparams import HyperparametersMixin
+from ..engine.loading import read_state
+from .hparams import HyperparametersMixin
 
 
 class TrainModule(HyperparametersMixin, nn.Module):

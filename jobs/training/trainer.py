@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from traind.jobs.runtime.callbacks import Callback, CheckpointPolicy
-from traind.jobs.runtime.data import train_loader
-from traind.jobs.training.optim import parse_optimizers
-from traind.jobs.training.precision import Precision
-from traind.jobs.runtime.reporting import Console
-from traind.jobs.runtime.group import data_parallel_step
-from traind.jobs.runtime.session import Session
+from ..runtime.callbacks import Callback, CheckpointPolicy
+from .datamodule import train_loader
+from .optim import parse_optimizers
+from .precision import Precision
+from ..runtime.reporting import Console
+from ..runtime.group import data_parallel_step
+from ..runtime.session import Session
 
 
 def move_to(batch, device: torch.device):

@@ -14,7 +14,7 @@ import yaml
 
 from tests.cluster.helpers import wait_until
 from tests.jobs.jobhelpers import assert_identical as assert_equal   # bit for bit, bytes compared
-from traind.jobs.engine.export import consolidated_state
+from traind.jobs.commands.export import consolidated_state
 from traind.jobs.runtime.session import TIMING_KEYS
 from traind.store import format as fmt
 

@@ -14,6 +14,7 @@ import torch
 import traind.jobs.engine.engine as engine_module
 from traind.jobs.engine import CheckpointEngine
 from traind.jobs.engine.sharded import Sharded
+from traind.jobs.runtime import schema
 from traind.jobs.runtime.group import Group
 
 run_dir, interval, fraction = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -27,7 +28,7 @@ model(torch.ones(2, 512)).sum().backward()
 opt.step()
 committed = threading.Event()
 done_at = []
-engine = CheckpointEngine(run_dir, Sharded(group, model, [opt]), keep_last=2,
+engine = CheckpointEngine(run_dir, Sharded(group, model, [opt], schema.rank_part), keep_last=2,
                           on_commit=lambda info: (done_at.append(time.monotonic()), committed.set()))
 state = {"global_step": 1, "epoch": 0}
 group.share(None)                                   # both ranks start the save together

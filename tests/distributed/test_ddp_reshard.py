@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddphelpers import REPO, assert_equal, env, newest, rank_files, run, write_spec
-from traind.jobs.engine.export import consolidated_state
+from traind.jobs.commands.export import consolidated_state
 
 pytestmark = pytest.mark.slow
 

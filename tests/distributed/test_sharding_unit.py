@@ -3,7 +3,7 @@ a sharded state, and `ckpt export` of a single-process checkpoint."""
 import torch
 
 from traind.jobs.runtime.data import EpochBatchSampler
-from traind.jobs.engine.export import export, torch_optimizer_state
+from traind.jobs.commands.export import export, torch_optimizer_state
 from traind.jobs.engine.sharded import merge, split_tensors
 from traind.jobs.engine import CheckpointEngine
 

@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import traind
-from traind.jobs.runtime.data import DataPosition, resumable_loader, train_loader
+from traind.jobs.runtime.data import DataPosition, resumable_loader
+from traind.jobs.training.datamodule import train_loader
 
 
 class Plain(traind.DataModule):

@@ -22,7 +22,7 @@ _LAZY = {
     "TraindCheckpointIO": "traind.jobs.adapters.lightning.io",
     "ResumableSampler": "traind.jobs.adapters.lightning.sampler",
     "install_loader": "traind.jobs.adapters.lightning.loader",
-    "import_checkpoint": "traind.jobs.adapters.lightning.import_ckpt",
+    "import_checkpoint": "traind.jobs.commands.import_ckpt",
 }
 __all__ = sorted(_LAZY)
 

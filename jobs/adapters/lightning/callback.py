@@ -32,20 +32,20 @@ import torch
 from traind import store as ck
 from traind.contract import protocol
 from traind.contract.errors import TraindError
-from traind.jobs.runtime import agreement, preemption
-from traind.jobs.runtime.group import Group
-from traind.jobs.runtime.callbacks import CheckpointPolicy
-from traind.jobs.runtime.data import DataPosition
-from traind.jobs.runtime.lifecycle import Preempted, one_line_errors
-from traind.jobs.runtime import schema
-from traind.jobs.adapters.lightning.io import TraindCheckpointIO
-from traind.jobs.adapters.lightning.loader import install_loader
-from traind.jobs.adapters.lightning.ranks import gather_rng, position_from_loops, rng_for_rank
-from traind.jobs.adapters.lightning.reporter import RunReporter
-from traind.jobs.adapters.lightning.sampler import resumable_copy, why_not_resumable
-from traind.jobs.runtime.preemption import FLAGS
-from traind.jobs.runtime.rng import capture_rng, restore_rng
-from traind.jobs.engine import CheckpointEngine
+from ...runtime import agreement, preemption
+from ...runtime.group import Group
+from ...runtime.callbacks import CheckpointPolicy
+from ...runtime.data import DataPosition
+from ...runtime.lifecycle import Preempted, one_line_errors
+from ...runtime import schema
+from .io import TraindCheckpointIO
+from .loader import install_loader
+from .ranks import gather_rng, position_from_loops, rng_for_rank
+from .reporter import RunReporter
+from .sampler import resumable_copy, why_not_resumable
+from ...runtime.preemption import FLAGS
+from ...runtime.rng import capture_rng, restore_rng
+from ...engine import CheckpointEngine
 
 # Lightning warns about these when traind does the job instead (it resumes by itself; the loader is
 # resumable through the sampler, which Lightning's check does not look at).

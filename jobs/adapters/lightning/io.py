@@ -19,7 +19,7 @@ from pathlib import Path
 from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
 
 from traind import store
-from traind.jobs.adapters.lightning.loader import load_for_lightning
+from .loader import load_for_lightning
 
 log = logging.getLogger("traind.lightning")
 STEP_IN_NAME = re.compile(r"step=(\d+)")     # Lightning's default file names: epoch=E-step=N.ckpt

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from traind import store
-from traind.jobs.engine.loading import load_checkpoint, load_unverified
+from ...engine.loading import load_checkpoint, load_unverified
 
 log = logging.getLogger("traind.lightning")
 _installed = False

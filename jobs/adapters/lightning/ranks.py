@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from traind.jobs.runtime.data import DataPosition
+from ...runtime.data import DataPosition
 
 
 def _distributed(trainer) -> bool:

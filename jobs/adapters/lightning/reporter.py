@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 from traind.contract import protocol
-from traind.jobs.runtime.clock import SystemClock
-from traind.jobs.runtime.control import ControlChannel
-from traind.jobs.runtime.reporting import Console, MetricsLog
-from traind.jobs.runtime.session import HEARTBEAT_MIN_INTERVAL, TIMING_KEYS
+from ...runtime.clock import SystemClock
+from ...runtime.control import ControlChannel
+from ...runtime.reporting import Console, MetricsLog
+from ...runtime.session import HEARTBEAT_MIN_INTERVAL, TIMING_KEYS
 
 
 class RunReporter:

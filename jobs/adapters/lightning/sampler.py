@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler)
 
-from traind.jobs.runtime.data import DataPosition, EpochBatchSampler, _WorkerInit, epoch_seed
+from ...runtime.data import DataPosition, EpochBatchSampler, _WorkerInit, epoch_seed
 
 WORKER_SEED_SALT = 0x5EED     # as traind.jobs.runtime.data.resumable_loader: worker base seeds per (seed, epoch)
 

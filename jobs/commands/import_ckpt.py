@@ -1,7 +1,7 @@
 """`traind ckpt import FILE RUN_DIR`: a Lightning .ckpt (or any torch.save'd checkpoint dict with
 `state_dict` and `global_step`) becomes a verified traind checkpoint that `traind run` resumes from.
 
-    python -m traind.jobs.adapters.lightning.import_ckpt FILE RUN_DIR
+    python -m traind.jobs.commands.import_ckpt FILE RUN_DIR
 
 The file is read with weights_only=True (a pickle that would run code is refused, never run),
 committed with the store's protocol (temp dir, checksums, fsync, rename, manifest last) under the
@@ -18,10 +18,10 @@ from pathlib import Path
 from traind import __version__, store
 from traind.contract import protocol
 from traind.contract.errors import UsageError
-from traind.jobs.engine.loading import UnusableCheckpoint, load_checkpoint, load_unverified
-from traind.jobs.runtime.lifecycle import one_line_errors
-from traind.jobs.runtime import schema
-from traind.jobs.engine import CheckpointEngine
+from ..engine.loading import UnusableCheckpoint, load_checkpoint, load_unverified
+from ..runtime.lifecycle import one_line_errors
+from ..runtime import schema
+from ..engine import CheckpointEngine
 
 
 

@@ -1,6 +1,6 @@
 """`traind ckpt export CKPT OUT.pt`: one consolidated file of a checkpoint, sharded or not.
 
-    python -m traind.jobs.engine.export CKPT OUT.pt
+    python -m traind.jobs.commands.export CKPT OUT.pt
 
 The checkpoint is verified first (every file against its manifest). A single-process one is its
 state.pt, loaded (weights_only=True) and written again. A sharded one is gathered without any
@@ -23,9 +23,9 @@ import torch
 
 from traind.contract.errors import UsageError
 from traind.fs.durable import atomic_write
-from traind.jobs.engine.loading import find_checkpoint, load_checkpoint
-from traind.jobs.runtime.lifecycle import one_line_errors
-from traind.jobs.engine.sharded import merge
+from ..engine.loading import find_checkpoint, load_checkpoint
+from ..runtime.lifecycle import one_line_errors
+from ..engine.sharded import merge
 from traind.store import format as fmt
 
 
