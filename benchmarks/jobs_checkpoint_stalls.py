@@ -170,7 +170,7 @@ def alternating(tmp: Path, every: int, pairs: int, per_block: int = 3) -> None:
     from traind.jobs.runtime.session import Session
     from traind.jobs.engine.snapshot import tensor_bytes
     model, opt, data = large_job()
-    session = Session(tmp / "alternating", model=model, optimizers=opt, every_steps=0)
+    session = Session(tmp / "alternating", model=model, optimizers=opt, every_steps=None)
     batches = iter(session.batches(data, batch_size=16))
     train(session, model, opt, batches, 2)
     session.store.prepare(session.checkpoint_state())
@@ -238,7 +238,7 @@ def in_process_saves(tmp: Path) -> None:
     model, opt, data = large_job()
     rows = []
     for run, prepare in (("inproc", False), ("prepared", True)):
-        session = Session(tmp / run, model=model, optimizers=opt, every_steps=0)
+        session = Session(tmp / run, model=model, optimizers=opt, every_steps=None)
         train(session, model, opt, iter(session.batches(data, batch_size=16)), 1)
         gib = tensor_bytes(session.checkpoint_state()) / 2**30
         if prepare:

@@ -1,11 +1,11 @@
 """The glue between `traind run` and the cluster: SLURM follow-up + spot watcher, from the spec.
 
-`traind run` does, around its Supervisor:
-    hooks = cluster.attach(spec)
-    supervisor = Supervisor(spec, followup=hooks.followup)   # after an emergency stop: requeue?
-    hooks.start(supervisor.request_stop, supervisor.say)     # logs the SLURM job; spot notice -> stop
-    try: code = supervisor.run().exit_code
-    finally: hooks.stop()
+`traind run` (daemon/cli/run.py) does, around its Supervisor:
+    attached = hooks.attach(spec)
+    supervisor = Supervisor(spec, os_=RealOS(...), followup=attached.followup, ...)   # requeue?
+    attached.start(supervisor.request_stop, supervisor.say)   # logs the SLURM job; spot notice -> stop
+    try: ... supervisor.run() ...
+    finally: attached.stop()
 """
 from __future__ import annotations
 

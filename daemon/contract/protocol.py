@@ -20,7 +20,9 @@ ENV_CHECKPOINT_POLICY = "TRAIND_CHECKPOINT"  # JSON of the spec's `checkpoint:` 
 ENV_SPARE = "TRAIND_SPARE"                # "1": a warm spare: start up, then wait for RESUME before restoring
 
 # --- child -> supervisor ----------------------------------------------------------------------
-HELLO = "hello"            # {"pid": int, "resumed_step": int|None}
+HELLO = "hello"            # {"pid": int, "resumed_step": int|None, "times_checkpoints": bool}
+TIMES_CHECKPOINTS = "times_checkpoints"   # in HELLO: the job decides every_seconds itself (the policy it was
+                                          # given); the supervisor sends CHECKPOINT_NOW only to jobs without it
 HEARTBEAT = "heartbeat"    # {"step", "epoch", "metrics": {str: float}, "steps_per_second", "total": max steps|None}
 CHECKPOINT = "checkpoint"  # {"step", "epoch", "path", "reason", "bytes", and CHECKPOINT_COSTS}
 # What a commit cost: seconds from the save call to durable, the writer's CPU seconds, how long

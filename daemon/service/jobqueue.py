@@ -2,7 +2,7 @@
 lifecycle as an explicit state machine.
 
 State dir layout (all owner-only):
-    STATE/spool/                  incoming NAME.yaml (see daemon/spool.py); .refused/ keeps refusals
+    STATE/spool/                  incoming NAME.yaml (see daemon/service/spool.py); .refused/ keeps refusals
     STATE/jobs/NAME/job.json      the record below (temp + fsync + rename + dir fsync)
     STATE/jobs/NAME/spec.yaml     the accepted spec, as the daemon rewrote it (absolute paths)
     STATE/jobs/NAME/runner.log    stdout/stderr of the job's `traind run` process

@@ -26,6 +26,7 @@ class Attempt:
     resume_step: int | None = None
     resume_path: str | None = None
     spoke: bool = False
+    times_checkpoints: bool = False    # its hello said it decides every_seconds itself
     started_at: float | None = None    # monotonic, at the spawn
     final_committed: bool = False      # the job committed its "final" checkpoint: training is done
     first_beat: tuple[float, int] | None = None   # (monotonic, step) to compute the step rate

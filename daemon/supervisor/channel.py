@@ -1,4 +1,4 @@
-"""The supervisor's end of the control channel (see daemon/protocol.py for the messages).
+"""The supervisor's end of the control channel (see daemon/contract/protocol.py for the messages).
 
 An AF_UNIX stream socketpair: the child inherits one end (its fd number in TRAIND_CONTROL_FD),
 the supervisor keeps the other, non-blocking. When the supervisor dies, even by SIGKILL, the

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract.errors import UsageError
-from .checker import Checker
+from ..contract.checker import Checker
 
 FIELDS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "exit_timeout_seconds",
           "rendezvous_timeout_seconds")

@@ -227,9 +227,11 @@ class Supervisor(Records):
         if rank != 0 and kind in (protocol.HEARTBEAT, protocol.HELLO, protocol.STOPPING):
             self.status_dirty = kind == protocol.HEARTBEAT or self.status_dirty
             return      # the group's progress is rank 0's; the others' is in status.json's "ranks"
+        if kind == protocol.HELLO and msg.get(protocol.TIMES_CHECKPOINTS) is True:
+            a.times_checkpoints, self.next_checkpoint_at = True, None   # every_seconds: one timer, the job's
         if not a.spoke:
             a.spoke = True
-            if self.spec.checkpoint.every_seconds:
+            if self.spec.checkpoint.every_seconds and not a.times_checkpoints:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
             t = transition(self.state, Trigger.CHILD_SPOKE)
             if t is not None:
@@ -258,7 +260,7 @@ class Supervisor(Records):
             a.final_committed = a.final_committed or msg.get("reason") == protocol.REASON_FINAL
             if self.state is State.STOPPING and msg.get("reason") == protocol.REASON_EMERGENCY:
                 self.emergency_committed = True
-            if self.spec.checkpoint.every_seconds and self.state is State.RUNNING:
+            if self.spec.checkpoint.every_seconds and self.state is State.RUNNING and not a.times_checkpoints:
                 self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
             self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
                      f"{fmt_seconds(msg.get('seconds'))})")

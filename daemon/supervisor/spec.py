@@ -21,19 +21,18 @@ import yaml
 
 from ..contract.errors import UsageError
 from . import distributed as dist_spec
-from .checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
+from ..contract.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
 from ..contract.exitcodes import PREEMPTED
 from ..store.remote import url_problem
-from ..store.retention import KEEP_BEST_FIELDS, check_retention
+from ..store.policy import check_policy
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOPPABLE_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
 SPOT_PROVIDERS = ("none", "auto", "aws", "gcp", "azure")
 SLURM_MAX_SIGNAL_SECONDS = 65535     # sbatch --signal=...@TIME takes 0..65535
-REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/slurm.requeue_argv
+REQUEUE_PLACEHOLDERS = ("job_id", "raw_job_id", "array_job_id", "array_task_id")   # daemon/cluster/slurm.py: requeue_argv
 # Sanity ceilings (Checker.number `limit`): past them a value overflows later, far from this file.
-MAX_STEPS = 10**12              # every_steps: more than any run takes, exact in int64 and in JSON doubles
 MAX_COUNT = 10**6               # max_restarts, keep_last, keep_best.k
 MAX_SECONDS = 10 * 365 * 86400  # durations: ten years, far below threading.TIMEOUT_MAX and time_t
 MAX_BACKOFF_FACTOR = 100
@@ -299,22 +298,11 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
     options = d.get("remote_options") or {}
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):   # values unshown: keys
         raise c.fail("checkpoint.remote_options", "a mapping of fsspec storage options (name: value)")
-    if isinstance(d.get("keep_best"), dict):
-        c.section(d["keep_best"], "checkpoint.keep_best", KEEP_BEST_FIELDS)
-    retention, problem = check_retention(d.get("keep_last", 3), d.get("keep_best"))
-    if problem is not None:
-        raise c.fail(f"checkpoint.{problem.field}", problem.expected, problem.value)
-    keep_last, kb = retention
-    c.number(keep_last, "checkpoint.keep_last", minimum=1, integer=True, limit=MAX_COUNT)
-    if kb is not None:
-        c.number(kb["k"], "checkpoint.keep_best.k", minimum=1, integer=True, limit=MAX_COUNT)
-        c.string(kb["metric"], "checkpoint.keep_best.metric")
-    return CheckpointSpec(
-        every_steps=c.number(d.get("every_steps"), "checkpoint.every_steps", minimum=1, integer=True, nullable=True,
-                             limit=MAX_STEPS),
-        every_seconds=c.number(d.get("every_seconds"), "checkpoint.every_seconds", minimum=0, strict=True,
-                               nullable=True, limit=MAX_SECONDS),
-        keep_last=keep_last, keep_best=None if kb is None else KeepBest(**kb), remote=remote, remote_options=options)
+    policy = check_policy(c, d, "checkpoint.")      # the rule the job applies too (store/policy.py)
+    kb = policy["keep_best"]
+    return CheckpointSpec(every_steps=policy["every_steps"], every_seconds=policy["every_seconds"],
+                          keep_last=policy["keep_last"], keep_best=None if kb is None else KeepBest(**kb),
+                          remote=remote, remote_options=options)
 
 
 def _restart(c: Checker, value: Any) -> RestartPolicy:

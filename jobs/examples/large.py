@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=at_least(1), default=4)
     args = p.parse_args(argv)
     trainer = traind.Trainer(max_steps=args.max_steps, run_dir=args.run_dir,
-                           checkpoint_every_steps=args.every_steps, keep_last=2, log_every_n_steps=1)
+                           checkpoint_every_steps=args.every_steps or None, keep_last=2, log_every_n_steps=1)
     traind.seed_everything(args.seed)
     trainer.fit(WideMLP(args.width, args.layers), SyntheticData(args.width))
 

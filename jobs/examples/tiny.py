@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     trainer = traind.Trainer(max_steps=args.max_steps, precision=args.precision,
                            accumulate_grad_batches=args.accumulate, gradient_clip_val=1.0,
                            val_check_interval=args.val_every, run_dir=args.run_dir,
-                           checkpoint_every_steps=args.every_steps, keep_last=3,
+                           checkpoint_every_steps=args.every_steps or None, keep_last=3,
                            keep_best={"metric": "val_loss", "mode": "min", "k": 1},
                            log_every_n_steps=args.log_every,
                            callbacks=[Pace(args.step_seconds)] if args.step_seconds else [])

@@ -9,7 +9,7 @@ import json
 import math
 
 from traind.contract.errors import UsageError
-from traind.store.retention import check_retention
+from traind.store.policy import POLICY_FIELDS, check_policy_from
 
 
 class Callback:
@@ -94,16 +94,10 @@ class CheckpointPolicy(Callback):
         return changed
 
     def _validate(self, where: str) -> None:
-        steps = self.every_steps
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
-            raise UsageError(f"{where}: field 'every_steps' must be a non-negative integer, got {steps!r}")
-        if self.every_seconds is not None and (not isinstance(self.every_seconds, (int, float))
-                                               or self.every_seconds < 0):
-            raise UsageError(f"{where}: field 'every_seconds' must be a non-negative number")
-        retention, problem = check_retention(self.keep_last, self.keep_best)   # the store's one rule
-        if problem is not None:
-            raise UsageError(f"{where}: field '{problem.field}' must be {problem.expected}, got {problem.value!r}")
-        self.keep_last, self.keep_best = retention
+        """The policy's one rule, the same the supervisor applies to the spec (traind.store.policy)."""
+        checked = check_policy_from(where, {k: getattr(self, k) for k in POLICY_FIELDS})
+        for key, value in checked.items():
+            setattr(self, key, value)
 
     def state_dict(self) -> dict:
         return {"last_saved_step": self.last_saved_step}

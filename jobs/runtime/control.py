@@ -1,4 +1,4 @@
-"""The child end of the supervisor's control channel (see daemon/protocol.py).
+"""The child end of the supervisor's control channel (see daemon/contract/protocol.py).
 
 A reader thread turns incoming messages into flags (never acts itself); `send` writes one JSON
 line under a lock, because the store's background thread reports commits while the loop sends

@@ -114,7 +114,8 @@ class Session:
             self.finished = True        # a rerun of a finished job: nothing left to do
         self.policy.start(self._started_at)
         self.phase = transition(self.phase, Event.RESTORED)
-        self._send(protocol.HELLO, pid=os.getpid(), resumed_step=self.step if self.resumed_from else None)
+        self._send(protocol.HELLO, pid=os.getpid(), resumed_step=self.step if self.resumed_from else None,
+                   **{protocol.TIMES_CHECKPOINTS: True})
 
     def _wait_as_spare(self, env) -> dict:
         """A warm spare has done everything up to here (imports, model, optimizer, datasets) and

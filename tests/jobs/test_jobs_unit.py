@@ -115,10 +115,27 @@ def test_checkpoint_policy_overrides_name_the_field():
     assert (policy.every_steps, policy.keep_last) == (200, 5), "null means: not set in the spec"
     with pytest.raises(UsageError, match=r"\$TRAIND_CHECKPOINT: unknown field 'evry_steps'"):
         policy.apply_overrides('{"evry_steps": 5}')
-    with pytest.raises(UsageError, match="field 'keep_last'"):
+    with pytest.raises(UsageError, match=r"\$TRAIND_CHECKPOINT: keep_last: expected an integer >= 1, got 'three'"):
         policy.apply_overrides('{"keep_last": "three"}')
     with pytest.raises(UsageError, match="not JSON"):
         policy.apply_overrides("{every")
+
+
+def test_the_job_and_the_spec_apply_one_checkpoint_rule(tmp_path):
+    """Both processes call traind.store.policy.check_policy: what one refuses, the other does."""
+    from traind.supervisor.spec import load_spec
+    for field, value, expected in (("every_steps", 0, "an integer >= 1 or null"),
+                                   ("every_seconds", 0, "a number > 0 or null"),
+                                   ("keep_last", 0, "an integer >= 1"),
+                                   ("every_steps", 10**13, "an integer >= 1, at most 1000000000000")):
+        with pytest.raises(UsageError) as in_code:
+            CheckpointPolicy(**{field: value})
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"name: x\ncommand: [python]\ncheckpoint: {{{field}: {value}}}\n")
+        with pytest.raises(UsageError) as in_spec:
+            load_spec(spec)
+        assert f"CheckpointPolicy: {field}: expected {expected}" in str(in_code.value)
+        assert f"checkpoint.{field}: expected {expected}" in str(in_spec.value)
 
 
 def test_early_stopping_counts_non_improvements_and_keeps_state():

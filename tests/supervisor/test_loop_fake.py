@@ -200,6 +200,15 @@ def test_periodic_checkpoint_requests(tmp_path):
     assert len(times) == 3 and all(b - a == pytest.approx(30) for a, b in zip(times, times[1:]))
 
 
+def test_every_seconds_runs_on_one_timer_the_jobs_when_it_says_it_times_checkpoints(tmp_path):
+    def on_spawn(n):
+        return [(0.1, msg("hello", pid=1, resumed_step=None, times_checkpoints=True))] + [
+            (0.1 + 0.5 * i, msg("heartbeat", step=i, epoch=0, metrics={})) for i in range(1, 200)] + [(100, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    run(tmp_path, fake, checkpoint={"every_seconds": 30}, health={"hang_timeout_seconds": None})
+    assert [k for _, k, _ in fake.sent if k == "checkpoint_now"] == []      # the job's own policy times them
+
+
 def test_wakes_at_most_about_once_a_second_while_the_child_chatters(tmp_path):
     fake = FakeOS(on_spawn=lambda n: speaking_child(step_every=0.01, steps=6000)(n) + [(60.1, exited(code=0))])
     sup, result, _ = run(tmp_path, fake)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from traind.contract.errors import UsageError
-from traind.supervisor.checker import Checker
+from traind.contract.checker import Checker
 from traind.supervisor.spec import TOP_FIELDS, JobSpec, load_spec
 
 GOOD = "name: job\ncommand: [python3, train.py]\n"

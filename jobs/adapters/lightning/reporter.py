@@ -41,7 +41,7 @@ class RunReporter:
         if self.metrics_log is not None:
             self.metrics_log.truncate_after(step)
         self._started_at, self._started_step = self.clock.monotonic(), step
-        self.send(protocol.HELLO, pid=os.getpid(), resumed_step=step or None)
+        self.send(protocol.HELLO, pid=os.getpid(), resumed_step=step or None, **{protocol.TIMES_CHECKPOINTS: True})
 
     def step_done(self, step: int, epoch: int, metrics: dict, total: int | None) -> None:
         if self.metrics_log is None:

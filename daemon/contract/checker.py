@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..contract.errors import UsageError
+from .errors import UsageError
 
 SHOWN_CHARS = 60        # a value or field name echoed in a message is cut to this
 PRINTABLE_INT_BITS = 14000  # ~4200 digits: str() of a longer int raises (past 4300) or takes long
