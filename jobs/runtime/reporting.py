@@ -19,6 +19,15 @@ from traind.fs.durable import atomic_write
 METRICS_NAME = "metrics.jsonl"
 
 
+def checkpoint_message(info, seconds: float, slowdown: float | None) -> dict:
+    """The CHECKPOINT message's fields (protocol.CHECKPOINT), the same from every way in: what
+    was committed, and what it cost (protocol.CHECKPOINT_COSTS)."""
+    stats = getattr(info, "stats", None) or {}
+    return {"step": info.step, "epoch": info.epoch, "path": str(info.path), "reason": info.reason,
+            "bytes": info.size, "seconds": seconds, "writer_cpu_seconds": stats.get("writer_cpu_seconds"),
+            "blocked_seconds": stats.get("snapshot_seconds"), "slowdown": slowdown}
+
+
 class MetricsLog:
     """Append-only per-step metrics. On resume, lines past the resumed step are dropped (those steps
     are about to run again), so the file always reads as one clean sequence of steps."""

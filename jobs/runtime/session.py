@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from traind.contract import exitcodes
 from traind.contract import protocol
 from traind.contract.errors import TraindError, UsageError
 from . import agreement, preemption
@@ -28,9 +27,10 @@ from .clock import SystemClock
 from .control import ControlChannel
 from .data import DataPosition, resumable_loader
 from .group import Group, fix_ddp_buckets
-from .lifecycle import Event, Phase, Preempted, one_line_errors, transition
+from .lifecycle import (Event, Phase, Preempted, finish_with_final_checkpoint, one_line_errors,
+                        stop_with_emergency_checkpoint, transition)
 from .preemption import FLAGS
-from .reporting import Console, MetricsLog
+from .reporting import Console, MetricsLog, checkpoint_message
 from .savecost import SaveCost
 from . import schema
 from ..engine import CheckpointEngine
@@ -285,13 +285,9 @@ class Session:
         seconds = round(self.clock.monotonic() - self._save_started, 3)
         if self.control is None:     # supervised: the supervisor logs each commit, once
             self.console.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
-        stats = getattr(info, "stats", None) or {}
         if self.group is not None and self.group.local_rank != 0:
             return                      # one report per node's supervisor: the commit is the group's
-        self._send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
-                   reason=info.reason, seconds=seconds, bytes=info.size,
-                   writer_cpu_seconds=stats.get("writer_cpu_seconds"), blocked_seconds=stats.get("snapshot_seconds"),
-                   slowdown=self.save_cost.slowdown())
+        self._send(protocol.CHECKPOINT, **checkpoint_message(info, seconds, self.save_cost.slowdown()))
 
     def _send(self, msg_type: str, **fields) -> None:
         if self.control is not None:
@@ -315,36 +311,27 @@ class Session:
         with one_line_errors(self._report_error):
             self.agreement.close()
             if self.should_stop() and not self.finished:
-                self._stop_with_emergency_checkpoint()
-            self.phase = transition(self.phase, Event.FINISHED)
-            self.store.flush()
-            if self._committed_step != self.step:     # else: this very step is already durable
-                self.save(reason=protocol.REASON_FINAL, blocking=True)
-            self.phase = transition(self.phase, Event.SAVED)
+                stop_with_emergency_checkpoint(self, self.step, FLAGS.stop.reason, exit_at_once=self.exit_at_once)
+            finish_with_final_checkpoint(self)
             self._shutdown()
             self.console.line(f"finished at step {self.step}")
 
-    def _stop_with_emergency_checkpoint(self) -> None:
-        reason = FLAGS.stop.reason
-        self.phase = transition(self.phase, Event.STOP_REQUESTED)
-        self.console.line(f"stop requested ({reason}): emergency checkpoint at step {self.step}")
-        started = self.clock.monotonic()
-        try:
-            self.store.flush()          # the in-flight periodic save completes first
-        except TraindError as err:
-            self.console.line(f"the in-flight checkpoint failed ({err}); writing the emergency one")
+    # --- what the lifecycle's sequences ask of a way in (jobs/runtime/lifecycle.py) ---------------
+    def say(self, line: str) -> None:
+        self.console.line(line)
+
+    def send(self, msg_type: str, **fields) -> None:
+        self._send(msg_type, **fields)
+
+    def flush_saves(self) -> None:
+        self.store.flush()
+
+    def save_now(self, reason: str) -> None:
         if self._committed_step != self.step:     # else: this very step is already durable
-            self.save(reason=protocol.REASON_EMERGENCY, blocking=True)
-        self.phase = transition(self.phase, Event.SAVED)
-        self._send(protocol.STOPPING, reason=reason, step=self.step)
+            self.save(reason=reason, blocking=True)
+
+    def shut_down(self) -> None:
         self._shutdown()
-        self.console.line(f"emergency checkpoint at step {self.step} durable after "
-                          f"{self.clock.monotonic() - started:.2f} s; exiting {exitcodes.PREEMPTED}")
-        if self.exit_at_once:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exitcodes.PREEMPTED)
-        raise Preempted(self.step, reason)
 
     def _report_error(self, message: str) -> None:
         """Tell the supervisor why we fail, in the job's own words (once: the first reason wins)."""

@@ -36,7 +36,8 @@ from ...runtime import agreement, preemption
 from ...runtime.group import Group
 from ...runtime.callbacks import CheckpointPolicy
 from ...runtime.data import DataPosition
-from ...runtime.lifecycle import Preempted, one_line_errors
+from ...runtime.lifecycle import (Event, Phase, finish_with_final_checkpoint, one_line_errors,
+                                  stop_with_emergency_checkpoint, transition)
 from ...runtime import schema
 from .io import TraindCheckpointIO
 from .loader import install_loader
@@ -100,6 +101,7 @@ class Checkpointing(pl.Callback):
         self._save_started = 0.0
         self._active = self._prepared = False
         self._group, self._agreement = None, agreement.Alone()
+        self.phase, self._trainer = Phase.STARTING, None
         self._undo_data = self._resumed_path = None
         for pattern in _QUIETED:
             warnings.filterwarnings("ignore", message=pattern)
@@ -108,7 +110,7 @@ class Checkpointing(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        self._active = True
+        self._active, self._trainer = True, trainer
         with one_line_errors(self.report.error):
             run_dir = Path(self.env.get(protocol.ENV_RUN_DIR) or self.run_dir_arg or trainer.default_root_dir)
             self.ckpt_dir = ck.checkpoints_dir(run_dir)
@@ -207,6 +209,7 @@ class Checkpointing(pl.Callback):
             self._restored = None
         with one_line_errors(self.report.error):
             self.report.started(trainer.global_step)
+        self.phase = transition(self.phase, Event.RESTORED)
         self.policy.start(self.clock.monotonic())
         self._group = Group.from_env(self.env)     # Lightning made the process group; None alone
         self._agreement = agreement.for_group(self._group, local_rank=trainer.local_rank,
@@ -254,13 +257,12 @@ class Checkpointing(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         with one_line_errors(self.report.error):
-            if self.store is not None:
-                self.store.flush()
-            self._save(trainer, protocol.REASON_FINAL, blocking=True)
+            finish_with_final_checkpoint(self)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SystemExit):       # ours (Preempted) or a one-line error: said
             return
+        self.phase = transition(self.phase, Event.ERROR)
         self.report.error(f"{type(exception).__name__}: {exception}")
         try:
             self._close()      # lets an in-flight periodic save finish: it is still a good state
@@ -284,6 +286,7 @@ class Checkpointing(pl.Callback):
             return step                      # this step is durable already (or being written)
         now = self.clock.monotonic()
         self._saved_step, self._save_started = step, now
+        self.report.save_cost.save_started()
         self.policy.saved(step, now)
         with one_line_errors(self.report.error):
             self.store.save(checkpoint, step=step, epoch=checkpoint.get("epoch"), reason=reason,
@@ -299,23 +302,30 @@ class Checkpointing(pl.Callback):
             self._next_save = None
 
     def _emergency(self, trainer) -> None:
-        step = trainer.global_step
         reason = FLAGS.stop.reason if FLAGS.stop is not None else "stop requested on another rank"
-        self.report.line(f"stop requested ({reason}): emergency checkpoint at step {step}")
-        started = self.clock.monotonic()
+        stop_with_emergency_checkpoint(self, trainer.global_step, reason, exit_at_once=False)
+
+    # --- what the lifecycle's sequences ask of a way in (jobs/runtime/lifecycle.py) ---------------
+    def say(self, line: str) -> None:
+        self.report.line(line)
+
+    def send(self, msg_type: str, **fields) -> None:
+        self.report.send(msg_type, **fields)
+
+    def flush_saves(self) -> None:
         if self.store is not None:
             try:
-                self.store.flush()              # the in-flight periodic save completes first
-            except TraindError as err:
-                self.report.line(f"the in-flight checkpoint failed ({err}); writing the emergency one")
-                self._saved_step = None
-        self._save(trainer, protocol.REASON_EMERGENCY, blocking=True)
-        self.report.send(protocol.STOPPING, reason=reason, step=step)
+                self.store.flush()
+            except TraindError:
+                self._saved_step = None          # that step is not durable: write it again
+                raise
+
+    def save_now(self, reason: str) -> None:
+        self._save(self._trainer, reason, blocking=True)     # commit() skips a step durable already
+
+    def shut_down(self) -> None:
         with one_line_errors(self.report.error):
             self._close()
-        self.report.line(f"emergency checkpoint at step {step} durable after "
-                         f"{self.clock.monotonic() - started:.2f} s; exiting 75")
-        raise Preempted(step, reason)
 
     def _step_done(self, trainer, outputs, step: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs

@@ -11,7 +11,8 @@ import os
 from traind.contract import protocol
 from ...runtime.clock import SystemClock
 from ...runtime.control import ControlChannel
-from ...runtime.reporting import Console, MetricsLog
+from ...runtime.reporting import Console, MetricsLog, checkpoint_message
+from ...runtime.savecost import SaveCost
 from ...runtime.session import HEARTBEAT_MIN_INTERVAL, TIMING_KEYS
 
 
@@ -24,6 +25,7 @@ class RunReporter:
         self.metrics_log: MetricsLog | None = None
         self._started_at, self._started_step, self._last_heartbeat = 0.0, 0, -1e18
         self._error_sent = False
+        self.save_cost = SaveCost()       # steps beside a background save against steps without
 
     def open(self, run_dir, rank: int, environ=None) -> None:
         """Rank 0: the control channel named by $TRAIND_CONTROL_FD (if any) and the metrics log."""
@@ -47,6 +49,7 @@ class RunReporter:
         if self.metrics_log is None:
             return
         now = self.clock.monotonic()
+        self.save_cost.step(now)
         rate = (step - self._started_step) / max(now - self._started_at, 1e-9)
         self.metrics_log.append({"step": step, "epoch": epoch, **metrics,
                                  TIMING_KEYS[0]: round(self.clock.wall(), 3), TIMING_KEYS[1]: round(rate, 3)})
@@ -56,9 +59,10 @@ class RunReporter:
                       steps_per_second=round(rate, 3), total=total)
 
     def committed(self, info, seconds: float) -> None:     # may run on the store's background thread
-        self.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
-        self.send(protocol.CHECKPOINT, step=info.step, epoch=info.epoch, path=str(info.path),
-                  reason=info.reason, seconds=seconds)
+        self.save_cost.save_committed()
+        if self.control is None:     # supervised: the supervisor logs each commit, once
+            self.line(f"checkpoint step {info.step} ({info.reason}) committed in {seconds:.2f} s")
+        self.send(protocol.CHECKPOINT, **checkpoint_message(info, seconds, self.save_cost.slowdown()))
 
     def send(self, msg_type: str, **fields) -> None:
         if self.control is not None:
