@@ -125,7 +125,7 @@ def test_control_channel_stop_before_first_step_then_resume_and_supervisor_eof(t
     sock.close()                                  # EOF: the supervisor is gone
     code, out = finish(proc)
     assert code == 75, out
-    assert seen[0] == {"type": "hello", "pid": proc.pid, "resumed_step": 0}
+    assert seen[0] == {"type": "hello", "pid": proc.pid, "resumed_step": 0, "times_checkpoints": True}
     assert saved(on_grid=True)[:2] == [7, 14]
     assert any(m["type"] == "heartbeat" and m["metrics"].get("loss") for m in seen)
     assert "supervisor gone" in out
