@@ -327,8 +327,16 @@ class Session:
         self.store.flush()
 
     def save_now(self, reason: str) -> None:
-        if self._committed_step != self.step:     # else: this very step is already durable
-            self.save(reason=reason, blocking=True)
+        if self._committed_step == self.step:     # this very step is already durable
+            return
+        if self.group is not None and self.resumed_from is None and self.step == self._started_step:
+            # A fresh group stopped before its first step has nothing to save, and must not save:
+            # DCP's get_state_dict initialises an optimizer without state by an optimizer step at
+            # lr 0, which counts (AdamW's `step` 1 instead of 0): resumed from it, every weight
+            # would differ. The next attempt starts fresh, exactly as this one did.
+            self.say("stopped before the first step: nothing to save; the next attempt starts fresh")
+            return
+        self.save(reason=reason, blocking=True)
 
     def shut_down(self) -> None:
         self._shutdown()

@@ -33,3 +33,38 @@ def test_sigterm_mid_epoch_stops_every_rank_at_one_step_and_the_resume_is_bit_id
     assert run(spec, log) == 0, log.read_text()[-3000:]
     assert_same_state(newest(run_dir), newest(reference_run))
     assert metrics(run_dir) == metrics(reference_run)
+
+
+def _recording_stops(parent: int) -> list[int]:
+    """The children of `parent` that catch SIGTERM (traind.jobs installed its recording handler)."""
+    try:
+        children = open(f"/proc/{parent}/task/{parent}/children").read().split()
+    except OSError:
+        return []
+    out = []
+    for pid in children:
+        try:
+            caught = [line for line in open(f"/proc/{pid}/status") if line.startswith("SigCgt:")]
+        except OSError:
+            continue
+        if caught and int(caught[0].split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            out.append(int(pid))
+    return out
+
+
+def test_a_group_stopped_before_its_first_step_resumes_bit_identical(tmp_path, reference_run):
+    """Issue 22: stopped during start-up, the group has nothing to save (a step-0 checkpoint through
+    DCP counted a fake optimizer step: every weight differed after the resume)."""
+    spec = write_spec(tmp_path)
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    wait_for(lambda: len(_recording_stops(sup.pid)) == 4, 60, "every rank records stop signals (imports begun)")
+    assert step_of(run_dir) == 0
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(120) == 75, log.read_text()[-3000:]
+    first = log.read_text()
+
+    assert run(spec, log) == 0, log.read_text()[-3000:]
+    assert_same_state(newest(run_dir), newest(reference_run))
+    assert metrics(run_dir) == metrics(reference_run)
+    assert "stopped before the first step: nothing to save" in first, first[-3000:]

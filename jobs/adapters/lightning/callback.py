@@ -13,8 +13,8 @@ Order of work, hook by hook (each is where Lightning gives us the consistent sta
   on "stop" and "checkpoint" (jobs/runtime/agreement.py: every rank acts one step after a rank
   asks, at no cost while nothing is pending); a stop is one emergency checkpoint (blocking,
   durable) and exit 75 (`traind.Preempted`);
-- validation never moves the training RNG stream (captured before, restored after), so a run
-  resumed after a skipped validation continues identically;
+- validation never moves the training RNG stream (captured at its start, restored at its end),
+  so a run resumed where a validation runs again (an epoch-end checkpoint) continues identically;
 - on_train_end: the final checkpoint; teardown: flush and close.
 """
 from __future__ import annotations
@@ -227,7 +227,6 @@ class Checkpointing(pl.Callback):
         if step == self._step_at_batch_start:
             return                           # accumulating gradients: not a step boundary
         self._step_done(trainer, outputs, step)
-        self._val_rng = capture_rng()        # validation may follow; it must not move the RNGs
         self._prepare_buffers(trainer)
         if trainer.max_steps > 0 and step >= trainer.max_steps:
             return                           # the final checkpoint follows in on_train_end
@@ -241,6 +240,13 @@ class Checkpointing(pl.Callback):
             self._emergency(trainer)
         elif save or counted:
             self._save(trainer, protocol.REASON_PERIODIC, blocking=False)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Every validation leaves the training RNG streams as it found them (its loader's iterator
+        # draws a seed from them), including one that runs right after a resume from an
+        # epoch-end checkpoint, before any training batch.
+        if not trainer.sanity_checking:
+            self._val_rng = capture_rng()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
