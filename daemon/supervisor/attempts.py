@@ -41,6 +41,30 @@ class Attempt:
 
 
 @dataclass
+class Deadlines:
+    """The supervisor's monotonic deadlines; None: not set."""
+    stop: float | None = None              # grace over: SIGKILL the group
+    backoff_until: float | None = None     # the next attempt starts
+    next_checkpoint: float | None = None   # checkpoint_now, for a job that does not time its own
+
+
+@dataclass
+class RestartBudget:
+    """What decides whether a failed attempt is retried, and after how long."""
+    failure_times: list[float] = field(default_factory=list)   # monotonic: max_restarts in window_seconds
+    consecutive_failures: int = 0          # drives the backoff; progress resets it
+    idle_self_stops: int = 0               # exits with 75 in a row, unasked and without progress
+
+
+@dataclass
+class LastSeen:
+    """The latest of each, as status.json shows them (dicts)."""
+    heartbeat: dict | None = None
+    checkpoint: dict | None = None
+    failure: dict | None = None
+
+
+@dataclass
 class RunResult:
     exit_code: int
     state: State

@@ -19,7 +19,7 @@ from ..contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from . import mirror as remote_mirror
 from . import distributed
 from .group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
-from .attempts import (Attempt, Outcome, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
+from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
                                        StartupGuard, step_rate)
 from .osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
@@ -57,19 +57,13 @@ class Supervisor(Records):
         self.spares = Spares(spec.restart.warm_spare, self.os, self.files, self.say, self._event)
         self.state = State.STARTING
         self.attempts: list[Attempt] = []
-        self.failure_times: list[float] = []    # monotonic, for max_restarts within window_seconds
-        self.consecutive_failures = 0           # drives the backoff; progress resets it
+        self.budget, self.deadlines, self.seen = RestartBudget(), Deadlines(), LastSeen()
         self.stop_trigger: str | None = None    # set by a signal / request_stop (not by a hang)
-        self.stop_deadline: float | None = None
-        self.backoff_until: float | None = None
-        self.next_checkpoint_at: float | None = None
         self.killed = self.emergency_committed = self.status_dirty = False
-        self.last_checkpoint = self.last_heartbeat = self.last_failure = None   # dicts, for status.json
         self.exit_code: int | None = None
         self.message = ""
         self.last_drain = self.started_wall = 0.0
         self.attempt_base = 0
-        self.idle_self_stops = 0
         self.earlier_attempts: list[dict] = []
         self.startup_guard = StartupGuard(spec.restart.max_startup_failures, spec.restart.window_seconds)
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
@@ -108,8 +102,8 @@ class Supervisor(Records):
 
     # --- the loop's pieces --------------------------------------------------------------------------
     def _timeout(self, now: float) -> float | None:
-        deadlines = [d for d in (self.backoff_until, self.stop_deadline if not self.killed else None,
-                                 self._hang_deadline(), self.next_checkpoint_at, self.group.kill_at,
+        deadlines = [d for d in (self.deadlines.backoff_until, self.deadlines.stop if not self.killed else None,
+                                 self._hang_deadline(), self.deadlines.next_checkpoint, self.group.kill_at,
                                  self._rendezvous_deadline()) if d is not None]
         if self.state is State.RUNNING:
             deadlines.append(self.last_drain + CHANNEL_BATCH_SECONDS)   # the batched channel read
@@ -148,11 +142,11 @@ class Supervisor(Records):
             self.say(f"rank {self.group.late} still runs {self.group.exit_timeout:g}s after another rank exited: "
                      "SIGKILL to the group")
             self.os.signal_group(signal.SIGKILL)
-        if self.state is State.BACKING_OFF and self.backoff_until is not None and now >= self.backoff_until:
-            self.backoff_until = None
+        if self.state is State.BACKING_OFF and self.deadlines.backoff_until is not None and now >= self.deadlines.backoff_until:
+            self.deadlines.backoff_until = None
             self._apply(transition(self.state, Trigger.BACKOFF_ELAPSED))
             self._spawn_attempt()
-        elif self.state is State.STOPPING and not self.killed and now >= self.stop_deadline:
+        elif self.state is State.STOPPING and not self.killed and now >= self.deadlines.stop:
             self.say(f"grace period of {self.spec.preemption.grace_seconds:g}s over: SIGKILL to the process group")
             self.killed = True
             self.os.signal_group(signal.SIGKILL)
@@ -163,9 +157,9 @@ class Supervisor(Records):
                 self._apply(transition(self.state, Trigger.HANG_DETECTED),
                             reason=f"no message for {self.spec.health.hang_timeout_seconds:g}s")
                 self._enter_stopping("hang")
-            elif self.next_checkpoint_at is not None and now >= self.next_checkpoint_at:
+            elif self.deadlines.next_checkpoint is not None and now >= self.deadlines.next_checkpoint:
                 self.os.send(protocol.CHECKPOINT_NOW, reason=protocol.REASON_PERIODIC)
-                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+                self.deadlines.next_checkpoint = now + self.spec.checkpoint.every_seconds
 
     def _handle(self, event) -> None:
         if isinstance(event, SignalArrived):
@@ -184,7 +178,7 @@ class Supervisor(Records):
 
     def _stop(self, trigger: str) -> None:
         if self.state is State.STOPPING:
-            left = max(0.0, self.stop_deadline - self.os.monotonic())
+            left = max(0.0, self.deadlines.stop - self.os.monotonic())
             if self.stop_trigger is None:   # a hang stop becomes a requested stop: no restart after
                 self.stop_trigger = trigger
             self.say(f"{trigger}: already stopping; waiting for the emergency checkpoint ({left:.0f}s of grace left)")
@@ -197,16 +191,16 @@ class Supervisor(Records):
         if t.target is State.STOPPING:
             self._enter_stopping(trigger)
         else:  # nothing running (backing off): the latest valid checkpoint is the resume point
-            self.backoff_until = None
+            self.deadlines.backoff_until = None
             self._finish_preempted(exit_status=None)
 
     def _enter_stopping(self, why: str) -> None:
         a = self.attempts[-1]
         self.spares.discard()
-        self.stop_deadline = self.os.monotonic() + self.spec.preemption.grace_seconds
+        self.deadlines.stop = self.os.monotonic() + self.spec.preemption.grace_seconds
         self.killed = False
         self.emergency_committed = False
-        self.next_checkpoint_at = None
+        self.deadlines.next_checkpoint = None
         sent = self.os.send(protocol.CHECKPOINT_AND_STOP, reason=why)
         if not a.spoke:   # may not speak the channel at all: the classic way too
             self.os.signal_group(signal.SIGTERM)
@@ -228,11 +222,11 @@ class Supervisor(Records):
             self.status_dirty = kind == protocol.HEARTBEAT or self.status_dirty
             return      # the group's progress is rank 0's; the others' is in status.json's "ranks"
         if kind == protocol.HELLO and msg.get(protocol.TIMES_CHECKPOINTS) is True:
-            a.times_checkpoints, self.next_checkpoint_at = True, None   # every_seconds: one timer, the job's
+            a.times_checkpoints, self.deadlines.next_checkpoint = True, None   # every_seconds: one timer, the job's
         if not a.spoke:
             a.spoke = True
             if self.spec.checkpoint.every_seconds and not a.times_checkpoints:
-                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+                self.deadlines.next_checkpoint = now + self.spec.checkpoint.every_seconds
             t = transition(self.state, Trigger.CHILD_SPOKE)
             if t is not None:
                 self._apply(t)
@@ -245,23 +239,23 @@ class Supervisor(Records):
             a.last_step = step
             if a.first_beat is None and step is not None:
                 a.first_beat = (now, step)
-            self.last_heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
+            self.seen.heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
                                    "time": self.os.wall(), "total": as_int(msg.get("total")),
                                    "steps_per_second": step_rate(a, now, step, msg.get("steps_per_second"))}
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
-            self.last_checkpoint = {**{k: msg.get(k) for k in ("step", "path", "reason", *protocol.CHECKPOINT_COSTS)},
+            self.seen.checkpoint = {**{k: msg.get(k) for k in ("step", "path", "reason", *protocol.CHECKPOINT_COSTS)},
                                     "bytes": as_int(msg.get("bytes")), "time": self.os.wall()}
             step = as_int(msg.get("step"))
             self.mirror.enqueue(msg.get("path"), step, msg.get("reason"))   # then to checkpoint.remote, if set
-            if step is not None and self.last_heartbeat and (self.last_heartbeat.get("step") or 0) < step:
-                self.last_heartbeat = {**self.last_heartbeat, "step": step, "time": self.os.wall()}  # the final one
+            if step is not None and self.seen.heartbeat and (self.seen.heartbeat.get("step") or 0) < step:
+                self.seen.heartbeat = {**self.seen.heartbeat, "step": step, "time": self.os.wall()}  # the final one
                 a.last_step = step
             a.final_committed = a.final_committed or msg.get("reason") == protocol.REASON_FINAL
             if self.state is State.STOPPING and msg.get("reason") == protocol.REASON_EMERGENCY:
                 self.emergency_committed = True
             if self.spec.checkpoint.every_seconds and self.state is State.RUNNING and not a.times_checkpoints:
-                self.next_checkpoint_at = now + self.spec.checkpoint.every_seconds
+                self.deadlines.next_checkpoint = now + self.spec.checkpoint.every_seconds
             self.say(f"checkpoint committed at step {msg.get('step')} ({msg.get('reason')}, "
                      f"{fmt_seconds(msg.get('seconds'))})")
             self._event("checkpoint", checkpoint_step=step, reason=msg.get("reason"), seconds=msg.get("seconds"),
@@ -303,22 +297,22 @@ class Supervisor(Records):
         # A job may stop itself with 75 (it was preempted directly): restart at once, no failure.
         # Twice in a row without a newer checkpoint is a loop, not a preemption: count it.
         self_stop = status.code == PREEMPTED and self.state is not State.STOPPING
-        self.idle_self_stops = 0 if not self_stop or progressed else self.idle_self_stops + 1
-        self_stop_ok = self_stop and self.idle_self_stops < MAX_IDLE_SELF_STOPS
+        self.budget.idle_self_stops = 0 if not self_stop or progressed else self.budget.idle_self_stops + 1
+        self_stop_ok = self_stop and self.budget.idle_self_stops < MAX_IDLE_SELF_STOPS
         crash = status.code != 0 and not self_stop_ok and not unusable \
             and not (self.state is State.STOPPING and self.stop_trigger is not None)
         never_starts = crash and self.startup_guard.never_starts(
             a, status, (self.files.log_tail(a.number, lines=1) or [""])[-1], now)
         if crash:
-            self.failure_times = [t for t in self.failure_times if now - t <= self.spec.restart.window_seconds]
-            self.failure_times.append(now)
-            self.last_failure = {"attempt": a.number, "exit": status.describe(), "reason": a.reason,
+            self.budget.failure_times = [t for t in self.budget.failure_times if now - t <= self.spec.restart.window_seconds]
+            self.budget.failure_times.append(now)
+            self.seen.failure = {"attempt": a.number, "exit": status.describe(), "reason": a.reason,
                                  "time": self.os.wall()}
-            self.consecutive_failures = 0 if progressed else self.consecutive_failures
+            self.budget.consecutive_failures = 0 if progressed else self.budget.consecutive_failures
         facts = Facts(exit_code=status.code, stop_requested=self.stop_trigger is not None, self_stop_ok=self_stop_ok,
                       resume_point_unusable=unusable, never_starts=never_starts, silent=not a.spoke,
                       no_retry=status.code in self.spec.restart.no_retry_exit_codes,
-                      budget_left=len(self.failure_times) <= self.spec.restart.max_restarts)
+                      budget_left=len(self.budget.failure_times) <= self.spec.restart.max_restarts)
         t = transition(self.state, Trigger.CHILD_EXITED, facts)
         self._apply(t, exit_status=status, checkpoint_step=newest_step)
         if t.target is State.SUCCEEDED:
@@ -330,11 +324,11 @@ class Supervisor(Records):
         elif t.target is State.STARTING:
             self._spawn_attempt()
         elif t.target is State.BACKING_OFF:
-            self.consecutive_failures += 1
-            delay = backoff_delay(self.spec.restart.backoff, self.consecutive_failures, self.os.random())
-            self.backoff_until = now + delay
+            self.budget.consecutive_failures += 1
+            delay = backoff_delay(self.spec.restart.backoff, self.budget.consecutive_failures, self.os.random())
+            self.deadlines.backoff_until = now + delay
             self.say(f"attempt {a.number} {status.describe()}{' (progress: backoff reset)' if progressed else ''}; "
-                     f"restart {len(self.failure_times)}/{self.spec.restart.max_restarts} in {delay:.2f}s")
+                     f"restart {len(self.budget.failure_times)}/{self.spec.restart.max_restarts} in {delay:.2f}s")
         elif t.target is State.FAILED:
             why = f" ({a.reason})" if a.reason else ""
             tail = " | ".join(self.files.log_tail(a.number)) if never_starts or not a.reason else ""
@@ -349,7 +343,7 @@ class Supervisor(Records):
         a = Attempt(number=number, resume_step=None if info is None else info.step,
                     resume_path=None if info is None else str(info.path), started_at=self.os.monotonic())
         self.attempts.append(a)
-        self.stop_deadline, self.killed = None, False
+        self.deadlines.stop, self.killed = None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
         pid = self.mirror.refuse_spawn() or self.spares.take(log, resume_from=resume_from, attempt=number)
         ranks = None if self.placement is None else self.placement.rank_envs(number, self.spec.restart.max_restarts)
@@ -387,7 +381,7 @@ class Supervisor(Records):
         else:
             what = ("no emergency checkpoint committed; resume point "
                     + ("none (fresh start)" if checkpoint_step is None else f"step {checkpoint_step}"))
-        what += self.mirror.drain(checkpoint_step, self.stop_deadline)   # remotely committed, within the grace
+        what += self.mirror.drain(checkpoint_step, self.deadlines.stop)   # remotely committed, within the grace
         # One requeue for the group: node 0's supervisor runs the follow-up, the others just stop.
         code = self.followup(outcome) if self.placement is None or self.placement.node_rank == 0 else PREEMPTED
         self._finish(code, f"stopped ({outcome.trigger}): {what}")

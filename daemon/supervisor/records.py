@@ -38,11 +38,11 @@ class Records:
         self.records.status({
             "name": self.spec.name, "spec": str(self.spec.source), "run_dir": str(self.spec.run_dir),
             "state": self.state.value, "attempt": None if a is None else a.number,
-            "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.failure_times),
+            "restarts": max(0, len(self.attempts) - 1), "failures_in_window": len(self.budget.failure_times),
             "supervisor_pid": os.getpid(), "pid": None if a is None or a.exit is not None else a.pid,
             "started": self.started_wall, "updated": self.os.wall(),
-            "last_heartbeat": self.last_heartbeat, "last_checkpoint": self.last_checkpoint,
-            "last_failure": self.last_failure, "exit_code": self.exit_code, "message": self.message or None,
+            "last_heartbeat": self.seen.heartbeat, "last_checkpoint": self.seen.checkpoint,
+            "last_failure": self.seen.failure, "exit_code": self.exit_code, "message": self.message or None,
             "attempts": (self.earlier_attempts + [x.summary() for x in self.attempts])[-20:],
             "remote": self.mirror.status(),
             "spare": self.spares.summary(),
@@ -51,7 +51,7 @@ class Records:
         }, durable=durable)
         if self._live is not None:
             self._live(live_text(self.spec.name, None if a is None else a.number, self.state.value,
-                                 self.last_heartbeat, self.last_checkpoint))
+                                 self.seen.heartbeat, self.seen.checkpoint))
 
     def say(self, text: str) -> None:
         a = self.attempts[-1] if self.attempts else None

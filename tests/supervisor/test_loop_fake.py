@@ -89,7 +89,7 @@ def test_exit_75_without_stop_restarts_at_once_and_is_not_a_failure(tmp_path):
     sup, result, _ = run(tmp_path, fake, resume=resume, restart={"max_restarts": 0})
     assert result.state is State.SUCCEEDED and len(fake.spawns) == 6
     assert [b - a for a, b in zip(fake.spawns, fake.spawns[1:])] == pytest.approx([1] * 5)
-    assert sup.failure_times == []
+    assert sup.budget.failure_times == []
 
 
 def test_exit_75_again_and_again_without_progress_is_a_crash_loop(tmp_path):
@@ -157,7 +157,7 @@ def test_hang_requests_checkpoint_kills_after_grace_and_counts_a_failure(tmp_pat
     # the channel is read in 1 s batches, so the last heartbeat is seen at t<=2 and the hang at <=12
     assert len(stop) == 1 and stop[0][2]["reason"] == "hang" and 11.0 <= stop[0][0] <= 12.0
     assert fake.signals[0][1] == signal.SIGKILL and fake.signals[0][0] == pytest.approx(stop[0][0] + 5)
-    assert result.state is State.SUCCEEDED and len(fake.spawns) == 2 and len(sup.failure_times) == 1
+    assert result.state is State.SUCCEEDED and len(fake.spawns) == 2 and len(sup.budget.failure_times) == 1
     assert sup.attempts[0].reason == "hang"
 
 
@@ -214,7 +214,7 @@ def test_wakes_at_most_about_once_a_second_while_the_child_chatters(tmp_path):
     sup, result, _ = run(tmp_path, fake)
     assert result.state is State.SUCCEEDED
     assert fake.waits <= 65, fake.waits                 # 6000 heartbeats in 60 s
-    assert sup.last_heartbeat["step"] == 5999
+    assert sup.seen.heartbeat["step"] == 5999
 
 
 def test_resume_point_and_skipped_checkpoints_reach_the_child_and_the_log(tmp_path):
