@@ -40,6 +40,16 @@ class Attempt:
                 "reason": self.reason}
 
 
+def startup_deadline(attempts: list[Attempt], health) -> float | None:
+    """When the current attempt is hung in start-up: it should say hello (an earlier attempt spoke,
+    or health.expects_hello) and has not within health.startup_timeout_seconds of its start."""
+    a, timeout = (attempts[-1] if attempts else None), health.startup_timeout_seconds
+    if (timeout is None or a is None or a.spoke or a.exit is not None or a.started_at is None
+            or not (health.expects_hello or any(x.spoke for x in attempts[:-1]))):
+        return None
+    return a.started_at + timeout
+
+
 @dataclass
 class Deadlines:
     """The supervisor's monotonic deadlines; None: not set."""

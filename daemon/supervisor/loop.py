@@ -19,8 +19,8 @@ from ..contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
 from . import mirror as remote_mirror
 from . import distributed
 from .group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
-from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, RunResult, as_int, backoff_delay, fmt_seconds, json_line,
-                                       StartupGuard, step_rate)
+from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, RunResult, StartupGuard, as_int,
+                       backoff_delay, fmt_seconds, json_line, startup_deadline, step_rate)
 from .osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
 from .records import Records
@@ -112,6 +112,8 @@ class Supervisor(Records):
         return None if not deadlines else max(0.0, min(deadlines) - now)
 
     def _hang_deadline(self) -> float | None:
+        if self.state is State.STARTING:
+            return startup_deadline(self.attempts, self.spec.health)
         timeout = self.spec.health.hang_timeout_seconds
         quiet_since = self.group.quiet_since()      # the quietest rank (the only one, without distributed:)
         if timeout is None or self.state is not State.RUNNING or quiet_since is None:
@@ -150,12 +152,13 @@ class Supervisor(Records):
             self.say(f"grace period of {self.spec.preemption.grace_seconds:g}s over: SIGKILL to the process group")
             self.killed = True
             self.os.signal_group(signal.SIGKILL)
-        elif self.state is State.RUNNING:
+        elif self.state in (State.STARTING, State.RUNNING):
             hang = self._hang_deadline()
             if hang is not None and now >= hang:
                 self.attempts[-1].reason = "hang"
-                self._apply(transition(self.state, Trigger.HANG_DETECTED),
-                            reason=f"no message for {self.spec.health.hang_timeout_seconds:g}s")
+                why = (f"no message for {self.spec.health.hang_timeout_seconds:g}s" if self.state is State.RUNNING
+                       else f"no hello {self.spec.health.startup_timeout_seconds:g}s after the start")
+                self._apply(transition(self.state, Trigger.HANG_DETECTED), reason=why)
                 self._enter_stopping("hang")
             elif self.deadlines.next_checkpoint is not None and now >= self.deadlines.next_checkpoint:
                 self.os.send(protocol.CHECKPOINT_NOW, reason=protocol.REASON_PERIODIC)

@@ -91,6 +91,10 @@ class Preemption:
 @dataclass(frozen=True)
 class Health:
     hang_timeout_seconds: float | None = 300.0
+    # A child that should speak the channel (an earlier attempt did, or expects_hello) and has not
+    # said hello this long after its start is hung in start-up: stopped, reported, restarted.
+    startup_timeout_seconds: float | None = 900.0
+    expects_hello: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,10 +359,17 @@ def _preemption(c: Checker, value: Any) -> Preemption:
 
 
 def _health(c: Checker, value: Any) -> Health:
-    d = c.section(value, "health", ("hang_timeout_seconds",))
+    d = c.section(value, "health", ("hang_timeout_seconds", "startup_timeout_seconds", "expects_hello"))
+    expects = d.get("expects_hello", False)
+    if not isinstance(expects, bool):
+        raise c.fail("health.expects_hello", "true or false", expects)
     return Health(hang_timeout_seconds=c.number(d.get("hang_timeout_seconds", 300.0),
                                                 "health.hang_timeout_seconds", strict=True, nullable=True,
-                                                limit=MAX_SECONDS))
+                                                limit=MAX_SECONDS),
+                  startup_timeout_seconds=c.number(d.get("startup_timeout_seconds", 900.0),
+                                                   "health.startup_timeout_seconds", strict=True, nullable=True,
+                                                   limit=MAX_SECONDS),
+                  expects_hello=expects)
 
 
 def _slurm(c: Checker, value: Any) -> Slurm:

@@ -5,6 +5,7 @@ Legal edges (each branch of `transition` names the one it takes):
     STARTING    -> RUNNING       the child spoke on the control channel (hello / heartbeat)
     STARTING    -> FAILED        the command could not be started
     STARTING|RUNNING -> STOPPING     a stop was requested (signal, request_stop) or the child hung
+                                     (RUNNING: no message; STARTING: no hello in start-up time)
     STARTING|RUNNING|STOPPING -> SUCCEEDED   the child exited 0
     STOPPING    -> PREEMPTED     the child exited after a requested stop (checkpoint or not); also
                                  exit 0 from a child that never spoke the channel (a plain
@@ -94,6 +95,8 @@ def transition(state: State, trigger: Trigger, facts: Facts = Facts()) -> Transi
         return None                                                             # already STOPPING
     if trigger is Trigger.HANG_DETECTED and state is State.RUNNING:
         return edge(State.STOPPING, "no heartbeat: hang")                       # RUNNING -> STOPPING
+    if trigger is Trigger.HANG_DETECTED and state is State.STARTING:
+        return edge(State.STOPPING, "no hello: hang in start-up")               # STARTING -> STOPPING
     if trigger is Trigger.BACKOFF_ELAPSED and state is State.BACKING_OFF:
         return edge(State.STARTING, "backoff elapsed")                          # BACKING_OFF -> STARTING
     if trigger is Trigger.CHILD_EXITED and state in CHILD_ALIVE:

@@ -228,3 +228,30 @@ def test_resume_point_and_skipped_checkpoints_reach_the_child_and_the_log(tmp_pa
     assert any("skipping checkpoint step-000000060: state.pt: checksum mismatch" in line for line in lines)
     skipped = [e for e in read_events(tmp_path / "run") if e["event"] == "checkpoint_skipped"]
     assert skipped and "checksum mismatch" in skipped[0]["reason"]
+
+
+def test_a_restarted_child_that_never_says_hello_is_hung_in_start_up(tmp_path):
+    """Issue 22: the first attempt spoke, so the next one should; silent past the start-up timeout,
+    it is stopped (emergency request, then SIGKILL after the grace) and restarted."""
+    def on_spawn(n):
+        if n == 1:
+            return [(0.1, msg("hello", pid=1, resumed_step=None)), (1.0, exited(code=1))]
+        if n == 2:
+            return []                               # silent: stuck before hello
+        return [(0.1, msg("hello", pid=3, resumed_step=None)), (1.0, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    sup, result, lines = run(tmp_path, fake, health={"startup_timeout_seconds": 20, "hang_timeout_seconds": None})
+    assert result.state is State.SUCCEEDED and len(fake.spawns) == 3, lines
+    assert any("no hello 20s after the start" in line for line in lines), lines
+    second = fake.spawns[1]
+    assert [(round(t - second, 3), s) for t, s in fake.signals][:2] == [(20.0, signal.SIGTERM), (25.0, signal.SIGKILL)]
+
+
+def test_a_first_attempt_is_never_hung_in_start_up_unless_the_spec_expects_hello(tmp_path):
+    slow = FakeOS(on_spawn=lambda n: [(50.0, msg("hello", pid=1, resumed_step=None)), (51.0, exited(code=0))])
+    sup, result, lines = run(tmp_path, slow, health={"startup_timeout_seconds": 20, "hang_timeout_seconds": None})
+    assert result.state is State.SUCCEEDED and len(slow.spawns) == 1
+    strict = FakeOS(on_spawn=lambda n: [(50.0, msg("hello", pid=1, resumed_step=None)), (51.0, exited(code=0))])
+    sup, result, lines = run(tmp_path / "2", strict, health={"startup_timeout_seconds": 20, "expects_hello": True,
+                                                             "hang_timeout_seconds": None}, restart={"max_restarts": 0})
+    assert any("no hello 20s after the start" in line for line in lines), lines
