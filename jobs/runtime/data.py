@@ -30,6 +30,24 @@ class DataPosition:
     def state_dict(self) -> dict:
         return asdict(self)
 
+    # How the position moves: the only places it changes, whichever way in reads the data.
+    def advance(self, batches_per_epoch: int) -> bool:
+        """One more batch of this epoch consumed; whether that was the epoch's last."""
+        self.batches_consumed += 1
+        return self.batches_consumed >= batches_per_epoch
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_consumed = 0
+
+    def at_batch(self, epoch: int, batch_index: int) -> "DataPosition":
+        """The position after batch `batch_index` of `epoch` (a loop that is not ours counts them)."""
+        return DataPosition(int(epoch), self.shuffle_seed, int(batch_index) + 1)
+
+    def resharded(self, saved_world_size: int, world_size: int) -> None:
+        """Resumed at another world size: the same samples of the epoch count as seen."""
+        self.batches_consumed = self.batches_consumed * saved_world_size // world_size
+
     @classmethod
     def from_state(cls, state: dict) -> "DataPosition":
         return cls(int(state["epoch"]), int(state["shuffle_seed"]), int(state["batches_consumed"]))

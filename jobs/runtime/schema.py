@@ -189,7 +189,6 @@ def apply(session, state: dict, where: str = "checkpoint") -> None:
     session.step = int(state["global_step"])
     session.position = DataPosition.from_state(state["data_position"])
     if sharded and sharded["saved_world_size"] != session.group.world_size:   # resharded: same samples seen
-        seen = session.position.batches_consumed * sharded["saved_world_size"]
-        session.position.batches_consumed = seen // session.group.world_size
+        session.position.resharded(sharded["saved_world_size"], session.group.world_size)
     session.last_metrics = dict(counters(state).get("last_metrics") or {})
     restore_rng(state["rng_states"])

@@ -214,13 +214,11 @@ class Session:
         the one place it advances (batches() and the Trainer both read through it)."""
         total = loader.batch_sampler.batches_per_epoch()
         for batch in loader:
-            self.position.batches_consumed += 1
-            self._epoch_end_pending = self.position.batches_consumed >= total
+            self._epoch_end_pending = self.position.advance(total)
             yield batch, self._epoch_end_pending
 
     def _next_epoch(self) -> None:
-        self.position.epoch += 1
-        self.position.batches_consumed = 0
+        self.position.next_epoch()
         self._epoch_end_pending = False
 
     def step_done(self, metrics: dict | None = None, *, epoch_ended: bool | None = None, **named) -> None:

@@ -220,7 +220,7 @@ class Checkpointing(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._step_at_batch_start = trainer.global_step
-        self.position = DataPosition(trainer.current_epoch, self.position.shuffle_seed, batch_idx + 1)
+        self.position = self.position.at_batch(trainer.current_epoch, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
