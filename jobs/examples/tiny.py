@@ -60,7 +60,11 @@ class TinyClassifier(traind.TrainModule):
         x, y = batch
         return nn.functional.cross_entropy(self(x).float(), y)
 
+    val_batch_seconds = 0.0     # a slow validation, to interrupt it by hand (results are unchanged)
+
     def validation_step(self, batch, batch_idx):
+        if self.val_batch_seconds:
+            time.sleep(self.val_batch_seconds)
         x, y = batch
         logits = self(x).float()
         self.log("val_loss", nn.functional.cross_entropy(logits, y))
@@ -119,6 +123,8 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=at_least(0), default=50)
     p.add_argument("--step-seconds", type=non_negative_seconds, default=0.0,
                    help="sleep after each step (to interrupt it by hand; results are unchanged)")
+    p.add_argument("--val-batch-seconds", type=non_negative_seconds, default=0.0,
+                   help="sleep in each validation batch (a long validation; results are unchanged)")
     return p.parse_args(argv)
 
 
@@ -132,7 +138,9 @@ def main(argv=None) -> None:
                            log_every_n_steps=args.log_every,
                            callbacks=[Pace(args.step_seconds)] if args.step_seconds else [])
     traind.seed_everything(args.seed)
-    trainer.fit(TinyClassifier(), Blobs(num_workers=args.workers))
+    module = TinyClassifier()
+    module.val_batch_seconds = args.val_batch_seconds
+    trainer.fit(module, Blobs(num_workers=args.workers))
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ class Console:
                 self._bar = f"{bar}step {step}{total} epoch {epoch} {shown} {rate:.1f} it/s"
                 self.stream.write(f"\r{self._bar}\033[K")
                 self.stream.flush()
-        elif step % self.every_steps == 0 or now - self._last_print >= self.every_seconds:
+        elif (self.every_steps and step % self.every_steps == 0) or now - self._last_print >= self.every_seconds:
             self._last_print = now
             self.line(f"step {step}{total} epoch {epoch} {shown} {rate:.1f} steps/s")
 

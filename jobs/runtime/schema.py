@@ -142,8 +142,9 @@ def build(session) -> dict:
         VERSION_KEY: LIGHTNING_SCHEMA_VERSION,
         "loops": loops_state(session.step, position.epoch, position.batches_consumed),
         "user_state": copy.deepcopy(session.state),
-        **resume_parts(position, counters_entry(session.step, position.epoch, position.batches_consumed,
-                                                session.last_metrics)),
+        **resume_parts(position, counters_entry(
+            session.step, position.epoch, position.batches_consumed, session.last_metrics,
+            **({"boundary_pending": copy.deepcopy(session.boundary_pending)} if session.boundary_pending else {}))),
     }
 
 
@@ -191,4 +192,6 @@ def apply(session, state: dict, where: str = "checkpoint") -> None:
     if sharded and sharded["saved_world_size"] != session.group.world_size:   # resharded: same samples seen
         session.position.resharded(sharded["saved_world_size"], session.group.world_size)
     session.last_metrics = dict(counters(state).get("last_metrics") or {})
+    pending = counters(state).get("boundary_pending")
+    session.boundary_pending = dict(pending) if isinstance(pending, dict) else None
     restore_rng(state["rng_states"])

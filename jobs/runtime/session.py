@@ -80,6 +80,10 @@ class Session:
         self.finished = False
         self.last_metrics: dict = {}
         self.resumed_from: Path | None = None
+        # A step whose optimizer update is done (and counted) but whose boundary work (validation,
+        # callbacks, the metrics line) was interrupted by a stop: {"epoch_ended", "metrics"}. It is
+        # in the emergency checkpoint; the resumed run finishes that boundary first.
+        self.boundary_pending: dict | None = None
         self._committed_step, self._save_started = None, 0.0   # the last commit; when the last save began
         self.save_cost = SaveCost()       # steps beside a background save against steps without
         self._last_heartbeat, self._epoch_end_pending = -1e18, False
@@ -191,6 +195,18 @@ class Session:
     def should_stop(self) -> bool:
         return self.finished or (FLAGS.stop is not None if self.group is None else self._group_stop)
 
+    def stop_now(self) -> bool:
+        """Whether a stop asked of this process can be honoured in the middle of a phase (an
+        evaluation, data preparation): in a single process, yes; a group stops only at the step
+        its ranks agree on (jobs/runtime/agreement.py), so there this says False."""
+        return self.group is None and FLAGS.stop is not None
+
+    def step_interrupted(self, metrics: dict, *, epoch_ended: bool) -> None:
+        """The optimizer step is done but its boundary (validation, ...) was cut short by a stop:
+        count the step, keep what finishing the boundary needs; the emergency checkpoint follows."""
+        self.step += 1
+        self.boundary_pending = {"epoch_ended": bool(epoch_ended), "metrics": _plain_metrics(metrics)}
+
     def batches(self, dataset, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,
                 drop_last: bool = False, **loader_kwargs):
         """Batches across epochs from the resumed data position, until should_stop()."""
@@ -224,7 +240,10 @@ class Session:
     def step_done(self, metrics: dict | None = None, *, epoch_ended: bool | None = None, **named) -> None:
         """Report one finished optimizer step (and its metrics); may start a periodic save."""
         metrics = _plain_metrics({**(metrics or {}), **named})
-        self.step += 1
+        if self.boundary_pending is not None:
+            self.boundary_pending = None    # a resumed run finishing an interrupted step: counted already
+        else:
+            self.step += 1
         if self.step == self._started_step + 1 and (self.policy.every_steps or self.policy.every_seconds):
             # The state has its final shape now (Adam's moments appear at the first step): warm the
             # snapshot buffers in the background, so the first periodic save stalls like the others.

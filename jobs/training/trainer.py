@@ -15,6 +15,7 @@ from .optim import parse_optimizers
 from .precision import Precision
 from ..runtime.reporting import Console
 from ..runtime.group import data_parallel_step
+from ..runtime.rng import capture_rng, restore_rng
 from ..runtime.session import Session
 
 
@@ -34,6 +35,10 @@ def _loss_of(output, where: str) -> torch.Tensor:
         raise TypeError(f"{where} must return a loss tensor or a dict with 'loss', got {type(output).__name__}")
     return loss
 
+
+
+class ValidationInterrupted(Exception):
+    """A stop arrived during validation; it runs again, whole, on resume."""
 
 class Trainer:
     def __init__(self, *, max_steps: int | None = None, max_epochs: int | None = None,
@@ -108,6 +113,11 @@ class Trainer:
     def _fit_loop(self, module, datamodule, optimizers, schedulers) -> None:
         session = self.session
         params = [p for group in (o.param_groups for o in optimizers) for g in group for p in g["params"]]
+        if session.boundary_pending is not None:   # resumed from a stop in the middle of a step's boundary
+            pending = session.boundary_pending
+            if not self._finish_step(module, datamodule, optimizers, schedulers, pending["metrics"],
+                                     pending["epoch_ended"], resumed=True):
+                return
         while not (session.should_stop() or self.should_stop or self._epochs_done()):
             loader = train_loader(datamodule, session.position, session.group)
             total = loader.batch_sampler.batches_per_epoch()
@@ -126,22 +136,37 @@ class Trainer:
                 self.precision.step(optimizers, params, self.clip_val)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                self._in_boundary = True
-                metrics = self._step_boundary(module, datamodule, optimizers, schedulers,
-                                              sum(micro_losses) / len(micro_losses), epoch_ended)
+                train_metrics = {"loss": sum(micro_losses) / len(micro_losses), **module.pop_logged(),
+                                 "lr": optimizers[0].param_groups[0]["lr"]}
                 micro_losses.clear()
-                self._in_boundary = False
-                session.step_done(metrics, epoch_ended=epoch_ended)
-                if session.should_stop() or self.should_stop:
+                if not self._finish_step(module, datamodule, optimizers, schedulers, train_metrics, epoch_ended):
                     return
             if consumed < total:      # the loader ended early (it never does unless the data shrank)
                 break
 
-    def _step_boundary(self, module, datamodule, optimizers, schedulers, loss: float,
-                       epoch_ended: bool) -> dict:
+    def _finish_step(self, module, datamodule, optimizers, schedulers, train_metrics: dict,
+                     epoch_ended: bool, resumed: bool = False) -> bool:
+        """The boundary after an optimizer step, then the step reported; False when training ends
+        here. A stop during the boundary's validation (single process) counts the step and leaves
+        the boundary pending in the emergency checkpoint; the resumed run finishes it (resumed)."""
+        self._in_boundary = not resumed
+        try:
+            metrics = self._step_boundary(module, datamodule, schedulers, dict(train_metrics), epoch_ended,
+                                          resumed=resumed)
+        except ValidationInterrupted:
+            self.session.step_interrupted(train_metrics, epoch_ended=epoch_ended)
+            self.session.console.line(f"stop requested during the validation after step {self.session.step}: "
+                                      "it runs again on resume")
+            return False
+        finally:
+            self._in_boundary = False
+        self.session.step_done(metrics, epoch_ended=epoch_ended)
+        return not (self.session.should_stop() or self.should_stop)
+
+    def _step_boundary(self, module, datamodule, schedulers, metrics: dict, epoch_ended: bool,
+                       resumed: bool = False) -> dict:
         step = self.global_step               # the step that just finished
-        metrics = {"loss": loss, **module.pop_logged(), "lr": optimizers[0].param_groups[0]["lr"]}
-        for cfg in schedulers:
+        for cfg in schedulers if not resumed else ():   # a resumed boundary: stepped before the stop
             if cfg.interval == "step":
                 cfg.maybe_step(count=step, metrics={**self.callback_metrics, **metrics})
         val_due = (self.val_check_interval and step % self.val_check_interval == 0) or \
@@ -184,9 +209,15 @@ class Trainer:
         loader = datamodule.val_dataloader()
         module.eval()
         module.pop_logged()           # training metrics were already taken
+        rng = capture_rng()           # a validation cut short must leave no trace in the training state
         for index, batch in enumerate(loader):
             if self.limit_val_batches is not None and index >= self.limit_val_batches:
                 break
+            if self.session.stop_now():
+                module.pop_logged()
+                module.train()
+                restore_rng(rng)
+                raise ValidationInterrupted(index)
             with self.precision.autocast():
                 module.validation_step(move_to(batch, self.device), index)
         module.train()
