@@ -127,7 +127,7 @@ def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
     from traind.jobs.runtime import agreement
     from traind.jobs.runtime.group import Group
     group, a = Group(rank, 4, rank), torch.randn(256, 256)
-    word = agreement.for_group(group, local_rank=rank, local_world_size=4)
+    word = agreement.for_group(group)
     out, stopped = {}, {}
     modes = ("none", "blocking", "late", "word")
     for mode in modes * 2:                 # twice, interleaved: the second round is reported
@@ -147,8 +147,7 @@ def _agreement_worker(rank: int, port: int, steps: int, queue) -> None:
         out[mode] = (time.perf_counter() - t0) / steps
     for mode in ("late", "word"):          # and a stop asked by rank 2 alone: where does each rank stop?
         dist.barrier()
-        rule = agreement.OneStepLate(group) if mode == "late" else agreement.for_group(
-            group, local_rank=rank, local_world_size=4)
+        rule = agreement.OneStepLate(group) if mode == "late" else agreement.for_group(group)
         grad = torch.ones(1000)
         for step in range(1, steps + 1):
             dist.all_reduce(grad)          # a data-parallel step reduces its gradients: lockstep

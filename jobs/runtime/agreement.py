@@ -10,9 +10,10 @@ writes "at step s+1" at its boundary after step s, before it starts step s+1. Ev
 reads that word at its boundary after step s+1 at the latest, and every rank acts there.
 
 Transports of the word:
-- NodeWord: ranks on one node share 16 bytes of memory (/dev/shm, unlinked once all have it
-  mapped). Reading it is a memory read, no collective. A proposal pending is never replaced
-  (first writer wins, under a file lock), so the step it names is never behind any rank.
+- NodeWord: ranks that can all map one file of /dev/shm (one node) share 16 bytes of memory,
+  unlinked once every rank has it mapped. Reading it is a memory read, no collective. A proposal
+  pending is never replaced (first writer wins, under a file lock), so the step it names is never
+  behind any rank.
 - OneStepLate: ranks on several nodes share no memory; every rank's flags go into an all_reduce
   started at one boundary and read at the next (behind the step's compute). Same rule, a small
   collective per step.
@@ -47,21 +48,33 @@ class NodeWord:
         self._map = mmap.mmap(fd, mmap.PAGESIZE)
 
     @classmethod
-    def open(cls, group, *, local_leader: bool) -> "NodeWord":
-        """Collective: the node's local rank 0 makes the word; every rank maps it; then the name
-        goes (a rank killed later leaves nothing behind in /dev/shm)."""
-        name = group.share(f"/dev/shm/traind-agree-{os.getpid()}-{os.urandom(6).hex()}")
-        if local_leader:
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            os.ftruncate(fd, mmap.PAGESIZE)
-            os.pwrite(fd, _WORD.pack(NONE, NONE), 0)
-        group.share(None)                    # made
-        fd = fd if local_leader else os.open(name, os.O_RDWR | os.O_CLOEXEC)
-        word = cls(fd)
-        group.share(None)                    # mapped by every rank
-        if local_leader:
+    def open(cls, group) -> "NodeWord | None":
+        """Collective: rank 0 makes the word, every other rank opens it by its random name; the
+        word is the group's only if every rank could (all on one node), else None on every rank.
+        Then the name goes (a rank killed later leaves nothing behind in /dev/shm)."""
+        name = group.share(f"/dev/shm/traind-agree-{os.getpid()}-{os.urandom(8).hex()}")
+        fd = -1
+        try:
+            if group.leader:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                os.ftruncate(fd, mmap.PAGESIZE)
+                os.pwrite(fd, _WORD.pack(NONE, NONE), 0)
+        except OSError:
+            fd = -1
+        group.share(None)                    # made (or not)
+        if not group.leader:
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:                  # another node: no shared memory with rank 0
+                fd = -1
+        everyone = all(group.collect(fd >= 0))    # also: every rank has opened it
+        if group.leader and fd >= 0:
             os.unlink(name)
-        return word
+        if not everyone:
+            if fd >= 0:
+                os.close(fd)
+            return None
+        return cls(fd)
 
     def read(self) -> tuple[int, int]:
         return _WORD.unpack_from(self._map, 0)
@@ -107,10 +120,10 @@ class OneStepLate:
         self.group.finish_agreement()      # every rank has one in flight: end it together
 
 
-def for_group(group, *, local_rank: int, local_world_size: int):
-    """The transport for this group (None: one process)."""
+def for_group(group):
+    """The rule's transport for this group (None: one process): the word in shared memory when
+    every rank can map it, else the collective read one step late. A collective call."""
     if group is None:
         return Alone()
-    if local_world_size >= group.world_size:     # every rank on this node
-        return NodeWord.open(group, local_leader=local_rank == 0)
-    return OneStepLate(group)
+    word = NodeWord.open(group)
+    return word if word is not None else OneStepLate(group)

@@ -107,8 +107,7 @@ class Session:
             if env.get(protocol.ENV_SPARE) and self.control is not None:
                 env = self._wait_as_spare(env)      # before the store: a spare holds no lock
             self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/runtime/group.py)
-            self.agreement = agreement.for_group(self.group, local_rank=int(env.get("LOCAL_RANK", 0) or 0),
-                                                 local_world_size=int(env.get("LOCAL_WORLD_SIZE", 0) or 0))
+            self.agreement = agreement.for_group(self.group)   # the group's stop rule (agreement.py)
             self.store = self._open_store()
             self.metrics_log = MetricsLog(self.run_dir, enabled=self.group is None or self.group.leader)
             self._restore(env)

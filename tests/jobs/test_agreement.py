@@ -19,6 +19,21 @@ class OneProcessGroup:
     def share(self, obj):
         return obj
 
+    def collect(self, obj):
+        return [obj]
+
+
+class NoSharedMemory(OneProcessGroup):
+    """A group whose other rank is on another node: it cannot open rank 0's word."""
+    leader = False
+
+    def collect(self, obj):
+        return [True, obj]
+
+
+def test_ranks_that_cannot_all_map_the_word_use_the_collective_rule():
+    assert NodeWord.open(NoSharedMemory()) is None
+
 
 def test_alone_acts_at_the_step_it_is_asked():
     assert agreement.Alone().at_step(3, stop=True, checkpoint=False) == (True, False)
@@ -26,7 +41,7 @@ def test_alone_acts_at_the_step_it_is_asked():
 
 
 def test_the_word_names_the_next_step_and_a_pending_proposal_is_never_replaced():
-    word = NodeWord.open(OneProcessGroup(), local_leader=True)
+    word = NodeWord.open(OneProcessGroup())
     try:
         assert word.at_step(5, stop=False, checkpoint=False) == (False, False)
         assert word.read() == (NONE, NONE)
@@ -49,8 +64,7 @@ def _rank(rank: int, world: int, port: int, transport: str, stop_rank: int, stop
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from traind.jobs.runtime.group import Group
     group = Group(rank, world, rank)
-    rule = (agreement.for_group(group, local_rank=rank, local_world_size=world) if transport == "word"
-            else agreement.OneStepLate(group))
+    rule = agreement.for_group(group) if transport == "word" else agreement.OneStepLate(group)
     grad, saves, stopped = torch.ones(1000), [], None
     for step in range(1, 200):
         dist.all_reduce(grad)                           # the step's gradient reduction: lockstep

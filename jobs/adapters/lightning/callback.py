@@ -212,8 +212,7 @@ class Checkpointing(pl.Callback):
         self.phase = transition(self.phase, Event.RESTORED)
         self.policy.start(self.clock.monotonic())
         self._group = Group.from_env(self.env)     # Lightning made the process group; None alone
-        self._agreement = agreement.for_group(self._group, local_rank=trainer.local_rank,
-                                              local_world_size=trainer.world_size // max(trainer.num_nodes, 1))
+        self._agreement = agreement.for_group(self._group)
         stop = FLAGS.stop is not None
         if (self._group.agree(stop)[0] if self._group is not None else stop):   # a stop during start-up
             self._emergency(trainer)
