@@ -113,7 +113,7 @@ class Session:
             self._restore(env)
             self._agree(stop=FLAGS.stop is not None)     # a stop during the restore: every rank sees it
         self._started_at, self._started_step = self.clock.monotonic(), self.step
-        if self.max_steps is not None and self.step >= self.max_steps:
+        if self.max_steps is not None and self.step >= self.max_steps and self.boundary_pending is None:
             self.finished = True        # a rerun of a finished job: nothing left to do
         self.policy.start(self._started_at)
         self.phase = transition(self.phase, Event.RESTORED)
@@ -203,7 +203,8 @@ class Session:
     def step_interrupted(self, metrics: dict, *, epoch_ended: bool) -> None:
         """The optimizer step is done but its boundary (validation, ...) was cut short by a stop:
         count the step, keep what finishing the boundary needs; the emergency checkpoint follows."""
-        self.step += 1
+        if self.boundary_pending is None:      # else: a resumed run finishing it, stopped again
+            self.step += 1
         self.boundary_pending = {"epoch_ended": bool(epoch_ended), "metrics": _plain_metrics(metrics)}
 
     def batches(self, dataset, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,

@@ -41,3 +41,25 @@ def test_sigterm_during_validation_exits_at_the_next_batch_and_resumes_bit_ident
     code, out = finish(start("traind.jobs.examples.tiny", "--run-dir", run_dir, *ARGS))
     assert code == 0, out
     assert_same_training(reference, run_dir)
+
+
+@pytest.mark.slow
+def test_stopped_again_while_finishing_the_last_steps_validation_the_step_is_not_counted_twice(tmp_path):
+    """Found by the stop-anywhere campaign: a resumed run finishing the interrupted validation of
+    the last step, stopped again, counted the step a second time and ended 0 at step 101."""
+    args = ("--max-steps", 100, "--every-steps", 40, "--val-every", 50, "--log-every", 0)
+    reference = tmp_path / "reference"
+    assert finish(start("traind.jobs.examples.tiny", "--run-dir", reference, *args))[0] == 0
+    run_dir = tmp_path / "run"
+    for attempt in range(2):                      # the first run, then the rerun finishing step 100
+        proc = start("traind.jobs.examples.tiny", "--run-dir", run_dir, *args, "--val-batch-seconds", 1.0)
+        wait_until(lambda: last_step(run_dir) >= 99 or (attempt and checkpoints(run_dir)), proc)
+        time.sleep(2.0)                           # in the validation of step 100
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc)
+        assert code == 75, out
+        assert "stop requested during the validation after step 100" in out, out
+        assert checkpoints(run_dir)[-1].name == "step-000000100" and last_step(run_dir) == 99
+    code, out = finish(start("traind.jobs.examples.tiny", "--run-dir", run_dir, *args))
+    assert code == 0 and "finished at step 100" in out, out
+    assert_same_training(reference, run_dir)
