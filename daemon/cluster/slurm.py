@@ -242,10 +242,7 @@ def requeue(job: SlurmJob, template: Sequence[str] = DEFAULT_REQUEUE_COMMAND,
 
 def _outcome_line(outcome) -> str:
     """The supervisor's Outcome (checkpoint_committed, checkpoint_step) in words."""
-    step = getattr(outcome, "checkpoint_step", None)
-    if getattr(outcome, "checkpoint_committed", False):
-        return f"emergency checkpoint committed at step {step}"
-    return "no emergency checkpoint committed; resume point " + ("none" if step is None else f"step {step}")
+    return outcome.words()
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,12 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from ..contract import protocol
 from .osproc import ExitStatus
 from .states import State
+
+
+MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
 @dataclass
@@ -17,6 +21,12 @@ class Outcome:
     checkpoint_step: int | None       # the resume point now (latest valid checkpoint)
     exit: ExitStatus | None           # the child's, None if no child was running
     attempt: int
+
+    def words(self) -> str:
+        if self.checkpoint_committed:
+            return f"emergency checkpoint committed at step {self.checkpoint_step}"
+        return "no emergency checkpoint committed; resume point " + (
+            "none (fresh start)" if self.checkpoint_step is None else f"step {self.checkpoint_step}")
 
 
 @dataclass
@@ -65,6 +75,16 @@ class RestartBudget:
     consecutive_failures: int = 0          # drives the backoff; progress resets it
     idle_self_stops: int = 0               # exits with 75 in a row, unasked and without progress
 
+    def self_stop_ok(self, self_stop: bool, progressed: bool) -> bool:
+        """A job may stop itself with 75 (it was preempted directly): restart at once, no failure.
+        MAX_IDLE_SELF_STOPS in a row without a newer checkpoint is a loop, not a preemption."""
+        self.idle_self_stops = 0 if not self_stop or progressed else self.idle_self_stops + 1
+        return self_stop and self.idle_self_stops < MAX_IDLE_SELF_STOPS
+
+    def failed(self, now: float, window_seconds: float) -> None:
+        """A crash now: the failures within the window are what max_restarts counts."""
+        self.failure_times = [t for t in self.failure_times if now - t <= window_seconds] + [now]
+
 
 @dataclass
 class LastSeen:
@@ -72,6 +92,20 @@ class LastSeen:
     heartbeat: dict | None = None
     checkpoint: dict | None = None
     failure: dict | None = None
+
+    def beat(self, msg: dict, step: int | None, rate: float | None, wall: float) -> None:
+        self.heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
+                          "time": wall, "total": as_int(msg.get("total")), "steps_per_second": rate}
+
+    def committed(self, msg: dict, step: int | None, wall: float) -> bool:
+        """A CHECKPOINT message; True when its step is past the last heartbeat's (the final one),
+        which then shows that step."""
+        self.checkpoint = {**{k: msg.get(k) for k in ("step", "path", "reason", *protocol.CHECKPOINT_COSTS)},
+                           "bytes": as_int(msg.get("bytes")), "time": wall}
+        if step is None or not self.heartbeat or (self.heartbeat.get("step") or 0) >= step:
+            return False
+        self.heartbeat = {**self.heartbeat, "step": step, "time": wall}
+        return True
 
 
 @dataclass

@@ -142,3 +142,14 @@ def free_port(addr: str) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
+
+
+def rendezvous_deadline(attempts: list, group, dist: Distributed) -> float | None:
+    """A restarted group whose ranks do not all speak in time waits for a node that will not come
+    (its supervisor died): fail the attempt rather than hold every node for torch's 30 min rendezvous
+    timeout. Not for a first attempt, nor a job that never spoke (slow to start, or no channel)."""
+    a = attempts[-1] if attempts else None
+    if (a is None or a.exit is not None or a.started_at is None or group.all_heard()
+            or not any(x.spoke for x in attempts[:-1])):
+        return None
+    return a.started_at + dist.rendezvous_timeout_seconds

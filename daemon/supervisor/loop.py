@@ -2,8 +2,9 @@
 
 One loop, in a fixed order: (1) act on deadlines that passed (backoff over, grace over, hang,
 periodic checkpoint due), (2) block in `os.wait()` until an event or the next deadline, (3) handle
-each event. Every state change goes through `states.transition` and `_apply` (records.py: log line,
-events.jsonl, status.json). Every OS effect goes through `self.os`. A group of ranks is one child (group.py).
+each event. Every state change goes through `states.transition` and `_apply`, which hands the
+values to the journal (records.py: log line, events.jsonl, status.json). Every OS effect goes
+through `self.os`. A group of ranks is one child (group.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, Run
                        backoff_delay, fmt_seconds, json_line, startup_deadline, step_rate)
 from .osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
-from .records import Records
+from .records import Journal, status_record
 from .runfiles import Recorder, RunFiles, RunLock
 from .resume import ResumePoints, find_resume_point
 from .os_interface import SupervisorOS
@@ -32,10 +33,9 @@ from .spec import JobSpec, signal_numbers
 from .states import TERMINAL, Facts, State, Trigger, transition
 
 CHANNEL_BATCH_SECONDS = 1.0   # while RUNNING the channel is read at most this often (wakeups <= 1/s)
-MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
-class Supervisor(Records):
+class Supervisor:
     def __init__(self, spec: JobSpec, *, os_: SupervisorOS | None = None, followup: Callable[[Outcome], int] | None = None,
                  find_resume=find_resume_point, log: Callable[[str], None] | None = None,
                  live: Callable[[str], None] | None = None):
@@ -48,22 +48,20 @@ class Supervisor(Records):
                                            replace(spec, checkpoint=replace(spec.checkpoint, remote=None)),
                                            self.say, self._event)
         self.resume = ResumePoints(spec.run_dir, self.mirror.resume_finder(find_resume), self.say, self._event)
-        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self._live = live            # redraws one status line on a terminal (None: plain lines only)
         self.node_dir = spec.run_dir if self.placement is None else self.placement.node_dir(spec.run_dir)
         self.group = RankGroup(1, 0.0)
         self.files = RunFiles(self.node_dir)
-        self.records = Recorder(self.files, self.os.wall, self.say)
+        # live: redraws one status line on a terminal (None: plain lines only)
+        self.journal = Journal(spec.name, lambda say: Recorder(self.files, self.os.wall, say),
+                               log or (lambda line: print(line, file=sys.stderr, flush=True)), live)
         self.spares = Spares(spec.restart.warm_spare, self.os, self.files, self.say, self._event)
         self.state = State.STARTING
         self.attempts: list[Attempt] = []
         self.budget, self.deadlines, self.seen = RestartBudget(), Deadlines(), LastSeen()
         self.stop_trigger: str | None = None    # set by a signal / request_stop (not by a hang)
         self.killed = self.emergency_committed = self.status_dirty = False
-        self.exit_code: int | None = None
-        self.message = ""
-        self.last_drain = self.started_wall = 0.0
-        self.attempt_base = 0
+        self.exit_code, self.message = None, ""
+        self.attempt_base, self.last_drain, self.started_wall = 0, 0.0, 0.0
         self.earlier_attempts: list[dict] = []
         self.startup_guard = StartupGuard(spec.restart.max_startup_failures, spec.restart.window_seconds)
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
@@ -121,15 +119,8 @@ class Supervisor(Records):
         return quiet_since + timeout
 
     def _rendezvous_deadline(self) -> float | None:
-        """A restarted group whose ranks do not all speak in time waits for a node that will not come
-        (its supervisor died): fail the attempt rather than hold every node for torch's 30 min rendezvous
-        timeout. Not for a first attempt, nor a job that never spoke (slow to start, or no channel)."""
-        a = self.attempts[-1] if self.attempts else None
-        if (self.placement is None or a is None or a.exit is not None or self.killed or a.started_at is None
-                or self.state not in (State.STARTING, State.RUNNING) or self.group.all_heard()
-                or not any(x.spoke for x in self.attempts[:-1])):
-            return None
-        return a.started_at + self.spec.distributed.rendezvous_timeout_seconds
+        alive = self.placement is not None and not self.killed and self.state in (State.STARTING, State.RUNNING)
+        return distributed.rendezvous_deadline(self.attempts, self.group, self.spec.distributed) if alive else None
 
     def _act_on_deadlines(self, now: float) -> None:
         rendezvous = self._rendezvous_deadline()
@@ -201,8 +192,7 @@ class Supervisor(Records):
         a = self.attempts[-1]
         self.spares.discard()
         self.deadlines.stop = self.os.monotonic() + self.spec.preemption.grace_seconds
-        self.killed = False
-        self.emergency_committed = False
+        self.killed = self.emergency_committed = False
         self.deadlines.next_checkpoint = None
         sent = self.os.send(protocol.CHECKPOINT_AND_STOP, reason=why)
         if not a.spoke:   # may not speak the channel at all: the classic way too
@@ -242,17 +232,12 @@ class Supervisor(Records):
             a.last_step = step
             if a.first_beat is None and step is not None:
                 a.first_beat = (now, step)
-            self.seen.heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
-                                   "time": self.os.wall(), "total": as_int(msg.get("total")),
-                                   "steps_per_second": step_rate(a, now, step, msg.get("steps_per_second"))}
+            self.seen.beat(msg, step, step_rate(a, now, step, msg.get("steps_per_second")), self.os.wall())
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
-            self.seen.checkpoint = {**{k: msg.get(k) for k in ("step", "path", "reason", *protocol.CHECKPOINT_COSTS)},
-                                    "bytes": as_int(msg.get("bytes")), "time": self.os.wall()}
             step = as_int(msg.get("step"))
             self.mirror.enqueue(msg.get("path"), step, msg.get("reason"))   # then to checkpoint.remote, if set
-            if step is not None and self.seen.heartbeat and (self.seen.heartbeat.get("step") or 0) < step:
-                self.seen.heartbeat = {**self.seen.heartbeat, "step": step, "time": self.os.wall()}  # the final one
+            if self.seen.committed(msg, step, self.os.wall()):     # past the last heartbeat: the final one
                 a.last_step = step
             a.final_committed = a.final_committed or msg.get("reason") == protocol.REASON_FINAL
             if self.state is State.STOPPING and msg.get("reason") == protocol.REASON_EMERGENCY:
@@ -297,18 +282,14 @@ class Supervisor(Records):
         newest = self.resume.refresh()
         newest_step = None if newest is None else newest.step
         progressed = newest_step is not None and (a.resume_step is None or newest_step > a.resume_step)
-        # A job may stop itself with 75 (it was preempted directly): restart at once, no failure.
-        # Twice in a row without a newer checkpoint is a loop, not a preemption: count it.
         self_stop = status.code == PREEMPTED and self.state is not State.STOPPING
-        self.budget.idle_self_stops = 0 if not self_stop or progressed else self.budget.idle_self_stops + 1
-        self_stop_ok = self_stop and self.budget.idle_self_stops < MAX_IDLE_SELF_STOPS
+        self_stop_ok = self.budget.self_stop_ok(self_stop, progressed)
         crash = status.code != 0 and not self_stop_ok and not unusable \
             and not (self.state is State.STOPPING and self.stop_trigger is not None)
         never_starts = crash and self.startup_guard.never_starts(
             a, status, (self.files.log_tail(a.number, lines=1) or [""])[-1], now)
         if crash:
-            self.budget.failure_times = [t for t in self.budget.failure_times if now - t <= self.spec.restart.window_seconds]
-            self.budget.failure_times.append(now)
+            self.budget.failed(now, self.spec.restart.window_seconds)
             self.seen.failure = {"attempt": a.number, "exit": status.describe(), "reason": a.reason,
                                  "time": self.os.wall()}
             self.budget.consecutive_failures = 0 if progressed else self.budget.consecutive_failures
@@ -346,6 +327,7 @@ class Supervisor(Records):
         a = Attempt(number=number, resume_step=None if info is None else info.step,
                     resume_path=None if info is None else str(info.path), started_at=self.os.monotonic())
         self.attempts.append(a)
+        self.journal.attempt = number
         self.deadlines.stop, self.killed = None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
         pid = self.mirror.refuse_spawn() or self.spares.take(log, resume_from=resume_from, attempt=number)
@@ -379,15 +361,36 @@ class Supervisor(Records):
             checkpoint_step = None if newest is None else newest.step
         outcome = Outcome(trigger=self.stop_trigger or "stop", checkpoint_committed=self.emergency_committed,
                           checkpoint_step=checkpoint_step, exit=exit_status, attempt=len(self.attempts))
-        if outcome.checkpoint_committed:
-            what = f"emergency checkpoint committed at step {checkpoint_step}"
-        else:
-            what = ("no emergency checkpoint committed; resume point "
-                    + ("none (fresh start)" if checkpoint_step is None else f"step {checkpoint_step}"))
-        what += self.mirror.drain(checkpoint_step, self.deadlines.stop)   # remotely committed, within the grace
+        what = outcome.words() + self.mirror.drain(checkpoint_step, self.deadlines.stop)   # remotely committed, within the grace
         # One requeue for the group: node 0's supervisor runs the follow-up, the others just stop.
         code = self.followup(outcome) if self.placement is None or self.placement.node_rank == 0 else PREEMPTED
         self._finish(code, f"stopped ({outcome.trigger}): {what}")
+
+    # --- the records: values handed to the journal (records.py) ------------------------------------
+    def say(self, text: str) -> None:
+        self.journal.say(text)
+
+    def _event(self, kind: str, **fields) -> None:
+        self.journal.event(kind, self.state, **fields)
+
+    def _apply(self, t, *, reason: str | None = None, exit_status: ExitStatus | None = None,
+               checkpoint_step: int | None = None) -> None:
+        if t is None:
+            return
+        self.state = t.target     # the one place the state changes
+        last_step = self.attempts[-1].last_step if exit_status is not None and self.attempts else None
+        self.journal.transition(t, reason=reason, exit_status=exit_status, last_step=last_step,
+                                checkpoint_step=checkpoint_step)
+        self._write_status(durable=Journal.durable_after(t))
+
+    def _write_status(self, durable: bool = False) -> None:
+        self.status_dirty = False
+        self.journal.status(status_record(
+            spec=self.spec, state=self.state, attempts=self.attempts, earlier=self.earlier_attempts,
+            budget=self.budget, seen=self.seen, supervisor_pid=os.getpid(), started=self.started_wall,
+            updated=self.os.wall(), exit_code=self.exit_code, message=self.message, remote=self.mirror.status(),
+            spare=self.spares.summary(), placement=self.placement,
+            ranks=None if self.placement is None else self.group.summary(self.os.monotonic())), durable=durable)
 
     def _finish(self, code: int, message: str) -> None:
         self.spares.discard()

@@ -109,8 +109,9 @@ def followup(job, runner, **kw):
     return f, lines
 
 
-class Outcome:
-    checkpoint_step = 120
+def Outcome():
+    from traind.supervisor.attempts import Outcome as RealOutcome
+    return RealOutcome(trigger="SIGTERM", checkpoint_committed=False, checkpoint_step=120, exit=None, attempt=1)
 
 
 def test_followup_requeues_after_time_limit_warning():

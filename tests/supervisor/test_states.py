@@ -26,6 +26,7 @@ S, T = State, Trigger
     (S.STOPPING, T.CHILD_EXITED, Facts(exit_code=75), S.BACKING_OFF),          # a hang, checkpointed
     (S.RUNNING, T.CHILD_EXITED, Facts(exit_code=2, no_retry=True), S.FAILED),
     (S.RUNNING, T.CHILD_EXITED, Facts(exit_code=1, budget_left=False), S.FAILED),
+    (S.STARTING, T.HANG_DETECTED, None, S.STOPPING),     # no hello within the start-up timeout
 ])
 def test_edges(state, trigger, facts, target):
     t = transition(state, trigger, facts)
@@ -34,7 +35,6 @@ def test_edges(state, trigger, facts, target):
 
 @pytest.mark.parametrize("state,trigger", [
     (S.STOPPING, T.STOP_REQUESTED),      # a repeated signal must not skip the checkpoint
-    (S.STARTING, T.HANG_DETECTED),       # not hang-checked before the child speaks
     (S.RUNNING, T.CHILD_SPOKE),
     (S.RUNNING, T.BACKOFF_ELAPSED),
     (S.BACKING_OFF, T.CHILD_EXITED),
