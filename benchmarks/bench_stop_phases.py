@@ -41,10 +41,10 @@ def resume_step(run_dir: Path) -> int | None:
 
 
 def one_stop(tmp: Path, phase: str, i: int) -> tuple[float, int, int | None, int]:
-    run_dir = tmp / f"{phase}-{i}"
-    spec = tmp / f"{phase}-{i}.yaml"
+    name = f"{phase.replace(' ', '-')}-{i}"          # a job name has no spaces
+    run_dir, spec = tmp / name, tmp / f"{name}.yaml"
     spec.write_text(yaml.safe_dump({
-        "name": f"{phase}-{i}", "command": [sys.executable, "-m", "traind.jobs.examples.tiny", *ARGS],
+        "name": name, "command": [sys.executable, "-m", "traind.jobs.examples.tiny", *ARGS],
         "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
         "restart": {"max_restarts": 0}, "preemption": {"grace_seconds": 60}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
