@@ -74,6 +74,11 @@ class Sharded:
     process group); `rank_part(state)`: what of a state this rank keeps in its own file, as the
     state schema says (jobs/runtime/schema.py); the model and optimizers go through DCP."""
 
+    # DCP's get_state_dict gives an optimizer without state one by an optimizer step at lr 0, which
+    # counts (AdamW's `step` 1 instead of 0): a checkpoint before the first step would not resume
+    # exactly, so the runtime does not take one.
+    saves_untrained = False
+
     def __init__(self, group, model, optimizers, rank_part) -> None:
         self.group, self.model, self.optimizers, self.rank_part = group, model, list(optimizers), rank_part
         self.leader = group.leader      # rank 0: lock, temp dirs, commit, pruning

@@ -16,6 +16,7 @@ from traind.store.hashing import staging_buffer
 class SingleFile:
     leader = True        # this process is the one writer: lock, temp dir, commit, pruning
     ranks = 1
+    saves_untrained = True   # a checkpoint before the first step resumes exactly
 
     def __init__(self) -> None:
         self._staging: memoryview | None = None     # for O_DIRECT writes, kept across saves

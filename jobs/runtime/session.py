@@ -346,11 +346,10 @@ class Session:
     def save_now(self, reason: str) -> None:
         if self._committed_step == self.step:     # this very step is already durable
             return
-        if self.group is not None and self.resumed_from is None and self.step == self._started_step:
-            # A fresh group stopped before its first step has nothing to save, and must not save:
-            # DCP's get_state_dict initialises an optimizer without state by an optimizer step at
-            # lr 0, which counts (AdamW's `step` 1 instead of 0): resumed from it, every weight
-            # would differ. The next attempt starts fresh, exactly as this one did.
+        if not self.store.layout.saves_untrained and self.resumed_from is None and self.step == self._started_step:
+            # A fresh start stopped before its first step has nothing to save; a layout that cannot
+            # save optimizers without state exactly (Sharded) does not: the next attempt starts
+            # fresh, exactly as this one did.
             self.say("stopped before the first step: nothing to save; the next attempt starts fresh")
             return
         self.save(reason=reason, blocking=True)
