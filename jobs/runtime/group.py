@@ -3,9 +3,9 @@
 Under `distributed:` the supervisor starts every rank with torchrun's environment (RANK,
 WORLD_SIZE, MASTER_ADDR, ...); `Group.from_env` joins the default process group through env://
 (unless the script did already) and makes two small gloo groups of its own:
-- `control`: the per-step agreement (stop now? checkpoint now?) and the resume point, on the
-  training thread. All ranks reduce the same flags at the same step, so they stop or save at the
-  same step whichever rank heard the signal, the supervisor's message or its end of file;
+- `control`: the training thread's collectives: the resume point, the start-up stop check and,
+  across nodes, the stop rule's all_reduce (jobs/runtime/agreement.py, which says when a stop or
+  a save happens on every rank);
 - `ckpt`: the sharded checkpoint's collectives (DCP's plan exchange, the shard reports, the commit),
   which run on the background writer thread; a group per thread keeps the collectives of each
   thread in one order on every rank.

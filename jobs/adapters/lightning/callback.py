@@ -268,6 +268,7 @@ class Checkpointing(pl.Callback):
         if isinstance(exception, SystemExit):       # ours (Preempted) or a one-line error: said
             return
         self.phase = transition(self.phase, Event.ERROR)
+        self._agreement = agreement.Alone()     # the other ranks may be gone: wait for no collective
         self.report.error(f"{type(exception).__name__}: {exception}")
         try:
             self._close()      # lets an in-flight periodic save finish: it is still a good state
