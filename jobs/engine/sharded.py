@@ -16,6 +16,7 @@ blocking, else on its one background thread, at idle priority, with the same dea
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -116,11 +117,8 @@ class Sharded:
         failure on any rank is raised on every rank (rank 0 then commits nothing)."""
         g = self.group
         try:
-            if job is None:
+            with job.at_low_priority() if job is not None else contextlib.nullcontext():
                 entries, problem = self._write_files(pending, parts), None
-            else:
-                with job.at_low_priority():
-                    entries, problem = self._write_files(pending, parts), None
         except Exception as err:        # reported to rank 0, which then commits nothing
             entries, problem = {}, f"rank {g.rank}: {type(err).__name__}: {err}"
         reports = g.collect((entries, problem), group=g.ckpt)
