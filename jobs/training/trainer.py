@@ -36,9 +36,9 @@ def _loss_of(output, where: str) -> torch.Tensor:
     return loss
 
 
-
 class ValidationInterrupted(Exception):
     """A stop arrived during validation; it runs again, whole, on resume."""
+
 
 class Trainer:
     def __init__(self, *, max_steps: int | None = None, max_epochs: int | None = None,
