@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 JOB_SIDE_NAMES = (
     "Session", "Trainer", "TrainModule", "DataModule", "Callback", "CheckpointPolicy", "EarlyStopping",
-    "seed_everything", "Preempted", "resumable_loader", "DataPosition", "EpochBatchSampler",
+    "seed_everything", "Preempted", "resumable_loader", "DataPosition", "EpochBatchSampler", "OwnCheckpoints",
 )
 
 

@@ -1,7 +1,8 @@
 """traind job side: what runs inside the training process (imports torch).
 
 Public API: Trainer, TrainModule, DataModule, callbacks (CheckpointPolicy, EarlyStopping), Session
-(for your own loop), resumable_loader, seed_everything, Preempted.
+(for your own loop), OwnCheckpoints (for a script that keeps its own save code), resumable_loader,
+seed_everything, Preempted.
 """
 import os as _os
 
@@ -23,7 +24,7 @@ from .runtime.session import Preempted, Session  # noqa: E402
 __all__ = [
     "Callback", "CheckpointPolicy", "EarlyStopping", "DataModule", "DataPosition",
     "EpochBatchSampler", "resumable_loader", "TrainModule", "seed_everything", "Preempted",
-    "Session", "Trainer",
+    "Session", "Trainer", "OwnCheckpoints",
 ]
 
 
@@ -31,4 +32,7 @@ def __getattr__(name):  # Trainer is imported on first use (it pulls in more of 
     if name == "Trainer":
         from .training.trainer import Trainer
         return Trainer
+    if name == "OwnCheckpoints":
+        from .adapters.own_checkpoints import OwnCheckpoints
+        return OwnCheckpoints
     raise AttributeError(f"module 'jobs' has no attribute {name!r}")

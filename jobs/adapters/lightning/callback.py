@@ -42,7 +42,7 @@ from ...runtime import schema
 from .io import TraindCheckpointIO
 from .loader import install_loader
 from .ranks import gather_rng, position_from_loops, rng_for_rank
-from .reporter import RunReporter
+from ...runtime.run_reporter import RunReporter
 from .sampler import resumable_copy, why_not_resumable
 from ...runtime.preemption import FLAGS
 from ...runtime.rng import capture_rng, restore_rng

@@ -1,4 +1,5 @@
-"""What a Lightning run under traind tells people and its supervisor (rank 0 only).
+"""What a run driven by a framework's loop (Lightning, HF, accelerate, a script with its own
+save code) tells people and its supervisor, rank 0 only.
 
 The metrics line per optimizer step (RUN_DIR/metrics.jsonl, as a traind.Session writes it), the
 control channel's messages (hello, heartbeat at most 5 a second, checkpoint, stopping, error) and
@@ -9,11 +10,11 @@ from __future__ import annotations
 import os
 
 from traind.contract import protocol
-from ...runtime.clock import SystemClock
-from ...runtime.control import ControlChannel
-from ...runtime.reporting import Console, MetricsLog, checkpoint_message
-from ...runtime.savecost import SaveCost
-from ...runtime.session import HEARTBEAT_MIN_INTERVAL, TIMING_KEYS
+from .clock import SystemClock
+from .control import ControlChannel
+from .reporting import Console, MetricsLog, checkpoint_message
+from .savecost import SaveCost
+from .session import HEARTBEAT_MIN_INTERVAL, TIMING_KEYS
 
 
 class RunReporter:
