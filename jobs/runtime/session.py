@@ -242,6 +242,7 @@ class Session:
         metrics = _plain_metrics({**(metrics or {}), **named})
         if self.boundary_pending is not None:
             self.boundary_pending = None    # a resumed run finishing an interrupted step: counted already
+            self._committed_step = None     # the checkpoint of this step holds the boundary still to do
         else:
             self.step += 1
         if self.step == self._started_step + 1 and (self.policy.every_steps or self.policy.every_seconds):

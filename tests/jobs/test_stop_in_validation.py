@@ -63,3 +63,10 @@ def test_stopped_again_while_finishing_the_last_steps_validation_the_step_is_not
     code, out = finish(start("traind.jobs.examples.tiny", "--run-dir", run_dir, *args))
     assert code == 0 and "finished at step 100" in out, out
     assert_same_training(reference, run_dir)
+    # Found by CI's campaign: the final checkpoint was the emergency one (step 100 counted durable),
+    # boundary still pending, so one more run did the validation again and wrote step 100's line twice.
+    final = json.loads((checkpoints(run_dir)[-1] / "MANIFEST.json").read_text())
+    assert (final["step"], final["reason"]) == (100, "final"), final
+    code, out = finish(start("traind.jobs.examples.tiny", "--run-dir", run_dir, *args))
+    assert code == 0, out
+    assert_same_training(reference, run_dir)
