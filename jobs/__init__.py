@@ -33,6 +33,6 @@ def __getattr__(name):  # Trainer is imported on first use (it pulls in more of 
         from .training.trainer import Trainer
         return Trainer
     if name == "OwnCheckpoints":
-        from .adapters.own_checkpoints import OwnCheckpoints
+        from .runtime.own_checkpoints import OwnCheckpoints
         return OwnCheckpoints
     raise AttributeError(f"module 'jobs' has no attribute {name!r}")

@@ -57,3 +57,24 @@ def install(signals=RECORDED_SIGNALS) -> None:
         if sig not in _installed:
             signal.signal(sig, _on_signal)
             _installed.add(sig)
+
+
+def chain(signals=RECORDED_SIGNALS) -> None:
+    """Record stops, then hand the signal on to the handler installed before ours (a framework's
+    own, e.g. HF's enable_jit_checkpoint): ours goes in front of it instead of replacing it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in signals:
+        previous = signal.getsignal(sig)
+        if previous is _on_signal or getattr(previous, "traind_chained", False):
+            continue
+        if not callable(previous):          # SIG_DFL / SIG_IGN: nothing to hand on to
+            signal.signal(sig, _on_signal)
+            continue
+
+        def recorded_then_passed_on(signum, frame, _previous=previous):
+            _on_signal(signum, frame)
+            _previous(signum, frame)
+        recorded_then_passed_on.traind_chained = True
+        signal.signal(sig, recorded_then_passed_on)
+        _installed.add(sig)

@@ -25,13 +25,13 @@ from traind.contract import protocol
 from traind.contract.errors import TraindError, UsageError
 from ..engine import CheckpointEngine
 from ..engine.directory import Directory
-from ..runtime import agreement, preemption
-from ..runtime.callbacks import CheckpointPolicy
-from ..runtime.group import Group
-from ..runtime.lifecycle import (Event, Phase, one_line_errors, stop_with_emergency_checkpoint,
+from . import agreement, preemption
+from .callbacks import CheckpointPolicy
+from .group import Group
+from .lifecycle import (Event, Phase, one_line_errors, stop_with_emergency_checkpoint,
                                  transition)
-from ..runtime.preemption import FLAGS
-from ..runtime.run_reporter import RunReporter
+from .preemption import FLAGS
+from .run_reporter import RunReporter
 
 
 class OwnCheckpoints:
@@ -134,12 +134,16 @@ class OwnCheckpoints:
         """Report a finished step (default: one more than the last): metrics.jsonl, heartbeat.
         Returns save_due(): whether every rank saves here. A script that can save only at other
         places (an epoch end) ignores it and calls save_due() there."""
+        self.report_step(self.step + 1 if step is None else step, epoch=epoch, **metrics)
+        return self.save_due()
+
+    def report_step(self, step: int, *, epoch: int | None = None, **metrics) -> None:
+        """step_done() without the agreement: the metrics line and the heartbeat of `step`."""
         self._start()
-        self.step = self.step + 1 if step is None else int(step)
+        self.step = int(step)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         with one_line_errors(self.report.error):
             self.report.step_done(self.step, epoch or 0, scalars, None)
-        return self.save_due()
 
     def save_due(self) -> bool:
         """Whether every rank saves here, now: the stop the group agreed on, or a periodic one.
@@ -160,9 +164,10 @@ class OwnCheckpoints:
         """True once the group agreed to stop: the next save() is the emergency one, then exit 75."""
         return self._stop_agreed
 
-    def save(self, write: Callable[[Path], None], step: int | None = None) -> None:
+    def save(self, write: Callable[[Path], None], step: int | None = None, *, final: bool = False) -> None:
         """Run `write(directory)` on every rank and commit what it wrote there, durable when this
-        returns. After a stop was agreed: the emergency checkpoint, then exit 75 (SystemExit)."""
+        returns. After a stop was agreed: the emergency checkpoint, then exit 75 (SystemExit).
+        final=True: the run's last checkpoint (its reason says so)."""
         self._start()
         if step is not None:
             self.step = int(step)
@@ -170,7 +175,7 @@ class OwnCheckpoints:
         if self._stop_agreed:
             reason = FLAGS.stop.reason if FLAGS.stop is not None else "stop requested on another rank"
             stop_with_emergency_checkpoint(self, self.step, reason, exit_at_once=False)
-        self.save_now(protocol.REASON_PERIODIC)
+        self.save_now(protocol.REASON_FINAL if final else protocol.REASON_PERIODIC)
 
     def close(self) -> None:
         """The run ended: the channel and the writer's lock go (also at exit)."""
