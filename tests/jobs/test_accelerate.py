@@ -1,0 +1,75 @@
+"""traind.accelerate.Checkpointing on a plain accelerate loop (jobs/examples/accelerate_loop.py)
+under `traind run`: SIGTERM and SIGUSR1 lose no step, the rerun resumes at the stop step, and the
+run ends bit-identical to an uninterrupted one (metrics lines, weights, optimizer)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("accelerate")
+from safetensors.torch import load_file  # noqa: E402
+
+from jobhelpers import REPO, assert_identical, checkpoints, last_step, metrics  # noqa: E402
+from traind.store import format as fmt  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MAX_STEPS = 200
+
+
+def _spec(tmp_path, name, run_dir) -> str:
+    body = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
+            "command": [sys.executable, "-m", "traind.jobs.examples.accelerate_loop", "--project-dir",
+                        str(run_dir), "--max-steps", str(MAX_STEPS), "--every-steps", "50"],
+            "restart": {"max_restarts": 0}, "preemption": {"grace_seconds": 60}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def _traind(spec) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
+    return subprocess.Popen([sys.executable, "-m", "traind", "run", spec], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _final(run_dir) -> dict:
+    final = checkpoints(run_dir)[-1]
+    return {"model": load_file(final / "model.safetensors"),
+            "optimizer": torch.load(final / "optimizer.bin", weights_only=True)}
+
+
+def test_sigterm_and_sigusr1_lose_no_step_and_the_run_ends_bit_identical(tmp_path):
+    reference = tmp_path / "reference"
+    proc = _traind(_spec(tmp_path, "reference", reference))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+
+    run_dir = tmp_path / "run"
+    spec = _spec(tmp_path, "stopped", run_dir)
+    resumed_at = None
+    for at, sig in ((37, signal.SIGTERM), (121, signal.SIGUSR1)):
+        proc = _traind(spec)
+        deadline = time.monotonic() + 120
+        while last_step(run_dir) < at:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 75, out[-3000:]
+        if resumed_at is not None:
+            assert f"(step {resumed_at})" in out, out[-3000:]          # the rerun resumed at the stop step
+        newest, _ = fmt.latest_valid(run_dir / "checkpoints")
+        resumed_at = last_step(run_dir)
+        assert (newest.step, newest.reason) == (resumed_at, "emergency"), out[-3000:]   # no step lost
+    proc = _traind(spec)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resuming from {newest.path} (step {resumed_at})" in out, out[-3000:]
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, MAX_STEPS + 1))
+    assert metrics(run_dir) == metrics(reference)
+    assert_identical(_final(reference), _final(run_dir))
