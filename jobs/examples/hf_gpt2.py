@@ -30,7 +30,8 @@ def main(argv=None) -> None:
     p.add_argument("--jit", action="store_true", help="also HF's own enable_jit_checkpoint")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=32)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
     args = TrainingArguments(output_dir=a.output_dir, max_steps=a.max_steps, save_steps=a.save_steps,
                              save_total_limit=3, per_device_train_batch_size=8, learning_rate=1e-3,

@@ -21,11 +21,13 @@ pytestmark = pytest.mark.slow
 MAX_STEPS = 200
 
 
-def _spec(tmp_path, name, run_dir) -> str:
+def _spec(tmp_path, name, run_dir, ranks=1) -> str:
     body = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
             "command": [sys.executable, "-m", "traind.jobs.examples.accelerate_loop", "--project-dir",
                         str(run_dir), "--max-steps", str(MAX_STEPS), "--every-steps", "50"],
             "restart": {"max_restarts": 0}, "preemption": {"grace_seconds": 60}}
+    if ranks > 1:
+        body["distributed"] = {"nproc_per_node": ranks}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return str(path)
@@ -71,5 +73,31 @@ def test_sigterm_and_sigusr1_lose_no_step_and_the_run_ends_bit_identical(tmp_pat
     assert proc.returncode == 0, out[-3000:]
     assert f"resuming from {newest.path} (step {resumed_at})" in out, out[-3000:]
     assert [r["step"] for r in metrics(run_dir)] == list(range(1, MAX_STEPS + 1))
+    assert metrics(run_dir) == metrics(reference)
+    assert_identical(_final(reference), _final(run_dir))
+
+
+def test_a_two_rank_group_stops_at_one_step_and_ends_bit_identical(tmp_path):
+    """SIGUSR1 to `traind run` of 2 ranks: both stop at the step the rule agrees on (the save is
+    collective: a rank elsewhere would leave it waiting), exit 75, resume there, same end."""
+    reference = tmp_path / "reference"
+    proc = _traind(_spec(tmp_path, "reference", reference, ranks=2))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    run_dir = tmp_path / "run"
+    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    deadline = time.monotonic() + 120
+    while last_step(run_dir) < 45:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out[-3000:]
+    newest, _ = fmt.latest_valid(run_dir / "checkpoints")
+    assert (newest.step, newest.reason) == (last_step(run_dir), "emergency"), out[-3000:]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in newest.path.iterdir()}
+    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and f"(step {newest.step})" in out, out[-3000:]
     assert metrics(run_dir) == metrics(reference)
     assert_identical(_final(reference), _final(run_dir))

@@ -24,12 +24,14 @@ pytestmark = pytest.mark.slow
 MAX_STEPS = 60
 
 
-def _spec(tmp_path, name, run_dir, extra=(), restarts=0) -> str:
+def _spec(tmp_path, name, run_dir, extra=(), restarts=0, ranks=1) -> str:
     body = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
             "command": [sys.executable, "-m", "traind.jobs.examples.hf_gpt2", "--output-dir",
                         str(run_dir / "hf-output"), "--max-steps", str(MAX_STEPS), "--save-steps", "25", *extra],
             "restart": {"max_restarts": restarts, "backoff": {"initial_seconds": 0.1}},
             "preemption": {"grace_seconds": 60}}
+    if ranks > 1:
+        body["distributed"] = {"nproc_per_node": ranks}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return str(path)
@@ -111,4 +113,26 @@ def test_sigkills_of_the_trainer_and_sigterms_of_the_supervisor_end_bit_identica
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "checksum mismatch" in out and f"resuming from {older}" in out, out[-3000:]
+    assert_identical(_final_weights(reference), _final_weights(run_dir))
+
+
+def test_a_two_rank_group_stops_at_one_step_and_ends_bit_identical(tmp_path):
+    """SIGUSR1 to `traind run` of 2 ranks: both stop at the step the rule agrees on (HF's save is
+    collective: a rank elsewhere would leave it waiting), exit 75, resume there, same end."""
+    reference = tmp_path / "reference"
+    proc = _traind(_spec(tmp_path, "reference", reference, ranks=2))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    run_dir = tmp_path / "run"
+    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    _wait_for_step(proc, run_dir, 17)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 75, out[-3000:]
+    newest, _ = fmt.latest_valid(run_dir / "checkpoints")
+    assert (newest.step, newest.reason) == (last_step(run_dir), "emergency"), out[-3000:]
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in newest.path.iterdir()}
+    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and f"(step {newest.step})" in out, out[-3000:]
     assert_identical(_final_weights(reference), _final_weights(run_dir))
