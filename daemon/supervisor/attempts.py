@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from ..contract import protocol
@@ -160,10 +161,19 @@ class StartupGuard:
         if a.spoke:
             self.history.clear()
             return False
-        self.history.append((now, f"{status.describe()}: {last_line}"))
+        self.history.append((now, f"{status.describe()}: {_without_rank(last_line)}"))
         recent = self.history[-self.limit:] if self.limit else []
         return (bool(recent) and len(recent) == self.limit and len({why for _, why in recent}) == 1
                 and recent[-1][0] - recent[0][0] <= self.window)
+
+
+def _without_rank(line: str) -> str:
+    """The failure a rank's line tells, without which rank told it: the ranks of a group failing
+    alike end their logs with "[rank0]: X" or "[rank1]: X" (torch), "[default1]:X" (torchrun)."""
+    return _RANK_PREFIX.sub("", line)
+
+
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s*")
 
 
 def fmt_seconds(value) -> str:

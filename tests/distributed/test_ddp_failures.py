@@ -97,3 +97,20 @@ def test_one_corrupt_shard_invalidates_the_checkpoint_for_every_rank_and_resume_
     text = log.read_text()
     assert f"skipping checkpoint {emergency.name}" in text and f"resuming from step {before}" in text
     assert_same_state(newest(run_dir), newest(reference_run))
+
+
+def test_a_group_whose_ranks_fail_alike_before_their_first_step_fails_after_max_startup_failures(tmp_path):
+    """Issue 21: the startup guard keys on the failure, not on which rank's copy of it came last
+    (the ranks' tracebacks end "[rank0]: X" or "[rank1]: X")."""
+    job = tmp_path / "torn.py"
+    job.write_text("import torch.distributed as dist\ndist.init_process_group('gloo')\n"
+                   "raise RuntimeError('snapshot.pt is torn: cannot resume')\n")
+    spec = tmp_path / "torn.yaml"
+    spec.write_text(f"name: torn\ncommand: [{sys.executable}, {job}]\nrun_dir: {tmp_path / 'run'}\n"
+                    "distributed: {nproc_per_node: 2}\n"
+                    "restart: {max_restarts: 10, max_startup_failures: 3, backoff: {initial_seconds: 0.1}}\n")
+    proc = subprocess.run([sys.executable, "-m", "traind", "run", str(spec)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fails the same way before its first step" in proc.stdout + proc.stderr
+    assert status(tmp_path / "run")["attempt"] == 3

@@ -25,6 +25,19 @@ def test_a_job_that_fails_the_same_way_before_its_first_step_fails_after_a_few_t
     assert fake.spawns[-1] < 20      # backoff 1, 2, 4, 8: seconds, not the ~5 minutes of 10 restarts
 
 
+def test_a_group_whose_ranks_fail_alike_fails_whichever_rank_wrote_the_last_line(tmp_path):
+    """Issue 21: the group's log ends with rank 0's or rank 1's copy of one error, by chance."""
+    def on_spawn(n):
+        log = tmp_path / "run" / "logs" / f"attempt-{n}.log"
+        log.write_text(f"[rank{n % 2}]: Traceback (most recent call last):\n"
+                       f"[rank{n % 2}]: RuntimeError: snapshot.pt is torn\n")
+        return [(0.2, exited(code=1))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 10, "max_startup_failures": 3})
+    assert result.state is State.FAILED and len(fake.spawns) == 3
+    assert "fails the same way before its first step" in result.message
+
+
 def test_startup_failure_limit_is_configurable_and_progress_resets_it(tmp_path):
     def on_spawn(n):
         if n == 2:      # the second attempt speaks, then crashes: it did start
