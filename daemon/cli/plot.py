@@ -34,10 +34,8 @@ def register(sub) -> None:
 def read_history(run_dir: Path) -> dict:
     """What the picture shows, as data: metrics by name, attempts, ends, checkpoints."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise UsageError(f"{path}: no metrics (not a run dir of a traind job, or no step finished yet)")
     metrics: dict[str, list[tuple[int, float]]] = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (path.read_text(errors="replace") if path.is_file() else "").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -48,17 +46,44 @@ def read_history(run_dir: Path) -> dict:
             if key not in SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics.setdefault(key, []).append((row["step"], float(value)))
     starts, ends, checkpoints = [], [], []
-    for event in read_events(run_dir):
-        kind = event.get("event")
+    timeline: list[list] = []    # [attempt, seconds from the first start, seconds at its end, how it ended]
+    events = read_events(run_dir)
+    if not metrics and not events:
+        raise UsageError(f"{run_dir}: no metrics.jsonl and no events.jsonl (not a run dir of traind run)")
+    first = next((e["time"] for e in events if isinstance(e.get("time"), (int, float))), 0.0)
+    for event in events:
+        kind, when = event.get("event"), event.get("time") if isinstance(event.get("time"), (int, float)) else first
         if kind == "spawned":
             starts.append((event.get("attempt"), event.get("checkpoint_step") or 0))
+            timeline.append([event.get("attempt"), when - first, None, "running"])
+        elif kind == "transition" and "exit_code" in event and timeline and timeline[-1][2] is None:
+            code = event.get("exit_code")
+            timeline[-1][2:] = [when - first, "finished" if code == 0 else "preempted" if code == PREEMPTED_EXIT
+                                or event.get("target") == "preempted" else "crash"]
         elif kind == "checkpoint" and isinstance(event.get("checkpoint_step"), int):
             checkpoints.append((event["checkpoint_step"], event.get("reason")))
         elif kind == "transition" and event.get("exit_code", 0) != 0 and isinstance(event.get("last_step"), int):
             how = "preempted" if event.get("exit_code") == PREEMPTED_EXIT or event.get("target") == "preempted" \
                 else "crash"
             ends.append((event["last_step"], how, event.get("attempt")))
-    return {"metrics": metrics, "starts": starts, "ends": ends, "checkpoints": checkpoints}
+    return {"metrics": metrics, "starts": starts, "ends": ends, "checkpoints": checkpoints, "timeline": timeline}
+
+
+COLOURS = {"crash": "tab:red", "preempted": "tab:orange", "finished": "tab:blue", "running": "tab:gray"}
+
+
+def draw_timeline(plt, history: dict, title: str):
+    """A job that reports no steps (it does not speak traind's channel): its attempts against
+    time, each coloured by how it ended."""
+    fig, ax = plt.subplots(figsize=(10, 1.0 + 0.4 * len(history["timeline"])))
+    for attempt, start, end, how in history["timeline"]:
+        ax.barh(attempt, (start if end is None else end) - start or 0.5, left=start, color=COLOURS[how])
+    ax.set_xlabel("seconds since the first attempt started")
+    ax.set_ylabel("attempt")
+    ax.set_title(title + " (no steps reported: attempts against time)")
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=c, label=h) for h, c in COLOURS.items()], loc="upper right", fontsize="small")
+    return fig
 
 
 def draw(history: dict, out: Path, title: str) -> None:
@@ -70,7 +95,10 @@ def draw(history: dict, out: Path, title: str) -> None:
         raise TraindError("traind plot needs matplotlib: pip install 'traind[plot]'") from None
     names = sorted(history["metrics"], key=lambda n: (n != "loss", n))
     if not names:
-        raise UsageError(f"{title}: metrics.jsonl has no numeric metric to draw")
+        if not history["timeline"]:
+            raise UsageError(f"{title}: metrics.jsonl has no numeric metric to draw")
+        _save(plt, draw_timeline(plt, history, title), out)
+        return
     fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(10, 2.2 * len(names) + 1), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         steps, values = zip(*history["metrics"][name])
@@ -92,6 +120,10 @@ def draw(history: dict, out: Path, title: str) -> None:
                         Line2D([], [], color="tab:gray", marker="|", ls="", label="checkpoint")],
                loc="upper right", fontsize="small")
     axes[-1, 0].set_xlabel("step")
+    _save(plt, fig, out)
+
+
+def _save(plt, fig, out: Path) -> None:
     fig.tight_layout()
     try:
         fig.savefig(out, dpi=100)
@@ -106,8 +138,8 @@ def cmd_plot(args) -> int:
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: not a directory")
     history = read_history(run_dir)
+    ended = [how for *_, how in history["timeline"]]
     draw(history, args.output, f"{run_dir}: {len(history['starts'])} attempt(s), "
-                                f"{sum(h == 'crash' for _, h, _ in history['ends'])} crash(es), "
-                                f"{sum(h == 'preempted' for _, h, _ in history['ends'])} preemption(s)")
+                                f"{ended.count('crash')} crash(es), {ended.count('preempted')} preemption(s)")
     print(f"wrote {args.output}")
     return 0

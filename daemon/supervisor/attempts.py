@@ -6,11 +6,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..contract import protocol
+from ..contract import exitcodes, protocol
 from .osproc import ExitStatus
 from .states import State
 
 
+SILENT_RUNNING_AFTER = 10.0   # seconds alive without a word: a job that does not speak the channel runs
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
@@ -24,10 +25,14 @@ class Outcome:
     attempt: int
 
     def words(self) -> str:
-        if self.checkpoint_committed:
+        if self.checkpoint_committed and self.checkpoint_step is not None:
             return f"emergency checkpoint committed at step {self.checkpoint_step}"
-        return "no emergency checkpoint committed; resume point " + (
-            "none (fresh start)" if self.checkpoint_step is None else f"step {self.checkpoint_step}")
+        point = "none" if self.checkpoint_step is None else f"step {self.checkpoint_step}"
+        if self.exit is not None and self.exit.code == exitcodes.PREEMPTED:
+            if self.checkpoint_step is None:
+                return "the job exited 75 itself; traind holds no checkpoint of it"
+            return f"the job exited 75 without committing a newer checkpoint; resume point {point}"
+        return f"no emergency checkpoint committed; resume point {point}"
 
 
 @dataclass
@@ -59,6 +64,16 @@ def startup_deadline(attempts: list[Attempt], health) -> float | None:
             or not (health.expects_hello or any(x.spoke for x in attempts[:-1]))):
         return None
     return a.started_at + timeout
+
+
+def silent_running_at(attempts: list[Attempt], health, state: State) -> float | None:
+    """When a STARTING attempt that is not expected to speak (see startup_deadline) counts as
+    running: SILENT_RUNNING_AFTER seconds after its start, if it is alive and has not spoken."""
+    a = attempts[-1] if attempts else None
+    if (state is not State.STARTING or a is None or a.spoke or a.exit is not None or a.started_at is None
+            or startup_deadline(attempts, health) is not None):
+        return None
+    return a.started_at + SILENT_RUNNING_AFTER
 
 
 @dataclass

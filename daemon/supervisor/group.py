@@ -43,6 +43,12 @@ class RankGroup:
     def __post_init__(self) -> None:
         self.ranks = {r: RankView() for r in range(self.size)}
 
+    def started(self, pids: dict[int, int]) -> None:
+        """The processes the supervisor started (a rank that never speaks has its pid too)."""
+        for rank, pid in pids.items():
+            if rank in self.ranks:
+                self.ranks[rank].pid = pid
+
     def heard(self, rank: int, now: float, *, pid=None, step=None) -> None:
         view = self.ranks.get(rank)
         if view is None:

@@ -1,10 +1,10 @@
 """`traind run`: supervise one job until it succeeds, fails for good, or is stopped.
 
-One loop, in a fixed order: (1) act on deadlines that passed (backoff over, grace over, hang,
-periodic checkpoint due), (2) block in `os.wait()` until an event or the next deadline, (3) handle
-each event. Every state change goes through `states.transition` and `_apply`, which hands the
-values to the journal (records.py: log line, events.jsonl, status.json). Every OS effect goes
-through `self.os`. A group of ranks is one child (group.py).
+One loop, in a fixed order: (1) act on deadlines that passed (backoff, grace, hang, a periodic
+checkpoint), (2) block in `os.wait()` until an event or the next deadline, (3) handle each event.
+Every state change goes through `states.transition` and `_apply`, which hands the values to the
+journal (records.py: log line, events.jsonl, status.json). Every OS effect goes through `self.os`.
+A group of ranks is one child (group.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import mirror as remote_mirror
 from . import distributed
 from .group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
 from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, RunResult, StartupGuard, as_int,
-                       backoff_delay, fmt_seconds, json_line, startup_deadline, step_rate)
+                       backoff_delay, fmt_seconds, json_line, silent_running_at, startup_deadline, step_rate)
 from .osproc import (BadMessage, ChildExited, ChildMessage, ExitStatus, RealOS, SignalArrived,
                                       SpareExited, SpareReady, SpawnFailure, StopRequested, signal_name)
 from .records import Journal, status_record
@@ -60,8 +60,7 @@ class Supervisor:
         self.budget, self.deadlines, self.seen = RestartBudget(), Deadlines(), LastSeen()
         self.stop_trigger: str | None = None    # set by a signal / request_stop (not by a hang)
         self.killed = self.emergency_committed = self.status_dirty = False
-        self.exit_code, self.message = None, ""
-        self.attempt_base, self.last_drain, self.started_wall = 0, 0.0, 0.0
+        self.exit_code, self.message, self.attempt_base, self.last_drain, self.started_wall = None, "", 0, 0.0, 0.0
         self.earlier_attempts: list[dict] = []
         self.startup_guard = StartupGuard(spec.restart.max_startup_failures, spec.restart.window_seconds)
         self.stop_signals = signal_numbers(spec.preemption.signals) | {signal.SIGTERM, signal.SIGINT}
@@ -102,7 +101,8 @@ class Supervisor:
     def _timeout(self, now: float) -> float | None:
         deadlines = [d for d in (self.deadlines.backoff_until, self.deadlines.stop if not self.killed else None,
                                  self._hang_deadline(), self.deadlines.next_checkpoint, self.group.kill_at,
-                                 self._rendezvous_deadline()) if d is not None]
+                                 self._rendezvous_deadline(),
+                                 silent_running_at(self.attempts, self.spec.health, self.state)) if d is not None]
         if self.state is State.RUNNING:
             deadlines.append(self.last_drain + CHANNEL_BATCH_SECONDS)   # the batched channel read
         elif self.state in (State.STARTING, State.STOPPING):
@@ -151,6 +151,8 @@ class Supervisor:
                        else f"no hello {self.spec.health.startup_timeout_seconds:g}s after the start")
                 self._apply(transition(self.state, Trigger.HANG_DETECTED), reason=why)
                 self._enter_stopping("hang")
+            elif (silent := silent_running_at(self.attempts, self.spec.health, self.state)) and now >= silent:
+                self._apply(transition(self.state, Trigger.SILENT_RUNNING))
             elif self.deadlines.next_checkpoint is not None and now >= self.deadlines.next_checkpoint:
                 self.os.send(protocol.CHECKPOINT_NOW, reason=protocol.REASON_PERIODIC)
                 self.deadlines.next_checkpoint = now + self.spec.checkpoint.every_seconds
@@ -179,12 +181,10 @@ class Supervisor:
             return
         self.stop_trigger = trigger
         t = transition(self.state, Trigger.STOP_REQUESTED)
-        if t is None:
-            return
         self._apply(t, reason=trigger)
-        if t.target is State.STOPPING:
+        if t is not None and t.target is State.STOPPING:
             self._enter_stopping(trigger)
-        else:  # nothing running (backing off): the latest valid checkpoint is the resume point
+        elif t is not None:  # nothing running (backing off): the latest valid checkpoint is the resume point
             self.deadlines.backoff_until = None
             self._finish_preempted(exit_status=None)
 
@@ -198,7 +198,7 @@ class Supervisor:
         if not a.spoke:   # may not speak the channel at all: the classic way too
             self.os.signal_group(signal.SIGTERM)
             self.say(f"{why}: asked for an emergency checkpoint on the channel and sent SIGTERM to the group "
-                     f"(child has not spoken yet); grace {self.spec.preemption.grace_seconds:g}s")
+                     f"(it has not spoken traind's channel); grace {self.spec.preemption.grace_seconds:g}s")
         else:
             self.say(f"{why}: asked the child for an emergency checkpoint"
                      f"{'' if sent else ' (channel closed)'}; grace {self.spec.preemption.grace_seconds:g}s")
@@ -302,8 +302,8 @@ class Supervisor:
         if t.target is State.SUCCEEDED:
             self._finish(OK, f"succeeded after {len(self.attempts)} attempt(s)" + self.mirror.drain(newest_step, None))
         elif t.target is State.PREEMPTED:
-            if status.code == PREEMPTED:
-                self.emergency_committed = True
+            if status.code == PREEMPTED:    # its word for a checkpoint, if the store holds a newer one
+                self.emergency_committed = self.emergency_committed or progressed
             self._finish_preempted(exit_status=status, checkpoint_step=newest_step)
         elif t.target is State.STARTING:
             self._spawn_attempt()
@@ -343,8 +343,9 @@ class Supervisor:
             self._finish(FAILED, pid.message)
             return
         a.pid = pid
+        self.group.started(self.os.rank_pids())
         self.lock.record(child_pid=pid)
-        where = "fresh start" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
+        where = "no checkpoint in traind's store" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
         self._event("spawned", reason=where, checkpoint_step=a.resume_step, pid=pid)
         self._write_status()        # from the first spawn on, even for a child that never speaks
@@ -357,8 +358,7 @@ class Supervisor:
 
     def _finish_preempted(self, exit_status: ExitStatus | None, checkpoint_step: int | None = None) -> None:
         if checkpoint_step is None:
-            newest = self.resume.take(quiet=True)
-            checkpoint_step = None if newest is None else newest.step
+            checkpoint_step = getattr(self.resume.take(quiet=True), "step", None)
         outcome = Outcome(trigger=self.stop_trigger or "stop", checkpoint_committed=self.emergency_committed,
                           checkpoint_step=checkpoint_step, exit=exit_status, attempt=len(self.attempts))
         what = outcome.words() + self.mirror.drain(checkpoint_step, self.deadlines.stop)   # remotely committed, within the grace

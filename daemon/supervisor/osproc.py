@@ -156,6 +156,9 @@ class RealOS:
             self._sel.register(child.pidfd, selectors.EVENT_READ, ("exit", rank))
         return self._ranks[0].pid
 
+    def rank_pids(self) -> dict[int, int]:
+        return {rank: child.pid for rank, child in self._ranks.items()}
+
     def _start(self, argv, cwd: Path, env: dict, log_path: Path, keep_fds, rank: int = 0) -> _Child | SpawnFailure:
         channel = SupervisorChannel()
         env = {**env, ENV_CONTROL_FD: str(channel.child_fd())}

@@ -2,7 +2,8 @@
 
 Legal edges (each branch of `transition` names the one it takes):
 
-    STARTING    -> RUNNING       the child spoke on the control channel (hello / heartbeat)
+    STARTING    -> RUNNING       the child spoke on the control channel (hello / heartbeat), or
+                                 it runs on without speaking (a job without traind's job side)
     STARTING    -> FAILED        the command could not be started
     STARTING|RUNNING -> STOPPING     a stop was requested (signal, request_stop) or the child hung
                                      (RUNNING: no message; STARTING: no hello in start-up time)
@@ -33,7 +34,7 @@ from ..contract import exitcodes
 
 class State(str, enum.Enum):
     STARTING = "starting"        # child spawned, not heard from yet
-    RUNNING = "running"          # child has spoken on the channel
+    RUNNING = "running"          # child has spoken on the channel, or runs on without speaking
     STOPPING = "stopping"        # emergency checkpoint requested, waiting up to the grace period
     BACKING_OFF = "backing_off"  # no child; waiting before the next attempt
     SUCCEEDED = "succeeded"
@@ -47,6 +48,7 @@ CHILD_ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 class Trigger(str, enum.Enum):
     CHILD_SPOKE = "child_spoke"
+    SILENT_RUNNING = "silent_running"   # alive a while after its start, never spoke, none expected
     SPAWN_FAILED = "spawn_failed"
     STOP_REQUESTED = "stop_requested"
     HANG_DETECTED = "hang_detected"
@@ -87,6 +89,8 @@ def transition(state: State, trigger: Trigger, facts: Facts = Facts()) -> Transi
         return edge(State.FAILED, "command could not be started")              # STARTING -> FAILED
     if trigger is Trigger.CHILD_SPOKE and state is State.STARTING:
         return edge(State.RUNNING, "child spoke on the control channel")       # STARTING -> RUNNING
+    if trigger is Trigger.SILENT_RUNNING and state is State.STARTING:
+        return edge(State.RUNNING, "runs without speaking traind's channel")   # STARTING -> RUNNING
     if trigger is Trigger.STOP_REQUESTED:
         if state in (State.STARTING, State.RUNNING):
             return edge(State.STOPPING, "stop requested")                       # * -> STOPPING

@@ -114,3 +114,37 @@ def test_a_group_whose_ranks_fail_alike_before_their_first_step_fails_after_max_
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fails the same way before its first step" in proc.stdout + proc.stderr
     assert status(tmp_path / "run")["attempt"] == 3
+
+
+def test_a_group_that_never_speaks_is_told_honestly(tmp_path):
+    """Issue 21, item 4: a 2-rank script that knows nothing of traind and exits 75 itself on
+    SIGTERM: `running` once it outlives its start, a pid per rank, no checkpoint claimed, and
+    `traind plot` draws its attempts from events.jsonl alone."""
+    job = tmp_path / "silent.py"
+    job.write_text("import signal, sys, time\nimport torch.distributed as dist\n"
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
+                   "dist.init_process_group('gloo')\nwhile True:\n    time.sleep(0.1)\n")
+    run_dir = tmp_path / "run"
+    spec = tmp_path / "silent.yaml"
+    spec.write_text(f"name: silent\ncommand: [{sys.executable}, {job}]\nrun_dir: {run_dir}\n"
+                    "distributed: {nproc_per_node: 2}\nrestart: {max_restarts: 0}\n")
+    sup = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: status(run_dir).get("state") == "running", 60, "running")
+        ranks = status(run_dir)["ranks"]
+        assert [r["rank"] for r in ranks] == [0, 1] and all(isinstance(r["pid"], int) for r in ranks), ranks
+        assert all(alive(r["pid"]) for r in ranks)
+        sup.send_signal(signal.SIGTERM)
+        out, _ = sup.communicate(timeout=60)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert sup.returncode == 75, out
+    assert "runs without speaking traind's channel" in out and "no checkpoint in traind's store" in out
+    assert "the job exited 75 itself; traind holds no checkpoint of it" in out and "step None" not in out
+    assert "fresh start" not in out
+    picture = tmp_path / "run.png"
+    plot = subprocess.run([sys.executable, "-m", "traind", "plot", str(run_dir), "-o", str(picture)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert plot.returncode == 0 and picture.stat().st_size > 5000, plot.stderr

@@ -85,6 +85,9 @@ class FakeOS:
         self._after(self.on_spawn(len(self.spawns)))
         return 1000 + len(self.spawns)
 
+    def rank_pids(self):
+        return {r: 1000 + len(self.spawns) + 100 * r for r in range(len(self.rank_envs or [{}]))}
+
     def send(self, msg_type, **fields):
         self.sent.append((self.t, msg_type, fields))
         self._after(self.on_send.get(msg_type, []))

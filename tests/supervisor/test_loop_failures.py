@@ -1,12 +1,15 @@
 """Issue 10 (items 3, 4, 7, 9) on the scripted fake OS: a job that can never start, a resume point
 the job cannot load, the job's own reason in the final message, honest status figures."""
 import json
+import signal
 from pathlib import Path
 
 from traind import store
 from traind.contract.exitcodes import UNUSABLE_CHECKPOINT
 from traind.supervisor.runfiles import read_events, read_status
 from traind.supervisor.states import State
+
+from traind.supervisor.osproc import SignalArrived
 
 from .fakeos import FakeOS, exited, msg
 from .test_loop_fake import Resume, run
@@ -126,3 +129,29 @@ def test_backoff_never_overflows_however_many_failures_in_a_row():
     assert [backoff_delay(steep, n, 0.5) for n in (1, 2, 160, 10**6)] == [1.0, 60.0, 60.0, 60.0]
     assert backoff_delay(Backoff(1, 60, 2, 0.0), 4, 0.5) == 8.0
     assert backoff_delay(Backoff(0, 0, 2, 0.0), 5000, 0.5) == 0.0
+
+
+def test_a_job_that_never_speaks_runs_once_it_outlives_its_start_and_its_75_claims_no_checkpoint(tmp_path):
+    """Issue 21: a plain script was `starting` for its whole run and its own exit 75 read as
+    "emergency checkpoint committed at step None"."""
+    fake = FakeOS(on_spawn=lambda n: [(30.0, exited(code=75))] if n == 1 else [(0.1, exited(code=0))],
+                  on_send={"checkpoint_and_stop": [(0.5, exited(code=75))]})
+    fake.at(20.0, SignalArrived(signal.SIGTERM))
+    _, result, lines = run(tmp_path, fake)
+    moved = [e for e in read_events(tmp_path / "run") if e.get("event") == "transition"]
+    assert (moved[0]["source"], moved[0]["target"]) == ("starting", "running")
+    assert moved[0]["edge"] == "runs without speaking traind's channel"
+    assert result.state is State.PREEMPTED
+    assert "the job exited 75 itself; traind holds no checkpoint of it" in result.message
+    assert "step None" not in "\n".join(lines)
+
+
+def test_an_attempt_expected_to_speak_stays_starting_until_it_does(tmp_path):
+    def on_spawn(n):
+        if n == 1:
+            return [(0.1, msg("hello", pid=1, resumed_step=None)), (1.0, exited(code=1))]
+        return [(15.0, msg("hello", pid=2, resumed_step=None)), (16.0, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, _ = run(tmp_path, fake)
+    edges = [e["edge"] for e in read_events(tmp_path / "run") if e.get("event") == "transition"]
+    assert "runs without speaking traind's channel" not in edges and result.state is State.SUCCEEDED

@@ -190,7 +190,9 @@ def test_request_stop_from_another_thread_uses_the_followup(tmp_path):
     fake.wait = wait
     result = sup.run()
     assert result.exit_code == 76 and holder["outcome"].trigger == "request: spot notice"
-    assert holder["outcome"].checkpoint_committed
+    # Exit 75 alone is the job's word, not a checkpoint: the store holds none (issue 21).
+    assert not holder["outcome"].checkpoint_committed
+    assert holder["outcome"].words() == "the job exited 75 itself; traind holds no checkpoint of it"
 
 
 def test_periodic_checkpoint_requests(tmp_path):
