@@ -56,16 +56,16 @@ def read_history(run_dir: Path) -> dict:
         if kind == "spawned":
             starts.append((event.get("attempt"), event.get("checkpoint_step") or 0))
             timeline.append([event.get("attempt"), when - first, None, "running"])
-        elif kind == "transition" and "exit_code" in event and timeline and timeline[-1][2] is None:
-            code = event.get("exit_code")
-            timeline[-1][2:] = [when - first, "finished" if code == 0 else "preempted" if code == PREEMPTED_EXIT
-                                or event.get("target") == "preempted" else "crash"]
         elif kind == "checkpoint" and isinstance(event.get("checkpoint_step"), int):
             checkpoints.append((event["checkpoint_step"], event.get("reason")))
         elif kind == "transition" and event.get("exit_code", 0) != 0 and isinstance(event.get("last_step"), int):
             how = "preempted" if event.get("exit_code") == PREEMPTED_EXIT or event.get("target") == "preempted" \
                 else "crash"
             ends.append((event["last_step"], how, event.get("attempt")))
+        if kind == "transition" and "exit_code" in event and timeline and timeline[-1][2] is None:
+            code = event.get("exit_code")
+            timeline[-1][2:] = [when - first, "finished" if code == 0 else "preempted" if code == PREEMPTED_EXIT
+                                or event.get("target") == "preempted" else "crash"]
     return {"metrics": metrics, "starts": starts, "ends": ends, "checkpoints": checkpoints, "timeline": timeline}
 
 
