@@ -184,3 +184,13 @@ def test_private_tmp_check_follows_the_interpreter_and_only_matters_with_private
     assert private_tmp_problem("/var/tmp/venv/bin/traind", {"traind.service": "[Service]\nPrivateTmp=no\n"}) is None
     assert private_tmp_problem("/usr/local/bin/traind", units) is None
     assert private_tmp_problem("/tmpfoo/traind", units) is None
+
+
+def test_a_multi_node_spec_outside_slurm_names_its_file(tmp_path):
+    """Issue 21: `distributed.nnodes` errors named no file."""
+    spec = tmp_path / "nodes.yaml"
+    spec.write_text(f"name: x\ncommand: ['true']\nrun_dir: {tmp_path / 'run'}\n"
+                    "distributed: {nproc_per_node: 1, nnodes: 2}\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    line = one_line(traind("run", spec, env=env), 2)
+    assert line.startswith(f"traind: {spec}: distributed.node_rank: not set"), line

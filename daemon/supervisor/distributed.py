@@ -94,8 +94,16 @@ class Placement:
         return envs
 
 
-def place(dist: Distributed, job_name: str, environ=os.environ) -> Placement:
-    """Node rank, master address and port from the spec, else from SLURM; a UsageError when neither says."""
+def place(dist: Distributed, job_name: str, environ=os.environ, source=None) -> Placement:
+    """Node rank, master address and port from the spec, else from SLURM; a UsageError naming the
+    spec file (`source`) when neither says."""
+    try:
+        return _place(dist, job_name, environ)
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}" if source is not None else str(err)) from None
+
+
+def _place(dist: Distributed, job_name: str, environ) -> Placement:
     node_rank = dist.node_rank
     if node_rank is None:
         raw = environ.get("SLURM_NODEID", "0" if dist.nnodes == 1 else "")

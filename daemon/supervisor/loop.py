@@ -42,7 +42,7 @@ class Supervisor:
         self.spec = spec
         self.os = os_ if os_ is not None else RealOS()
         self.followup = followup or (lambda outcome: PREEMPTED)
-        self.placement = None if spec.distributed is None else distributed.place(spec.distributed, spec.name)
+        self.placement = None if spec.distributed is None else distributed.place(spec.distributed, spec.name, source=spec.source)
         # checkpoint.remote (mirror.py): the shared checkpoints dir is mirrored once, by node 0
         self.mirror = remote_mirror.attach(spec if self.placement is None or self.placement.node_rank == 0 else
                                            replace(spec, checkpoint=replace(spec.checkpoint, remote=None)),

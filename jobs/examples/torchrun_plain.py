@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 -m traind.jobs.examples.torchrun_plain OUT_DIR
 
-torchrun_traind.py is this script with five lines changed (docs/own-checkpoints.md shows the diff).
+torchrun_traind.py is this script with five lines changed (docs/frameworks.md shows the diff).
 """
 import sys
 from pathlib import Path

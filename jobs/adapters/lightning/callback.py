@@ -117,6 +117,7 @@ class Checkpointing(pl.Callback):
             trainer.strategy.checkpoint_io = TraindCheckpointIO(self)
             if trainer.global_rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
+                self._make_lightnings_dirs(trainer)
             self.report.open(run_dir, trainer.global_rank, self.env)
             self._configure_policy(trainer)
             if trainer.global_rank == 0:
@@ -134,6 +135,14 @@ class Checkpointing(pl.Callback):
                 # (an explicit ckpt_path given to fit() is loaded after this one and wins).
                 trainer._checkpoint_connector.resume_start(path)
                 self.report.line(f"resuming from {path}")
+
+    @staticmethod
+    def _make_lightnings_dirs(trainer) -> None:
+        """The folders Lightning would make for its own saves: a script's own torch.save into
+        default_root_dir or a ModelCheckpoint's dirpath must not fail because traind saved instead."""
+        for folder in [trainer.default_root_dir] + [getattr(mc, "dirpath", None) for mc in trainer.checkpoint_callbacks]:
+            if folder and "://" not in str(folder):
+                Path(folder).mkdir(parents=True, exist_ok=True)
 
     def _configure_policy(self, trainer) -> None:
         keep_best = self.policy.keep_best
