@@ -55,6 +55,7 @@ def _open(url: str, items: list[str]) -> tuple[Remote, int | None]:
 
 def remote_ls(args) -> int:
     remote, step = _open(args.dir, args.remote_options)
+    remote.check_bucket()
     objects = remote.objects(step)
     infos = [remote.check(s, files, deep=not args.quick) for s, files in objects.items()]
     if args.json:

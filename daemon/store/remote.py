@@ -111,6 +111,25 @@ class Remote:
             raise RemoteError(f"{self.url}: cannot open: {_one_line(err)}") from None
         self.root = root.rstrip("/")
 
+    def check_bucket(self, *, unreachable_ok: bool = False) -> None:
+        """An object store's bucket must exist: traind makes none (a typo would otherwise show up
+        as every upload failing with "not found"). A RemoteError naming it; file paths pass.
+        unreachable_ok: a store that cannot be reached now passes (the mirror retries it)."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if protocol in ("file", "local", "memory"):
+            return
+        bucket = self.root.split("/", 1)[0]
+        # info(), not exists(): exists() says False for an endpoint it cannot reach as well
+        try:
+            found = self._call(f"look up bucket {bucket!r}", self.fs.info, bucket, missing=None)
+        except RemoteError:
+            if unreachable_ok:
+                return
+            raise
+        if found is None:
+            raise RemoteError(f"{self.url}: bucket {bucket!r} does not exist (traind creates no bucket: "
+                              "make it first, or fix the URL)")
+
     # --- names -------------------------------------------------------------------------------
     def where(self, step: int, name: str | None = None) -> str:
         return "/".join([self.url, fmt.step_dir_name(step)] + ([name] if name else []))

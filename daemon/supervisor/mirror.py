@@ -86,6 +86,7 @@ def attach(spec, say: Callable[[str], None], event: Callable[..., None], clock=t
     from ..store.remote import Remote
     ck = spec.checkpoint
     remote = Remote(ck.remote, ck.remote_options)
+    remote.check_bucket(unreachable_ok=True)    # a missing bucket: one line at start, not failed uploads
     keep_best = None if ck.keep_best is None else {"metric": ck.keep_best.metric, "mode": ck.keep_best.mode,
                                                    "k": ck.keep_best.k}
     return Mirror(remote, spec.run_dir, say=say, event=event, keep_last=ck.keep_last, keep_best=keep_best,

@@ -72,12 +72,28 @@ def test_verify_names_a_bad_remote_object_and_inspect_skips_it(s3, seeded):
     assert shown["step"] == 1 and "checksum mismatch" in shown["skipped_newer"][0]
 
 
+def _flat(options: dict, prefix: str = ""):
+    for key, value in options.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_ls_of_a_bucket_that_does_not_exist_is_one_line(s3):
+    """Issue 21: it printed `no checkpoints`, exit 0."""
+    out = ckpt("ls", "s3://no-such-bucket/x", *sum((["-o", f"{k}={v}"] for k, v in _flat(s3.options())), []))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "bucket 'no-such-bucket' does not exist" in out.stderr
+
+
 def test_a_remote_that_cannot_be_reached_is_one_line(s3, seeded):
     s3.proxy.kill()
     out = ckpt("ls", s3.url("cli"), "-o", "config_kwargs.retries.total_max_attempts=1",
                "-o", "config_kwargs.connect_timeout=1", endpoint=s3.endpoint)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.startswith(f"traind: {s3.url('cli')}: list failed: ") and out.stderr.count("\n") == 1
+    assert out.stderr.startswith(f"traind: {s3.url('cli')}: look up bucket 'traind-test' failed: ")
+    assert "Could not connect" in out.stderr and out.stderr.count("\n") == 1
     out = ckpt("ls", "nosuchproto://x/y")
     assert out.returncode == 1 and "cannot open" in out.stderr and "Traceback" not in out.stderr
     out = ckpt("ls", s3.url("cli"), "-o", "novalue")

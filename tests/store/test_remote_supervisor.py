@@ -140,3 +140,17 @@ def test_the_server_down_at_resume_time(s3, tmp_path):
     assert "cannot use the remote" in out and "resuming from local step 20" in out
     assert "remote upload of step 30 NOT committed" in out.splitlines()[-1]
     assert read_status(tmp_path / "run")["remote"]["last_error"]["step"] == 30
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_at_start(s3, tmp_path):
+    """Issue 21: a missing bucket showed up as `upload state.pt: not found` over and over, then
+    exit 0 with no remote copy."""
+    spec = spec_file(tmp_path, s3)
+    body = yaml.safe_load(spec.read_text())
+    body["checkpoint"]["remote"] = "s3://no-such-bucket/job"
+    spec.write_text(yaml.safe_dump(body))
+    out = finish(start(spec), timeout=60)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert "bucket 'no-such-bucket' does not exist" in lines[0], out
+    assert not (tmp_path / "run" / "logs").exists() or not list((tmp_path / "run" / "logs").iterdir())
