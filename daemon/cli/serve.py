@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..service import spool
 from ..contract.errors import UsageError
-from ..service.jobqueue import FINAL_STATES, JobTable
+from ..service.jobqueue import FINAL_STATES, JobState, JobTable
 from ..service.client import daemon_status, default_state_dir, request_cancel
 from ..service.config import ServeConfig, parse_runner
 from ..service.daemon import Daemon
@@ -156,7 +156,8 @@ def cmd_ls(args) -> int:
     print(f"{'NAME':<24} {'STATE':<11} {'SLOT':>4} {'LAUNCHES':>8} {'EXIT':>4}  SUBMITTED")
     for r in recs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submitted))
-        print(f"{r.name:<24} {r.state.value:<11} {_dash(r.slot):>4} {r.launches:>8} {_dash(r.exit_code):>4}  {when}")
+        held = f"  ({r.reason})" if r.state is JobState.QUEUED and r.reason.startswith("its old process") else ""
+        print(f"{r.name:<24} {r.state.value:<11} {_dash(r.slot):>4} {r.launches:>8} {_dash(r.exit_code):>4}  {when}{held}")
     for name in pending:
         print(f"{name[:-5]:<24} {'submitted':<11} {'-':>4} {0:>8} {'-':>4}  (not yet taken by the daemon)")
     return 0

@@ -19,7 +19,6 @@ import os
 import queue
 import select
 import signal
-import stat
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from .config import Running, ServeConfig
 from .jobqueue import ACTIVE_STATES, Event, JobRecord, JobState, JobTable, transition
 from .sdnotify import Notifier
 from .serve_os import ServeOS
+from .slots import SlotBook, grace_of
 from ..supervisor.spec import validate
 
 log = logging.getLogger("traind.serve")
@@ -56,6 +56,7 @@ class Daemon:
         self._last_ping = 0.0
         self._lock: ServeLock | None = None
         self._waiting_logged: set[str] = set()
+        self.book = SlotBook(cfg.slots, cfg.gpus)    # which slots are free (slots.py)
 
     # ---------------------------------------------------------------- start-up
     def setup(self) -> None:
@@ -84,6 +85,12 @@ class Daemon:
             if rec.state in ACTIVE_STATES:
                 new = transition(rec.state, Event.INTERRUPTED)
                 log.info("job %s was %s when the daemon stopped: now %s", rec.name, rec.state.value, new.value)
+                holder = self.os.run_dir_holder(self.table.job_dir(rec.name) / "run")
+                if holder is not None:   # orphaned, still stopping: it holds its slot until it is gone
+                    self.book.drain(rec.name, rec.slot, self.os.monotonic(),
+                                    grace_of(self.table.job_dir(rec.name) / "spec.yaml"))
+                    log.info("job %s: its old process (%s) still holds slot %s", rec.name, holder, rec.slot)
+                    rec.reason = f"its old process still stops (holds slot {rec.slot})"
                 rec.state, rec.resume_first, rec.slot = new, new is JobState.QUEUED, None
                 self.table.save(rec)
             self.records[rec.name] = rec
@@ -168,7 +175,7 @@ class Daemon:
             elif kind == "heartbeat":
                 self._write_serve_state()
             elif kind == "sweep":
-                self._sweep()
+                spool.sweep(self.cfg.spool_dir, self.cfg.keep_refused_days)
 
     # ---------------------------------------------------------------- spool intake
     def _rescan(self, settle: float) -> None:
@@ -258,6 +265,7 @@ class Daemon:
             # SIGKILLed at our own deadline: not the job's failure; it resumes from its last checkpoint.
             new = transition(rec.state, Event.INTERRUPTED if run.killed else Event.EXITED, rc)
             log.info("job %s: traind run exited %d: %s -> %s", name, rc, rec.state.value, new.value)
+            self.book.left(run.slot, self.os.monotonic())
             rec.exit_code, rec.pid, rec.slot = rc, None, None
             rec.resume_first = new is JobState.QUEUED
             self._set(rec, new, reason=f"exit {rc}", finished=new is not JobState.QUEUED)
@@ -272,14 +280,18 @@ class Daemon:
 
     # ---------------------------------------------------------------- scheduling
     def _fill_slots(self) -> None:
-        free = [s for s in range(self.cfg.slots) if s not in {r.slot for r in self.running.values()}]
-        if not free:
-            return
+        now = self.os.monotonic()
+        self._settle_draining(now)
+        free = self.book.free(r.slot for r in self.running.values())
         waiting = sorted((r for r in self.records.values() if r.state is JobState.QUEUED),
                          key=lambda r: (not r.resume_first, r.seq))
         for rec in waiting:
             if not free:
                 return
+            if rec.name in self.book.draining:
+                continue            # keeps its place in line; its old process still holds a slot
+            if not rec.resume_first and any(self.records[n].resume_first for n in self.book.draining):
+                return              # the jobs the restart interrupted go first, every one of them
             holder = self.os.run_dir_holder(self.table.job_dir(rec.name) / "run")
             if holder is not None:  # an old `traind run` of this job still finishes its checkpoint
                 if rec.name not in self._waiting_logged:
@@ -287,7 +299,40 @@ class Daemon:
                     self._waiting_logged.add(rec.name)
                 continue
             self._waiting_logged.discard(rec.name)
-            self._launch(rec, free.pop(0))
+            slot = self._settled_slot(free, now)
+            if slot is None:
+                return
+            free.remove(slot)
+            self._launch(rec, slot)
+
+    def _settle_draining(self, now: float) -> None:
+        """Old processes found at start-up: gone -> their slot is free; past their grace -> SIGKILL."""
+        for name in list(self.book.draining):
+            run_dir = self.table.job_dir(name) / "run"
+            if self.os.run_dir_holder(run_dir) is None:
+                log.info("job %s: its old process is gone: slot %s is free", name, self.book.drained(name, now))
+                self._set(self.records[name], self.records[name].state, reason="old process gone")
+        for name in self.book.overdue(now):
+            log.warning("job %s: its old process still runs %.0f s after the restart (past its grace): "
+                        "SIGKILL to it", name, now - self.book.draining[name].since)
+            self.os.kill_holder(self.table.job_dir(name) / "run")
+            self.book.draining[name].killed = True
+
+    def _settled_slot(self, free: list[int], now: float) -> int | None:
+        """A free slot whose GPU no longer holds its last job's memory (NVML), or None."""
+        for slot in free:
+            if not self.book.device_settling(slot, now):
+                return slot
+            busy = self.os.gpu_busy(self.book.device(slot))
+            if busy is None and "nvml" not in self._waiting_logged:
+                self._waiting_logged.add("nvml")
+                log.info("NVML is not available: a slot's GPU memory is not checked before it is handed on")
+            if not busy:
+                return slot
+            if f"gpu-{slot}" not in self._waiting_logged:
+                self._waiting_logged.add(f"gpu-{slot}")
+                log.info("slot %d: GPU %s still holds a process of its last job: waiting", slot, self.book.device(slot))
+        return None
 
     def _launch(self, rec: JobRecord, slot: int) -> None:
         job_dir = self.table.job_dir(rec.name)
@@ -342,20 +387,6 @@ class Daemon:
         atomic_write(self.cfg.state_dir / SERVE_STATE_NAME, json.dumps({
             "pid": os.getpid(), "heartbeat": time.time(), "slots": self.cfg.slots,
             "stopping": self.stopping, "status": self._summary()}).encode())
-
-    def _sweep(self) -> None:
-        """Retention: refused files older than keep_refused_days, abandoned submit temp files."""
-        refused = self.cfg.spool_dir / spool.REFUSED_SUBDIR
-        candidates = [(p, self.cfg.keep_refused_days * 86400) for p in refused.iterdir()] if refused.is_dir() else []
-        candidates += [(p, 3600.0) for p in self.cfg.spool_dir.glob(".tmp-*")]
-        for p, max_age in candidates:
-            try:
-                st = p.lstat()
-                if time.time() - st.st_mtime > max_age and not stat.S_ISDIR(st.st_mode):  # folders: left to a human
-                    p.unlink()
-                    log.info("retention sweep removed %s", p)
-            except FileNotFoundError:
-                pass
 
     def _test_hang_hook(self) -> None:
         # Test-only: a hung main loop, to prove systemd's watchdog restarts the daemon.

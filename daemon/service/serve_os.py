@@ -47,6 +47,36 @@ class ServeOS:
                 except (ProcessLookupError, PermissionError):
                     pass
 
+    def kill_holder(self, run_dir: Path) -> None:
+        """SIGKILL an orphaned job found at start-up: the `traind run` and the child named by its
+        lock, each with its process group (the supervisor puts the child in a session of its own)."""
+        holder = runfiles.lock_holder(run_dir) if runfiles.lock_is_held(run_dir) else {}
+        for key in ("supervisor_pid", "child_pid"):
+            pid = holder.get(key)
+            if isinstance(pid, int) and pid > 1:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+    def gpu_busy(self, device: str) -> bool | None:
+        """Whether a process still runs on the GPU `device` (an index or a UUID), by NVML; None
+        where NVML is not there (no nvidia-ml-py, no driver)."""
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+        except Exception:       # ImportError, or NVMLError without a driver: nothing to ask
+            return None
+        try:
+            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(device)) if device.isdigit()
+                      else pynvml.nvmlDeviceGetHandleByUUID(device))
+            return bool(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        except Exception:
+            return None
+        finally:
+            pynvml.nvmlShutdown()
+
     def run_dir_holder(self, run_dir: Path) -> str | None:
         """Who still holds RUN_DIR/supervisor.lock (an old `traind run` or its child), None if free."""
         if not runfiles.lock_is_held(run_dir):

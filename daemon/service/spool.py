@@ -11,6 +11,7 @@ so the daemon never sees half a spec. Names starting with "." are temp files and
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -24,6 +25,7 @@ from ..fs.durable import rename_durably, write_durably
 from ..supervisor.spec import MAX_SPEC_BYTES, NAME_RE, parse_spec_text, read_spec_text, validate  # the spec's rules
 
 SPEC_SUFFIX = ".yaml"
+log = logging.getLogger("traind.serve")
 REFUSED_SUBDIR = ".refused"
 
 
@@ -175,3 +177,18 @@ def submit(spool: Path, name: str, data: bytes) -> Path:
         raise UsageError(f"{final}: a spec named {name!r} is already waiting in the spool")
     rename_durably(tmp, final)  # the daemon sees one "moved in" event for a whole file
     return final
+
+
+def sweep(spool_dir: Path, keep_refused_days: float) -> None:
+    """Retention: refused files older than keep_refused_days, abandoned submit temp files."""
+    refused = spool_dir / REFUSED_SUBDIR
+    candidates = [(p, keep_refused_days * 86400) for p in refused.iterdir()] if refused.is_dir() else []
+    candidates += [(p, 3600.0) for p in spool_dir.glob(".tmp-*")]
+    for p, max_age in candidates:
+        try:
+            st = p.lstat()
+            if time.time() - st.st_mtime > max_age and not stat.S_ISDIR(st.st_mode):  # folders: left to a human
+                p.unlink()
+                log.info("retention sweep removed %s", p)
+        except FileNotFoundError:
+            pass
