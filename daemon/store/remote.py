@@ -101,6 +101,7 @@ class Remote:
         # step -> manifest bytes of the remote copies this object uploaded or downloaded and
         # verified: only their remote bytes are trusted without reading them again
         self.known_good: dict[int, bytes] = {}
+        self.unreachable_at_start: str | None = None     # check_bucket(unreachable_ok=True) could not reach it
         try:
             import fsspec
         except ImportError:
@@ -122,8 +123,9 @@ class Remote:
         # info(), not exists(): exists() says False for an endpoint it cannot reach as well
         try:
             found = self._call(f"look up bucket {bucket!r}", self.fs.info, bucket, missing=None)
-        except RemoteError:
+        except RemoteError as err:
             if unreachable_ok:
+                self.unreachable_at_start = str(err)     # the start-up's other calls need not find out again
                 return
             raise
         if found is None:

@@ -339,7 +339,7 @@ class Supervisor:
                 {protocol.ENV_RESUME_FROM: resume_from, protocol.ENV_ATTEMPT: str(number)}))
         if isinstance(pid, SpawnFailure):
             a.reason = pid.message
-            self._apply(transition(self.state, Trigger.SPAWN_FAILED), reason=pid.message)
+            self._apply(transition(self.state, Trigger.SPAWN_FAILED))     # the reason: once, in the final line
             self._finish(FAILED, pid.message)
             return
         a.pid = pid

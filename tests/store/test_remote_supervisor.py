@@ -129,6 +129,9 @@ def test_the_server_down_at_resume_time(s3, tmp_path):
     last = out.splitlines()[-1]
     assert "no local checkpoint and the remote cannot be used (s3://" in last and "not starting fresh" in last
     assert "Traceback" not in out
+    # Issue 21: the reason once (it was in the transition line too), no second failed call said
+    assert out.count("Could not connect") == 1 and "stale multipart" not in out, out
+    assert len(out.strip().splitlines()) == 3, out
     # With a local checkpoint it falls back to it (and says the final upload did not happen).
     local = tmp_path / "run" / "checkpoints"
     subprocess.run([sys.executable, str(FIXTURE), "--steps", "20", "--run-dir", str(tmp_path / "run"),
