@@ -11,7 +11,6 @@ from .osproc import ExitStatus
 from .states import State
 
 
-SILENT_RUNNING_AFTER = 10.0   # seconds alive without a word: a job that does not speak the channel runs
 MAX_IDLE_SELF_STOPS = 2       # exits with 75 in a row, unasked and without progress, before they count
 
 
@@ -68,12 +67,12 @@ def startup_deadline(attempts: list[Attempt], health) -> float | None:
 
 def silent_running_at(attempts: list[Attempt], health, state: State) -> float | None:
     """When a STARTING attempt that is not expected to speak (see startup_deadline) counts as
-    running: SILENT_RUNNING_AFTER seconds after its start, if it is alive and has not spoken."""
+    running: health.silent_running_seconds after its start, if it is alive and has not spoken."""
     a = attempts[-1] if attempts else None
     if (state is not State.STARTING or a is None or a.spoke or a.exit is not None or a.started_at is None
             or startup_deadline(attempts, health) is not None):
         return None
-    return a.started_at + SILENT_RUNNING_AFTER
+    return a.started_at + health.silent_running_seconds
 
 
 @dataclass

@@ -95,6 +95,9 @@ class Health:
     # said hello this long after its start is hung in start-up: stopped, reported, restarted.
     startup_timeout_seconds: float | None = 900.0
     expects_hello: bool = False
+    # A child not expected to speak that is alive this long after its start without a word counts
+    # as running (a job without traind's job side would otherwise be `starting` for its whole run).
+    silent_running_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -359,7 +362,8 @@ def _preemption(c: Checker, value: Any) -> Preemption:
 
 
 def _health(c: Checker, value: Any) -> Health:
-    d = c.section(value, "health", ("hang_timeout_seconds", "startup_timeout_seconds", "expects_hello"))
+    d = c.section(value, "health", ("hang_timeout_seconds", "startup_timeout_seconds", "expects_hello",
+                                    "silent_running_seconds"))
     expects = d.get("expects_hello", False)
     if not isinstance(expects, bool):
         raise c.fail("health.expects_hello", "true or false", expects)
@@ -369,7 +373,9 @@ def _health(c: Checker, value: Any) -> Health:
                   startup_timeout_seconds=c.number(d.get("startup_timeout_seconds", 900.0),
                                                    "health.startup_timeout_seconds", strict=True, nullable=True,
                                                    limit=MAX_SECONDS),
-                  expects_hello=expects)
+                  expects_hello=expects,
+                  silent_running_seconds=c.number(d.get("silent_running_seconds", 60.0), "health.silent_running_seconds",
+                                                  limit=MAX_SECONDS))
 
 
 def _slurm(c: Checker, value: Any) -> Slurm:

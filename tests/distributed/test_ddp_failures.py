@@ -127,7 +127,8 @@ def test_a_group_that_never_speaks_is_told_honestly(tmp_path):
     run_dir = tmp_path / "run"
     spec = tmp_path / "silent.yaml"
     spec.write_text(f"name: silent\ncommand: [{sys.executable}, {job}]\nrun_dir: {run_dir}\n"
-                    "distributed: {nproc_per_node: 2}\nrestart: {max_restarts: 0}\n")
+                    "distributed: {nproc_per_node: 2}\nrestart: {max_restarts: 0}\n"
+                    "health: {silent_running_seconds: 5}\n")
     sup = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], cwd=REPO, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -137,7 +137,7 @@ def test_a_job_that_never_speaks_runs_once_it_outlives_its_start_and_its_75_clai
     fake = FakeOS(on_spawn=lambda n: [(30.0, exited(code=75))] if n == 1 else [(0.1, exited(code=0))],
                   on_send={"checkpoint_and_stop": [(0.5, exited(code=75))]})
     fake.at(20.0, SignalArrived(signal.SIGTERM))
-    _, result, lines = run(tmp_path, fake)
+    _, result, lines = run(tmp_path, fake, health={"silent_running_seconds": 10})
     moved = [e for e in read_events(tmp_path / "run") if e.get("event") == "transition"]
     assert (moved[0]["source"], moved[0]["target"]) == ("starting", "running")
     assert moved[0]["edge"] == "runs without speaking traind's channel"
@@ -152,6 +152,6 @@ def test_an_attempt_expected_to_speak_stays_starting_until_it_does(tmp_path):
             return [(0.1, msg("hello", pid=1, resumed_step=None)), (1.0, exited(code=1))]
         return [(15.0, msg("hello", pid=2, resumed_step=None)), (16.0, exited(code=0))]
     fake = FakeOS(on_spawn=on_spawn)
-    _, result, _ = run(tmp_path, fake)
+    _, result, _ = run(tmp_path, fake, health={"silent_running_seconds": 10})
     edges = [e["edge"] for e in read_events(tmp_path / "run") if e.get("event") == "transition"]
     assert "runs without speaking traind's channel" not in edges and result.state is State.SUCCEEDED
