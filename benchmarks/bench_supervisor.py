@@ -8,7 +8,8 @@
 3. child SIGKILLed -> replacement spawned, with a zero backoff (the supervisor's own latency);
 4. restart-to-first-step of the tiny example, broken down (spawn, interpreter + imports,
    checkpoint load, first step);
-5. SIGTERM -> emergency checkpoint durable -> exit, against one step + 1.1x the durable write time.
+5. SIGTERM -> emergency checkpoint durable -> exit, against one step + 1.1x the durable write time;
+6. the job's output on the console: a line's lag from the job's print to `traind run`'s stdout.
 """
 from __future__ import annotations
 
@@ -220,6 +221,22 @@ def _load_seconds(path: Path) -> float:
     return float(out.stdout.strip())
 
 
+PRINTER = "import time\nfor i in range(40):\n    print(f'line {i} at {time.time():.4f}', flush=True)\n    time.sleep(0.1)\n"
+
+
+def bench_echo(tmp: Path) -> None:
+    job = tmp / "printer.py"
+    job.write_text(PRINTER)
+    spec = tmp / "printer.yaml"
+    spec.write_text(f"name: printer\ncommand: [{sys.executable}, {job}]\nrun_dir: {tmp / 'printer-run'}\n")
+    p = subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=ENV)
+    lags = [time.time() - float(line.rsplit(" at ", 1)[1]) for line in p.stdout if " at " in line and "line " in line]
+    p.wait()
+    print(f"[6] job output echo lag: median {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms "
+          f"over {len(lags)} lines printed every 0.1 s (the loop's batched read alone: up to 1000 ms)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows")
@@ -229,6 +246,7 @@ def main() -> None:
         tmp = Path(d)
         bench_wakeups_rss(tmp, 3.0 if args.quick else 8.0)
         bench_respawn(tmp, 5 if args.quick else 15)
+        bench_echo(tmp)
         if not args.no_torch_job:
             bench_tiny(tmp)
 

@@ -172,7 +172,9 @@ class StartupGuard:
         self.history: list[tuple[float, str]] = []     # (when, how) attempts in a row died before speaking
 
     def never_starts(self, a: Attempt, status: ExitStatus, last_line: str, now: float) -> bool:
-        if a.spoke:
+        if a.spoke or not last_line.strip():
+            # Spoke: it did start. Said nothing at all: no evidence that the attempts failed alike
+            # (each was killed from outside before its first line, say); the restart budget decides.
             self.history.clear()
             return False
         self.history.append((now, f"{status.describe()}: {_without_rank(last_line)}"))

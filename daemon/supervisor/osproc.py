@@ -21,6 +21,7 @@ from typing import NamedTuple
 from pathlib import Path
 
 from ..fs.libc import PR_SET_CHILD_SUBREAPER, prctl
+from .logwatch import ECHO_INTERVAL, LogWatch
 from .channel import SupervisorChannel
 from ..contract.protocol import ENV_CONTROL_FD, RESUME, SPARE_READY
 
@@ -95,6 +96,7 @@ class RealOS:
         self._spare: _Child | None = None    # a warm spare, started ahead of need (restart.warm_spare)
         self._old_handlers: dict[int, object] = {}
         self._old_wakeup_fd: int | None = None
+        self._watch, self._echoed_at = LogWatch.open(), 0.0     # the log grew: echo it now (logwatch.py)
         self.wakeups = 0   # times wait() returned: the benchmark reads it
         self.subreaper = False
         self.orphans_reaped = 0
@@ -144,6 +146,7 @@ class RealOS:
             # them (_reap_orphans), so they neither linger as zombies nor look alive to lock checks.
             self.subreaper = os.getpid() == 1 or prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
         self._log = [log_path, 0]
+        self._watch_log(log_path)
         for rank, extra in enumerate(rank_envs or [{}]):
             child = self._start(argv, cwd, {**env, **extra}, log_path, keep_fds, rank)
             if isinstance(child, SpawnFailure):
@@ -155,6 +158,12 @@ class RealOS:
             self._ranks[rank] = child
             self._sel.register(child.pidfd, selectors.EVENT_READ, ("exit", rank))
         return self._ranks[0].pid
+
+    def _watch_log(self, log_path) -> None:
+        if self._watch is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.touch()
+            self._watch.watch(log_path)
 
     def rank_pids(self) -> dict[int, int]:
         return {rank: child.pid for rank, child in self._ranks.items()}
@@ -267,11 +276,18 @@ class RealOS:
         watching = [c for c in ranks if listen_channel and not c.channel.closed]
         for child in watching:
             self._sel.register(child.channel.fileno(), selectors.EVENT_READ, "channel")
+        log_due = self._echoed_at + ECHO_INTERVAL - time.monotonic()      # > 0: echoed just now
+        if self._watch is not None and self._log[0] is not None:
+            self._sel.register(self._watch.fileno(), selectors.EVENT_READ, "log") if log_due <= 0 else None
+            timeout = log_due if log_due > 0 and (timeout is None or log_due < timeout) else timeout
         try:
             ready = self._sel.select(None if timeout is None else min(max(0.0, timeout), MAX_WAIT_SECONDS))
         finally:
             for child in watching:
                 self._sel.unregister(child.channel.fileno())
+            if self._watch is not None and self._watch.fileno() in self._sel.get_map():
+                self._sel.unregister(self._watch.fileno())
+                self._watch.drain()
         self.wakeups += 1
         kinds = {key.data for key, _ in ready}
         events: list = []
@@ -336,6 +352,7 @@ class RealOS:
                 f.seek(offset)
                 while data := f.read(1 << 20):
                     self._log[1] = offset = offset + len(data)
+                    self._echoed_at = time.monotonic()
                     if hasattr(self._echo_to, "job_output"):     # a Terminal: prefixed lines
                         self._echo_to.job_output(data, log_path.stem)
                     else:

@@ -41,8 +41,16 @@ def test_a_group_whose_ranks_fail_alike_fails_whichever_rank_wrote_the_last_line
     assert "fails the same way before its first step" in result.message
 
 
+def test_attempts_killed_before_their_first_line_are_left_to_the_budget(tmp_path):
+    """Nothing said, nothing known: five silent SIGKILLs (from outside) are not "fails the same way"."""
+    fake = FakeOS(on_spawn=lambda n: [(0.2, exited(sig=9))] if n < 7 else [(0.2, exited(code=0))])
+    _, result, _ = run(tmp_path, fake, restart={"max_restarts": 10, "max_startup_failures": 2})
+    assert result.state is State.SUCCEEDED and len(fake.spawns) == 7
+
+
 def test_startup_failure_limit_is_configurable_and_progress_resets_it(tmp_path):
     def on_spawn(n):
+        (tmp_path / "run" / "logs" / f"attempt-{n}.log").write_text("OSError: cannot open data.bin\n")
         if n == 2:      # the second attempt speaks, then crashes: it did start
             return [(0.1, msg("hello", pid=1, resumed_step=None)), (0.5, exited(code=1))]
         return [(0.2, exited(code=1))]

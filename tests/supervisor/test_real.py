@@ -246,7 +246,7 @@ def test_a_command_that_does_not_speak_is_stopped_with_sigterm_to_its_group(tmp_
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 75, err[-2000:]
-    assert "sent SIGTERM to the group (child has not spoken yet)" in err
+    assert "sent SIGTERM to the group (it has not spoken traind's channel)" in err
     done = metrics(run_dir)[-1]["step"]
     assert f"emergency checkpoint committed at step {done}" in err      # it exited 75: its word for it
     (tmp_path / "plain").mkdir()
