@@ -8,7 +8,9 @@ template instance runs a job to completion.
 The units are the shipped ones; a drop-in only points ExecStart at this checkout's traind
 (`python -m traind`), runs as root with the state in the test's folder, and shortens the timers.
 """
+import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,3 +135,54 @@ def test_units_under_real_systemd(tmp_path, box):
 def resumed_starts(ledger) -> list[int]:
     return [int(e["what"].split()[1]) for e in read_ledger(ledger)
             if e["job"] == "sdjob" and e["what"].startswith("start ") and e["what"] != "start 0"]
+
+
+@pytest.fixture
+def box2(tmp_path):
+    """The daemon with two slots and a stop timeout long enough for two emergency checkpoints."""
+    b = SystemdBox(tmp_path / "box")
+    b.add_unit(REPO / "systemd" / "traind.service")
+    b.add_dropin(S, f"[Service]\nExecStart=\nExecStart={sys.executable} -m traind serve --state-dir {tmp_path}/state "
+                    f"--slots 2\n{_common(tmp_path)}RestartSec=1s\nTimeoutStopSec=5s\n")
+    try:
+        b.boot()
+        yield b
+    finally:
+        b.shutdown()
+
+
+def test_systemctl_stop_and_start_keep_two_slots_and_the_order(tmp_path, box2):
+    """Issue 24 under a real systemd: `--slots 2`, four paced jobs, `systemctl stop` while two run
+    (each writes its emergency checkpoint), `systemctl start`: the process table never shows more
+    than two training processes, the two stopped jobs go first, every job finishes once."""
+    from test_serve import _training_processes, assert_exactly_once
+    state, ledger = tmp_path / "state", tmp_path / "ledger"
+    assert box2.sd("systemctl", "start", S).returncode == 0, box2.journal(S)
+    names = [f"job{i:02d}" for i in range(4)]
+    for name in names:
+        traind("submit", str(write_spec(tmp_path, name, ledger, steps=400, step_seconds=0.02, every=5,
+                                        stop_seconds=1.0)), state_dir=state, check=True)
+    wait_for(lambda: sum(e["what"].startswith("start") for e in read_ledger(ledger)) == 2, 90, "two jobs training")
+    time.sleep(0.5)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], len(_training_processes()))
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        assert box2.sd("systemctl", "stop", S).returncode == 0, box2.journal(S)
+        restarted = time.time()
+        assert box2.sd("systemctl", "start", S).returncode == 0, box2.journal(S)
+        wait_for(lambda: [json.loads((state / f"jobs/{n}/job.json").read_text())["state"] for n in names]
+                 == ["done"] * 4, 180, "4 jobs done")
+    finally:
+        done.set()
+        sampler.join()
+    entries = read_ledger(ledger)
+    assert_exactly_once(names, entries)
+    assert peak[0] <= 2, f"{peak[0]} training processes at once on 2 slots"
+    relaunched = [e["job"] for e in entries if e["t"] > restarted and e["what"].startswith("start")]
+    assert sorted(relaunched[:2]) == ["job00", "job01"] and relaunched[2:] == ["job02", "job03"], relaunched
