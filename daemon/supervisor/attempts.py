@@ -107,10 +107,31 @@ class LastSeen:
     heartbeat: dict | None = None
     checkpoint: dict | None = None
     failure: dict | None = None
+    grace_warned: bool = False
 
     def beat(self, msg: dict, step: int | None, rate: float | None, wall: float) -> None:
         self.heartbeat = {"step": step, "epoch": msg.get("epoch"), "metrics": msg.get("metrics") or {},
                           "time": wall, "total": as_int(msg.get("total")), "steps_per_second": rate}
+
+    def grace_too_short(self, grace: float) -> list[str]:
+        """Once per run: a warning when a step plus a save (the last one's duration) cannot fit the
+        stop's grace: a stop then ends in SIGKILL and the step in progress is lost."""
+        rate = (self.heartbeat or {}).get("steps_per_second")
+        save = (self.checkpoint or {}).get("seconds")
+        save = save if isinstance(save, (int, float)) else 0.0
+        if self.grace_warned or not rate or 1 / rate + save <= grace:
+            return []
+        self.grace_warned = True
+        return [f"warning: a step takes {1 / rate:.1f} s and a save {save:.1f} s, more than "
+                f"preemption.grace_seconds ({grace:g} s): a stop will be SIGKILLed before its emergency checkpoint"]
+
+    def past_grace(self) -> str:
+        """What a SIGKILL at the end of the grace costs, in words."""
+        rate = (self.heartbeat or {}).get("steps_per_second")
+        step = (self.checkpoint or {}).get("step")
+        took = f"a step takes {1 / rate:.1f} s; " if rate else ""
+        return f" ({took}the resume point stays the last committed checkpoint, step {step})" if step is not None \
+            else f" ({took}no checkpoint committed yet)"
 
     def committed(self, msg: dict, step: int | None, wall: float) -> bool:
         """A CHECKPOINT message; True when its step is past the last heartbeat's (the final one),

@@ -140,7 +140,8 @@ class Supervisor:
             self._apply(transition(self.state, Trigger.BACKOFF_ELAPSED))
             self._spawn_attempt()
         elif self.state is State.STOPPING and not self.killed and now >= self.deadlines.stop:
-            self.say(f"grace period of {self.spec.preemption.grace_seconds:g}s over: SIGKILL to the process group")
+            self.say(f"grace period of {self.spec.preemption.grace_seconds:g}s over: SIGKILL to the process group"
+                     + self.seen.past_grace())
             self.killed = True
             self.os.signal_group(signal.SIGKILL)
         elif self.state in (State.STARTING, State.RUNNING):
@@ -229,10 +230,10 @@ class Supervisor:
             if self.state is State.RUNNING:    # keep a warm spare started behind a training attempt
                 self.spares.want(self.spec.command, **self._child_args({}))
             step = as_int(msg.get("step"))
-            a.last_step = step
-            if a.first_beat is None and step is not None:
-                a.first_beat = (now, step)
+            a.last_step, a.first_beat = step, a.first_beat or (None if step is None else (now, step))
             self.seen.beat(msg, step, step_rate(a, now, step, msg.get("steps_per_second")), self.os.wall())
+            for warning in self.seen.grace_too_short(self.spec.preemption.grace_seconds):
+                self.say(warning)
             self.status_dirty = True
         elif kind == protocol.CHECKPOINT:
             step = as_int(msg.get("step"))
@@ -327,8 +328,7 @@ class Supervisor:
         a = Attempt(number=number, resume_step=None if info is None else info.step,
                     resume_path=None if info is None else str(info.path), started_at=self.os.monotonic())
         self.attempts.append(a)
-        self.journal.attempt = number
-        self.deadlines.stop, self.killed = None, False
+        self.journal.attempt, self.deadlines.stop, self.killed = number, None, False
         resume_from, log = "" if info is None else str(info.path), self.files.attempt_log(number)
         pid = self.mirror.refuse_spawn() or self.spares.take(log, resume_from=resume_from, attempt=number)
         ranks = None if self.placement is None else self.placement.rank_envs(number, self.spec.restart.max_restarts)

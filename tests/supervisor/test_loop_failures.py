@@ -163,3 +163,16 @@ def test_an_attempt_expected_to_speak_stays_starting_until_it_does(tmp_path):
     _, result, _ = run(tmp_path, fake, health={"silent_running_seconds": 10})
     edges = [e["edge"] for e in read_events(tmp_path / "run") if e.get("event") == "transition"]
     assert "runs without speaking traind's channel" not in edges and result.state is State.SUCCEEDED
+
+
+def test_a_grace_shorter_than_a_step_is_said_once(tmp_path):
+    """Issue 22: a step of 10 s against a 5 s grace: a stop would be SIGKILLed and lose the step."""
+    def on_spawn(n):
+        return [(0.1, msg("hello", pid=1, resumed_step=None))] + [
+            (0.1 + 10 * i, msg("heartbeat", step=i, epoch=0, metrics={}, steps_per_second=0.1)) for i in range(1, 4)] + [
+            (40.0, exited(code=0))]
+    fake = FakeOS(on_spawn=on_spawn)
+    _, result, lines = run(tmp_path, fake, health={"hang_timeout_seconds": 100})
+    said = [line for line in lines if "more than preemption.grace_seconds (5 s)" in line]
+    assert len(said) == 1 and "a step takes 10.0 s" in said[0], lines
+    assert result.state is State.SUCCEEDED
