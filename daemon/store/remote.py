@@ -102,6 +102,7 @@ class Remote:
         # verified: only their remote bytes are trusted without reading them again
         self.known_good: dict[int, bytes] = {}
         self.unreachable_at_start: str | None = None     # check_bucket(unreachable_ok=True) could not reach it
+        self._said_unreachable = False                   # ... which the first listing reports instead of retrying
         try:
             import fsspec
         except ImportError:
@@ -222,6 +223,9 @@ class Remote:
 
     def list_checkpoints(self, *, deep: bool = True, every_file: bool = False) -> list[fmt.CheckpointInfo]:
         """Every remote step dir, newest first, each checked (`path` holds its URL, a str)."""
+        if self.unreachable_at_start and not self._said_unreachable:   # found a moment ago: no second wait
+            self._said_unreachable = True
+            raise RemoteError(self.unreachable_at_start)
         return [self.check(step, files, deep=deep, every_file=every_file) for step, files in self.objects().items()]
 
     def latest_valid(self) -> tuple[fmt.CheckpointInfo | None, list[fmt.CheckpointInfo]]:

@@ -118,7 +118,6 @@ class Mirror:
         self.uploads: list[dict] = [u for u in self.figures.get("uploads", []) if isinstance(u, dict)]
         self._names = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="traind-remote-upload", daemon=True)
-        self.unreachable = getattr(remote, "unreachable_at_start", None) is not None   # skip the stale-upload sweep
 
     def start(self) -> "Mirror":
         """Start the uploader once, from the first hook that needs it (never while the Supervisor is built)."""
@@ -230,9 +229,6 @@ class Mirror:
         """The local choice, or a newer valid remote checkpoint downloaded into the checkpoints dir."""
         local_step = None if local is None else local.step
         try:
-            if self.remote.unreachable_at_start:     # found at start-up a moment ago: no second wait for it
-                why, self.remote.unreachable_at_start = self.remote.unreachable_at_start, None
-                raise TraindError(why)
             infos = self.remote.list_checkpoints(deep=False)
             self.listed_step = next((i.step for i in infos if i.valid), None)
             with self.cond:
@@ -263,7 +259,7 @@ class Mirror:
         from ..store.remote import RemoteError
         self._lower_priority()
         try:
-            aborted = 0 if self.unreachable else self.remote.abort_stale_uploads()
+            aborted = 0 if getattr(self.remote, "unreachable_at_start", None) else self.remote.abort_stale_uploads()
             if aborted:
                 self.say(f"aborted {aborted} multipart upload(s) a dead writer left under {self.remote.url}")
         except RemoteError as err:
