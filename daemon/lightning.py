@@ -1,23 +1,5 @@
-"""`traind.lightning`: the Lightning integration, by its short name (torch-free until used).
+"""`traind.lightning`: the Lightning integration, by its short name; `traind.lightning.Checkpointing`
+and the other names of `traind.jobs.adapters.lightning` resolve there on first use (daemon/forward.py)."""
+from .forward import forward_to
 
-`traind.lightning.Checkpointing` and the other names of `traind.jobs.adapters.lightning` resolve on first
-use, so importing this module imports neither torch nor Lightning (the supervisor side imports
-every daemon module; tests/test_no_torch.py checks).
-"""
-from __future__ import annotations
-
-import importlib
-
-_TARGET = "traind.jobs.adapters.lightning"
-
-
-def __getattr__(name):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    value = getattr(importlib.import_module(_TARGET), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(importlib.import_module(_TARGET).__all__))
+__getattr__, __dir__ = forward_to("traind.jobs.adapters.lightning", globals())

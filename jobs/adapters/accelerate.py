@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ..runtime.own_checkpoints import OwnCheckpoints
 
+__all__ = ["Checkpointing"]
+
 
 class Checkpointing:
     """run_dir: $TRAIND_RUN_DIR under `traind run`, else this, else the accelerator's

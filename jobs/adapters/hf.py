@@ -31,6 +31,7 @@ from ..runtime.lifecycle import one_line_errors
 from ..runtime.own_checkpoints import OwnCheckpoints
 
 HF_PREFIX = "checkpoint-"      # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+__all__ = ["Checkpointing"]
 
 
 class Checkpointing(TrainerCallback):

@@ -17,6 +17,7 @@ from pathlib import Path
 from traind import store as ck
 from traind.contract.errors import TraindError
 from traind.store import format as fmt
+from .group_begin import begin_on_rank0
 
 
 class Directory:
@@ -40,16 +41,7 @@ class Directory:
     def begin(self, ckpt_dir, step: int, nbytes: int):
         if self.group is None:
             return ck.begin(ckpt_dir, step, nbytes)
-        g, pending, why = self.group, None, None
-        if g.leader:
-            try:
-                pending = ck.begin(ckpt_dir, step, nbytes)
-            except (OSError, TraindError) as err:
-                why = str(err) if isinstance(err, TraindError) else f"{ckpt_dir}: {err.strerror or err}"
-        tmp, why = g.share((None if pending is None else str(pending.tmp_path), why), group=g.ckpt)
-        if why is not None:
-            raise TraindError(f"checkpoint step {step}: {why}")
-        return pending or ck.attach(ckpt_dir, step, tmp)
+        return begin_on_rank0(self.group, ckpt_dir, step, nbytes, self.group.ckpt)
 
     def write(self, pending, parts: dict, job) -> dict:
         """The job's writer, then (a group) every rank's word that it is done; rank 0 checks that

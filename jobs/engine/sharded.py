@@ -24,8 +24,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from traind import store as ck
 from traind.contract.errors import TraindError
+from .group_begin import begin_on_rank0
 from .loading import UnusableCheckpoint
 from traind.store import format as fmt
 from traind.store import hashing
@@ -101,16 +101,7 @@ class Sharded:
 
     def begin(self, ckpt_dir, step: int, nbytes: int):
         """Rank 0 makes the temp dir (free space for every rank's part checked) and shares it."""
-        g, pending, why = self.group, None, None
-        if g.leader:
-            try:
-                pending = ck.begin(ckpt_dir, step, nbytes * g.world_size)
-            except (OSError, TraindError) as err:
-                why = str(err) if isinstance(err, TraindError) else f"{ckpt_dir}: {err.strerror or err}"
-        tmp, why = g.share((None if pending is None else str(pending.tmp_path), why), group=g.ckpt)
-        if why is not None:
-            raise TraindError(f"checkpoint step {step}: {why}")
-        return pending or ck.attach(ckpt_dir, step, tmp)
+        return begin_on_rank0(self.group, ckpt_dir, step, nbytes * self.group.world_size, self.group.ckpt)
 
     def write(self, pending, parts: dict, job) -> dict:
         """This rank's files; then every rank's entries go to rank 0, which records them. A

@@ -227,3 +227,33 @@ def sigterm_and_expect_75(proc: subprocess.Popen, run_dir) -> int:
     assert manifest["step"] == acted, (manifest, out)
     assert f"emergency checkpoint at step {acted}" in out, out
     return acted
+
+
+# --- jobs under `traind run` (the supervisor's own CLI, as users start it) ------------------------
+def run_spec(tmp_path, name: str, run_dir, command: list, *, ranks: int = 1, **sections) -> str:
+    """A spec for `command` under `traind run` (one thread per rank, no restart unless `sections`
+    say otherwise; `ranks` > 1: a `distributed:` group), written to tmp_path/NAME.yaml."""
+    import yaml
+    body = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir), "command": [str(c) for c in command],
+            "env": {"OMP_NUM_THREADS": "1"}, "restart": {"max_restarts": 0}, "preemption": {"grace_seconds": 60},
+            **sections}
+    if ranks > 1:
+        body["distributed"] = {"nproc_per_node": ranks}
+    path = Path(tmp_path) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def traind_run(spec) -> subprocess.Popen:
+    """`traind run SPEC`, its output (supervisor and job) captured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
+    return subprocess.Popen([sys.executable, "-m", "traind", "run", str(spec)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for_step(proc, run_dir, step: int, timeout: float = 300) -> None:
+    """Until metrics.jsonl reaches `step`; fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while last_step(run_dir) < step:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.005)

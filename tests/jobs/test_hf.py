@@ -6,18 +6,17 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
-from jobhelpers import REPO, assert_identical, checkpoints, last_step, metrics  # noqa: E402
+from jobhelpers import (assert_identical, checkpoints, last_step, metrics, run_spec,  # noqa: E402
+                        traind_run, wait_for_step)
 from traind.store import format as fmt  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -25,29 +24,10 @@ MAX_STEPS = 60
 
 
 def _spec(tmp_path, name, run_dir, extra=(), restarts=0, ranks=1) -> str:
-    body = {"name": name, "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
-            "command": [sys.executable, "-m", "traind.jobs.examples.hf_gpt2", "--output-dir",
-                        str(run_dir / "hf-output"), "--max-steps", str(MAX_STEPS), "--save-steps", "25", *extra],
-            "restart": {"max_restarts": restarts, "backoff": {"initial_seconds": 0.1}},
-            "preemption": {"grace_seconds": 60}}
-    if ranks > 1:
-        body["distributed"] = {"nproc_per_node": ranks}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return str(path)
-
-
-def _traind(spec) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
-    return subprocess.Popen([sys.executable, "-m", "traind", "run", spec], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_for_step(proc, run_dir, step: int) -> None:
-    deadline = time.monotonic() + 300
-    while last_step(run_dir) < step:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.01)
+    command = [sys.executable, "-m", "traind.jobs.examples.hf_gpt2", "--output-dir", run_dir / "hf-output",
+               "--max-steps", MAX_STEPS, "--save-steps", 25, *extra]
+    return run_spec(tmp_path, name, run_dir, command, ranks=ranks,
+                    restart={"max_restarts": restarts, "backoff": {"initial_seconds": 0.1}})
 
 
 def _final_weights(run_dir) -> dict:
@@ -60,7 +40,7 @@ def _final_weights(run_dir) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hf-reference")
-    proc = _traind(_spec(tmp, "reference", tmp / "run"))
+    proc = traind_run(_spec(tmp, "reference", tmp / "run"))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     return tmp / "run"
@@ -69,14 +49,14 @@ def reference(tmp_path_factory):
 def test_sigterm_and_sigusr1_lose_no_step_and_the_run_ends_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "run"
     for i, (at, sig, extra) in enumerate(((12, signal.SIGTERM, ()), (30, signal.SIGUSR1, ("--jit",)))):
-        proc = _traind(_spec(tmp_path, f"stop{i}", run_dir, extra))
-        _wait_for_step(proc, run_dir, at)
+        proc = traind_run(_spec(tmp_path, f"stop{i}", run_dir, extra))
+        wait_for_step(proc, run_dir, at)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 75, out[-3000:]
         newest, _ = fmt.latest_valid(run_dir / "checkpoints")
         assert (newest.step, newest.reason) == (last_step(run_dir), "emergency"), out[-3000:]   # 0 lost
-    proc = _traind(_spec(tmp_path, "end", run_dir))
+    proc = traind_run(_spec(tmp_path, "end", run_dir))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert f"resuming from {newest.path} (step {newest.step})" in out, out[-3000:]
@@ -90,10 +70,10 @@ def test_sigkills_of_the_trainer_and_sigterms_of_the_supervisor_end_bit_identica
     last rerun (skipped: the resume falls back)."""
     run_dir, rng = tmp_path / "run", random.Random(21)
     spec = _spec(tmp_path, "campaign", run_dir, restarts=10)
-    proc = _traind(spec)
+    proc = traind_run(spec)
     events = ("kill", "kill", "stop", "kill", "kill", "kill", "stop")
     for i, event in enumerate(events):
-        _wait_for_step(proc, run_dir, min(last_step(run_dir) + rng.randint(2, 6), MAX_STEPS - 3))
+        wait_for_step(proc, run_dir, min(last_step(run_dir) + rng.randint(2, 6), MAX_STEPS - 3))
         if event == "kill":
             os.kill(json.loads((run_dir / "status.json").read_text())["pid"], signal.SIGKILL)
             time.sleep(0.5)
@@ -102,14 +82,14 @@ def test_sigkills_of_the_trainer_and_sigterms_of_the_supervisor_end_bit_identica
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 75, out[-3000:]
         if i < len(events) - 1:
-            proc = _traind(spec)
+            proc = traind_run(spec)
     newest, older = checkpoints(run_dir)[-1], checkpoints(run_dir)[-2]
     with open(newest / "model.safetensors", "r+b") as f:
         f.seek(200)
         byte = f.read(1)
         f.seek(200)
         f.write(bytes([byte[0] ^ 0x01]))
-    proc = _traind(spec)
+    proc = traind_run(spec)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "checksum mismatch" in out and f"resuming from {older}" in out, out[-3000:]
@@ -120,19 +100,19 @@ def test_a_two_rank_group_stops_at_one_step_and_ends_bit_identical(tmp_path):
     """SIGUSR1 to `traind run` of 2 ranks: both stop at the step the rule agrees on (HF's save is
     collective: a rank elsewhere would leave it waiting), exit 75, resume there, same end."""
     reference = tmp_path / "reference"
-    proc = _traind(_spec(tmp_path, "reference", reference, ranks=2))
+    proc = traind_run(_spec(tmp_path, "reference", reference, ranks=2))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     run_dir = tmp_path / "run"
-    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
-    _wait_for_step(proc, run_dir, 17)
+    proc = traind_run(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    wait_for_step(proc, run_dir, 17)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 75, out[-3000:]
     newest, _ = fmt.latest_valid(run_dir / "checkpoints")
     assert (newest.step, newest.reason) == (last_step(run_dir), "emergency"), out[-3000:]
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in newest.path.iterdir()}
-    proc = _traind(_spec(tmp_path, "stopped", run_dir, ranks=2))
+    proc = traind_run(_spec(tmp_path, "stopped", run_dir, ranks=2))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and f"(step {newest.step})" in out, out[-3000:]
     assert_identical(_final_weights(reference), _final_weights(run_dir))

@@ -4,18 +4,15 @@ as a 2-rank group: a stop loses no step, the run ends bit-identical, a damaged n
 is never loaded; and the API's edges in one process."""
 import difflib
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from jobhelpers import REPO, assert_identical, checkpoints, last_step, metrics
+from jobhelpers import (REPO, assert_identical, checkpoints, last_step, metrics, run_spec, traind_run,
+                        wait_for_step)
 from traind.contract.errors import TraindError
 from traind.store import format as fmt
 
@@ -36,26 +33,12 @@ def test_the_script_changes_in_five_lines():
 
 
 def _spec(tmp_path, name, run_dir) -> str:
-    body = {"name": name, "command": [sys.executable, "-m", "traind.jobs.examples.torchrun_traind", str(run_dir)],
-            "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
-            "distributed": {"nproc_per_node": 2}, "restart": {"max_restarts": 0},
-            "preemption": {"grace_seconds": 30}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return str(path)
-
-
-def _traind(spec) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
-    return subprocess.Popen([sys.executable, "-m", "traind", "run", spec], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return run_spec(tmp_path, name, run_dir, [sys.executable, "-m", "traind.jobs.examples.torchrun_traind", run_dir],
+                    ranks=2, preemption={"grace_seconds": 30})
 
 
 def _stop_after(proc, run_dir, steps: int, sig) -> tuple[int, str]:
-    deadline = time.monotonic() + 120
-    while last_step(run_dir) < steps:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.005)
+    wait_for_step(proc, run_dir, steps, timeout=120)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     return proc.returncode, out
@@ -68,20 +51,20 @@ def _snapshot(step_dir: Path) -> dict:
 @pytest.mark.slow
 def test_a_stopped_group_loses_no_step_and_ends_bit_identical_and_skips_a_damaged_checkpoint(tmp_path):
     reference = tmp_path / "reference"
-    proc = _traind(_spec(tmp_path, "reference", reference))
+    proc = traind_run(_spec(tmp_path, "reference", reference))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
 
     run_dir = tmp_path / "run"
     spec = _spec(tmp_path, "stopped", run_dir)
     for stop_at, sig in ((37, signal.SIGTERM), (101, signal.SIGUSR1)):
-        code, out = _stop_after(_traind(spec), run_dir, stop_at, sig)
+        code, out = _stop_after(traind_run(spec), run_dir, stop_at, sig)
         assert code == 75, out[-3000:]
         acted = last_step(run_dir)
         newest = fmt.latest_valid(run_dir / "checkpoints")[0]
         assert newest.step == acted and newest.reason == "emergency", out[-3000:]   # no step lost
         assert f"emergency checkpoint committed at step {acted}" in out, out[-3000:]
-        proc = _traind(spec)
+        proc = traind_run(spec)
         if stop_at == 101:
             break
         code, out = _stop_after(proc, run_dir, acted + 1, signal.SIGTERM)   # the rerun resumed here
@@ -96,7 +79,7 @@ def test_a_stopped_group_loses_no_step_and_ends_bit_identical_and_skips_a_damage
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
-    proc = _traind(spec)
+    proc = traind_run(spec)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert f"resuming from {older}" in out, out[-3000:]

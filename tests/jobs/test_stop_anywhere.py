@@ -4,17 +4,14 @@ after hello, restore, the first batch's fetch, training steps, validation, in-fl
 saves), each followed by a rerun. Every stop exits 75 within the grace with no SIGKILL, the resume
 point is never older than the last completed training step, and the run ends bit-identical to an
 uninterrupted one (metrics lines included)."""
-import os
 import random
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
-import yaml
 
-from jobhelpers import REPO, assert_same_training, last_step
+from jobhelpers import assert_same_training, last_step, run_spec, traind_run
 from traind.store import format as fmt
 
 pytestmark = pytest.mark.slow
@@ -23,18 +20,8 @@ GRACE, STOPS = 20, 12
 
 
 def _spec(tmp_path, name, run_dir, extra=()) -> str:
-    body = {"name": name, "command": [sys.executable, "-m", "traind.jobs.examples.tiny", *ARGS, *extra],
-            "workdir": str(REPO), "run_dir": str(run_dir), "env": {"OMP_NUM_THREADS": "1"},
-            "restart": {"max_restarts": 0}, "preemption": {"grace_seconds": GRACE}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return str(path)
-
-
-def _traind(spec) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
-    return subprocess.Popen([sys.executable, "-m", "traind", "run", spec], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return run_spec(tmp_path, name, run_dir, [sys.executable, "-m", "traind.jobs.examples.tiny", *ARGS, *extra],
+                    preemption={"grace_seconds": GRACE})
 
 
 def _resume_step(run_dir) -> int:
@@ -49,7 +36,7 @@ def _attempts(run_dir) -> int:
 
 def test_sigterm_anywhere_exits_75_in_the_grace_and_the_run_ends_bit_identical(tmp_path):
     reference = tmp_path / "reference"
-    proc = _traind(_spec(tmp_path, "reference", reference))
+    proc = traind_run(_spec(tmp_path, "reference", reference))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
 
@@ -57,7 +44,7 @@ def test_sigterm_anywhere_exits_75_in_the_grace_and_the_run_ends_bit_identical(t
     spec = _spec(tmp_path, "stopped", run_dir, ["--val-batch-seconds", "0.25"])
     for i in range(STOPS):
         attempts = _attempts(run_dir)
-        proc = _traind(spec)
+        proc = traind_run(spec)
         time.sleep(rng.uniform(0.2, 6.0))            # start-up takes ~2 s; a validation 2 s every 50 steps
         if proc.poll() is not None:
             break                                     # it finished
@@ -75,7 +62,7 @@ def test_sigterm_anywhere_exits_75_in_the_grace_and_the_run_ends_bit_identical(t
         assert proc.returncode == 75, f"stop {i}: exit {proc.returncode}\n{out[-3000:]}"
         assert took < GRACE and "SIGKILL" not in out, f"stop {i}: {took:.1f} s\n{out[-3000:]}"
         assert _resume_step(run_dir) >= last_step(run_dir), f"stop {i}: resume point behind the last step\n{out[-3000:]}"
-    proc = _traind(spec)
+    proc = traind_run(spec)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert_same_training(reference, run_dir)

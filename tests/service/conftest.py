@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import signal
 import subprocess
 import sys
@@ -119,3 +120,41 @@ def serve(tmp_path):
                 s.proc.kill()
     # Jobs die with the daemon (PDEATHSIG); give stragglers a moment so tmp_path can go.
     time.sleep(0.2)
+
+
+class PeakProcesses:
+    """While open, samples the process table every 50 ms: `most` is the largest number of live
+    processes whose command line holds `marker` (the fake jobs' training processes)."""
+
+    def __init__(self, marker: bytes = b"fakejob.py") -> None:
+        self.marker, self.most = marker, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def alive(self) -> set[int]:
+        found = set()
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        cmd = f.read()
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+                except OSError:
+                    continue
+                if self.marker in cmd and not zombie:
+                    found.add(int(entry.name))
+        return found
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.most = max(self.most, len(self.alive()))
+            time.sleep(0.05)
+
+    def __enter__(self) -> "PeakProcesses":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()

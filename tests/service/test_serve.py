@@ -2,16 +2,14 @@
 exactly-once completion across kill -9 of the daemon, SIGTERM = parallel emergency checkpoints,
 cancel, ls/logs/status lookup."""
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 
 import pytest
 
-from conftest import read_ledger, traind, wait_for, write_spec
+from conftest import PeakProcesses, read_ledger, traind, wait_for, write_spec
 from traind.supervisor import runfiles
 from traind.service.client import lookup_run_dir
 
@@ -219,23 +217,6 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path, serve):
     assert out.returncode == 1 and "another traind serve" in out.stderr and "Traceback" not in out.stderr
 
 
-def _training_processes() -> set[int]:
-    """The fake jobs' training processes alive now (from the process table)."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    cmd = f.read()
-                with open(f"/proc/{entry.name}/stat") as f:
-                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:
-                continue
-            if b"fakejob.py" in cmd and not zombie:
-                found.add(int(entry.name))
-    return found
-
-
 def test_after_a_kill9_a_slot_is_free_only_once_its_old_job_is_gone_and_the_order_holds(tmp_path, serve):
     """Issue 24: `--slots 2`, four paced jobs, the daemon SIGKILLed while two run (their orphans
     take 2.5 s to checkpoint), a new daemon at once. The process table, sampled every 50 ms,
@@ -247,25 +228,14 @@ def test_after_a_kill9_a_slot_is_free_only_once_its_old_job_is_gone_and_the_orde
     wait_for(lambda: sum(e["what"].startswith("start") for e in read_ledger(ledger)) == 2
              and len((s.state_dir / "jobs/job00/run/steps.log").read_text().split()) >= 10
              if (s.state_dir / "jobs/job00/run/steps.log").exists() else False, 60, "two jobs training")
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], len(_training_processes()))
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    s.kill9()
-    restarted = time.time()
-    s.start()
-    try:
+    with PeakProcesses() as peak:
+        s.kill9()
+        restarted = time.time()
+        s.start()
         wait_for(lambda: set(s.states().values()) == {"done"} and len(s.states()) == 4, 180, "4 jobs done")
-    finally:
-        done.set()
-        sampler.join()
     entries = read_ledger(ledger)
     assert_exactly_once(names, entries)
-    assert peak[0] <= 2, f"{peak[0]} training processes at once on 2 slots"
+    assert peak.most <= 2, f"{peak.most} training processes at once on 2 slots"
     relaunched = [e["job"] for e in entries if e["t"] > restarted and e["what"].startswith("start")]
     assert sorted(relaunched[:2]) == ["job00", "job01"] and relaunched[2:] == ["job02", "job03"], relaunched
     assert "still holds slot" in s.log_text()

@@ -10,14 +10,13 @@ The units are the shipped ones; a drop-in only points ExecStart at this checkout
 """
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, read_ledger, traind, wait_for, write_spec
+from conftest import REPO, PeakProcesses, read_ledger, traind, wait_for, write_spec
 from systemd_box import SystemdBox, available
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow,
@@ -155,7 +154,7 @@ def test_systemctl_stop_and_start_keep_two_slots_and_the_order(tmp_path, box2):
     """Issue 24 under a real systemd: `--slots 2`, four paced jobs, `systemctl stop` while two run
     (each writes its emergency checkpoint), `systemctl start`: the process table never shows more
     than two training processes, the two stopped jobs go first, every job finishes once."""
-    from test_serve import _training_processes, assert_exactly_once
+    from test_serve import assert_exactly_once
     state, ledger = tmp_path / "state", tmp_path / "ledger"
     assert box2.sd("systemctl", "start", S).returncode == 0, box2.journal(S)
     names = [f"job{i:02d}" for i in range(4)]
@@ -164,25 +163,14 @@ def test_systemctl_stop_and_start_keep_two_slots_and_the_order(tmp_path, box2):
                                         stop_seconds=1.0)), state_dir=state, check=True)
     wait_for(lambda: sum(e["what"].startswith("start") for e in read_ledger(ledger)) == 2, 90, "two jobs training")
     time.sleep(0.5)
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], len(_training_processes()))
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with PeakProcesses() as peak:
         assert box2.sd("systemctl", "stop", S).returncode == 0, box2.journal(S)
         restarted = time.time()
         assert box2.sd("systemctl", "start", S).returncode == 0, box2.journal(S)
         wait_for(lambda: [json.loads((state / f"jobs/{n}/job.json").read_text())["state"] for n in names]
                  == ["done"] * 4, 180, "4 jobs done")
-    finally:
-        done.set()
-        sampler.join()
     entries = read_ledger(ledger)
     assert_exactly_once(names, entries)
-    assert peak[0] <= 2, f"{peak[0]} training processes at once on 2 slots"
+    assert peak.most <= 2, f"{peak.most} training processes at once on 2 slots"
     relaunched = [e["job"] for e in entries if e["t"] > restarted and e["what"].startswith("start")]
     assert sorted(relaunched[:2]) == ["job00", "job01"] and relaunched[2:] == ["job02", "job03"], relaunched
