@@ -39,26 +39,12 @@ class ServeOS:
         """SIGKILL a job's `traind run` (its process group) and the job itself: the supervisor runs
         its child in a session of its own, so the child's group is found through the run lock."""
         self.signal(proc, signal.SIGKILL, group=True)
-        child = runfiles.lock_holder(run_dir).get("child_pid") if runfiles.lock_is_held(run_dir) else None
-        if isinstance(child, int) and child > 1:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(child, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        _kill_lock_holders(run_dir, ("child_pid",))
 
     def kill_holder(self, run_dir: Path) -> None:
         """SIGKILL an orphaned job found at start-up: the `traind run` and the child named by its
-        lock, each with its process group (the supervisor puts the child in a session of its own)."""
-        holder = runfiles.lock_holder(run_dir) if runfiles.lock_is_held(run_dir) else {}
-        for key in ("supervisor_pid", "child_pid"):
-            pid = holder.get(key)
-            if isinstance(pid, int) and pid > 1:
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+        lock, each with its process group."""
+        _kill_lock_holders(run_dir, ("supervisor_pid", "child_pid"))
 
     def gpu_busy(self, device: str) -> bool | None:
         """Whether a process still runs on the GPU `device` (an index or a UUID), by NVML; None
@@ -83,3 +69,15 @@ class ServeOS:
             return None
         holder = runfiles.lock_holder(run_dir)
         return f"supervisor pid {holder.get('supervisor_pid')}, child pid {holder.get('child_pid')}"
+
+
+def _kill_lock_holders(run_dir: Path, keys) -> None:
+    """SIGKILL the processes RUN_DIR's lock names under `keys`, each with its process group."""
+    holder = runfiles.lock_holder(run_dir) if runfiles.lock_is_held(run_dir) else {}
+    for pid in (holder.get(key) for key in keys):
+        if isinstance(pid, int) and pid > 1:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
