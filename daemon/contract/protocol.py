@@ -18,6 +18,7 @@ ENV_ATTEMPT = "TRAIND_ATTEMPT"            # 1 for the first launch, +1 per resta
 ENV_JOB_NAME = "TRAIND_JOB_NAME"
 ENV_CHECKPOINT_POLICY = "TRAIND_CHECKPOINT"  # JSON of the spec's `checkpoint:` section (optional)
 ENV_SPARE = "TRAIND_SPARE"                # "1": a warm spare: start up, then wait for RESUME before restoring
+ENV_MEMORY_TIER = "TRAIND_MEMORY_TIER"    # JSON {dir, every_steps, keep, budget_bytes}: checkpoint.memory is on
 
 # --- child -> supervisor ----------------------------------------------------------------------
 HELLO = "hello"            # {"pid": int, "resumed_step": int|None, "times_checkpoints": bool}

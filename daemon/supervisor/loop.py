@@ -12,13 +12,11 @@ import os
 import signal
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
 from ..contract import protocol
 from ..contract.exitcodes import FAILED, OK, PREEMPTED, UNUSABLE_CHECKPOINT
-from . import mirror as remote_mirror
-from . import distributed
+from . import distributed, memory as memory_tier, mirror as remote_mirror
 from .group import DONE, KILL_REST, STOP_SIGNALS, RankGroup
 from .attempts import (Attempt, Deadlines, LastSeen, Outcome, RestartBudget, RunResult, StartupGuard, as_int,
                        backoff_delay, fmt_seconds, json_line, silent_running_at, startup_deadline, step_rate)
@@ -47,7 +45,8 @@ class Supervisor:
         self.mirror = remote_mirror.attach(spec if self.placement is None or self.placement.node_rank == 0 else
                                            replace(spec, checkpoint=replace(spec.checkpoint, remote=None)),
                                            self.say, self._event)
-        self.resume = ResumePoints(spec.run_dir, self.mirror.resume_finder(find_resume), self.say, self._event)
+        self.tier = memory_tier.attach(spec, self.placement, self.say, self._event, self.mirror)   # checkpoint.memory
+        self.resume = ResumePoints(spec.run_dir, self.tier.resume_finder(self.mirror.resume_finder(find_resume)), self.say, self._event)
         self.node_dir = spec.run_dir if self.placement is None else self.placement.node_dir(spec.run_dir)
         self.group = RankGroup(1, 0.0)
         self.files = RunFiles(self.node_dir)
@@ -119,8 +118,8 @@ class Supervisor:
         return quiet_since + timeout
 
     def _rendezvous_deadline(self) -> float | None:
-        alive = self.placement is not None and not self.killed and self.state in (State.STARTING, State.RUNNING)
-        return distributed.rendezvous_deadline(self.attempts, self.group, self.spec.distributed) if alive else None
+        if self.placement is not None and not self.killed and self.state in (State.STARTING, State.RUNNING):
+            return distributed.rendezvous_deadline(self.attempts, self.group, self.spec.distributed)
 
     def _act_on_deadlines(self, now: float) -> None:
         rendezvous = self._rendezvous_deadline()
@@ -345,7 +344,7 @@ class Supervisor:
         a.pid = pid
         self.group.started(self.os.rank_pids())
         self.lock.record(child_pid=pid)
-        where = "no checkpoint in traind's store" if info is None else f"resuming from step {info.step} ({Path(info.path).name})"
+        where = "no checkpoint in traind's store" if info is None else f"resuming from step {info.step} ({self.tier.name(info.path)})"
         self.say(f"attempt {number}: started pid {pid}, {where}; log {self.files.attempt_log(number)}")
         self._event("spawned", reason=where, checkpoint_step=a.resume_step, pid=pid)
         self._write_status()        # from the first spawn on, even for a child that never speaks
@@ -353,12 +352,11 @@ class Supervisor:
     def _child_args(self, extra_env: dict) -> dict:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env, protocol.ENV_RUN_DIR: str(self.spec.run_dir),
                protocol.ENV_JOB_NAME: self.spec.name,
-               protocol.ENV_CHECKPOINT_POLICY: json_line(self.spec.checkpoint_json()), **extra_env}
+               protocol.ENV_CHECKPOINT_POLICY: json_line(self.spec.checkpoint_json()), **self.tier.env(), **extra_env}
         return {"cwd": self.spec.workdir, "env": env, "keep_fds": (self.lock.fd,)}
 
     def _finish_preempted(self, exit_status: ExitStatus | None, checkpoint_step: int | None = None) -> None:
-        if checkpoint_step is None:
-            checkpoint_step = getattr(self.resume.take(quiet=True), "step", None)
+        checkpoint_step = checkpoint_step if checkpoint_step is not None else getattr(self.resume.take(quiet=True), "step", None)
         outcome = Outcome(trigger=self.stop_trigger or "stop", checkpoint_committed=self.emergency_committed,
                           checkpoint_step=checkpoint_step, exit=exit_status, attempt=len(self.attempts))
         what = outcome.words() + self.mirror.drain(checkpoint_step, self.deadlines.stop)   # remotely committed, within the grace
@@ -389,11 +387,13 @@ class Supervisor:
             spec=self.spec, state=self.state, attempts=self.attempts, earlier=self.earlier_attempts,
             budget=self.budget, seen=self.seen, supervisor_pid=os.getpid(), started=self.started_wall,
             updated=self.os.wall(), exit_code=self.exit_code, message=self.message, remote=self.mirror.status(),
+            memory=self.tier.status(),
             spare=self.spares.summary(), placement=self.placement,
             ranks=None if self.placement is None else self.group.summary(self.os.monotonic())), durable=durable)
 
     def _finish(self, code: int, message: str) -> None:
         self.spares.discard()
+        self.tier.close()
         self.exit_code, self.message = code, message
         self.say(f"{self.state.value}: {message}; exit {code}")
         self._event("finished", reason=message, exit_code=code, durable=True)

@@ -50,7 +50,7 @@ class Journal:
 
 def status_record(*, spec, state: State, attempts: list[Attempt], earlier: list[dict], budget: RestartBudget,
                   seen: LastSeen, supervisor_pid: int, started: float, updated: float, exit_code: int | None,
-                  message: str, remote, spare, placement, ranks) -> dict:
+                  message: str, remote, spare, placement, ranks, memory=None) -> dict:
     """status.json, from the run's parts (what `traind status` and the service read)."""
     a = attempts[-1] if attempts else None
     return {
@@ -62,6 +62,6 @@ def status_record(*, spec, state: State, attempts: list[Attempt], earlier: list[
         "last_heartbeat": seen.heartbeat, "last_checkpoint": seen.checkpoint,
         "last_failure": seen.failure, "exit_code": exit_code, "message": message or None,
         "attempts": (earlier + [x.summary() for x in attempts])[-20:],
-        "remote": remote, "spare": spare,
+        "remote": remote, "spare": spare, "memory_tier": memory,
         **({} if placement is None else {"node_rank": placement.node_rank, "ranks": ranks}),
     }

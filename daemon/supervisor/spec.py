@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..contract.errors import UsageError
-from . import distributed as dist_spec
+from . import distributed as dist_spec, memory as memory_spec
 from ..contract.checker import PRINTABLE_INT_BITS, Checker, Unreadable, dotted, kind_of, label
 from ..contract.exitcodes import PREEMPTED
 from ..store.remote import url_problem
@@ -71,6 +71,7 @@ class CheckpointSpec:
     keep_best: KeepBest | None = None
     remote: str | None = None         # fsspec URL the supervisor mirrors every checkpoint to (docs/remote.md)
     remote_options: dict = field(default_factory=dict, compare=False, repr=False)   # fsspec options; may hold keys
+    memory: memory_spec.MemoryTierSpec | None = None    # the memory tier (daemon/supervisor/memory.py)
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _env(c: Checker, value: Any) -> dict[str, str]:
 
 def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
     d = c.section(value, "checkpoint", ("every_steps", "every_seconds", "keep_last", "keep_best", "remote",
-                                        "remote_options"))
+                                        "remote_options", "memory"))
     remote = c.string(d.get("remote"), "checkpoint.remote", nullable=True)
     if remote is not None and url_problem(remote):
         raise c.fail("checkpoint.remote", url_problem(remote), remote)
@@ -309,7 +310,7 @@ def _checkpoint(c: Checker, value: Any) -> CheckpointSpec:
     kb = policy["keep_best"]
     return CheckpointSpec(every_steps=policy["every_steps"], every_seconds=policy["every_seconds"],
                           keep_last=policy["keep_last"], keep_best=None if kb is None else KeepBest(**kb),
-                          remote=remote, remote_options=options)
+                          remote=remote, remote_options=options, memory=memory_spec.parse(c, d.get("memory")))
 
 
 def _restart(c: Checker, value: Any) -> RestartPolicy:

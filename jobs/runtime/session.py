@@ -27,6 +27,7 @@ from .clock import SystemClock
 from .control import ControlChannel
 from .data import DataPosition, resumable_loader
 from .group import Group, fix_ddp_buckets
+from .memory_tier import MemoryTier
 from .lifecycle import (Event, Phase, Preempted, finish_with_final_checkpoint, one_line_errors,
                         stop_with_emergency_checkpoint, transition)
 from .preemption import FLAGS
@@ -34,6 +35,7 @@ from .reporting import Console, MetricsLog, checkpoint_message
 from .savecost import SaveCost
 from . import schema
 from ..engine import CheckpointEngine
+from ..engine.single import SingleFile
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
@@ -88,7 +90,7 @@ class Session:
         self.save_cost = SaveCost()       # steps beside a background save against steps without
         self._last_heartbeat, self._epoch_end_pending = -1e18, False
         self.control, self._error_sent, self.group, self._group_stop = None, False, None, False
-        self.agreement = agreement.Alone()
+        self.agreement, self.memory = agreement.Alone(), None
         with one_line_errors(self._report_error):
             self.run_dir = Path(env.get(protocol.ENV_RUN_DIR) or run_dir or "runs/default")
             self.policy = policy or CheckpointPolicy(every_steps, every_seconds,
@@ -109,6 +111,7 @@ class Session:
             self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/runtime/group.py)
             self.agreement = agreement.for_group(self.group)   # the group's stop rule (agreement.py)
             self.store = self._open_store()
+            self.memory = MemoryTier.from_env(env, self._layout)   # checkpoint.memory (memory_tier.py)
             self.metrics_log = MetricsLog(self.run_dir, enabled=self.group is None or self.group.leader)
             self._restore(env)
             self._agree(stop=FLAGS.stop is not None)     # a stop during the restore: every rank sees it
@@ -136,15 +139,20 @@ class Session:
 
     def _open_store(self):
         options = {"keep_last": self.policy.keep_last, "keep_best": self.policy.keep_best, "on_commit": self._on_commit}
+        if self.group is not None:
+            if self.model is None:
+                raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
+            fix_ddp_buckets(self.model)
+            self.console.progress = self.group.leader   # one progress line per group; messages from every rank
+            self.console.prefix += f"[rank {self.group.rank}] "
+        return CheckpointEngine(self.run_dir, self._layout(), **options)
+
+    def _layout(self):
+        """A new instance of this job's checkpoint layout (each engine has its own buffers)."""
         if self.group is None:
-            return CheckpointEngine(self.run_dir, **options)
+            return SingleFile()
         from ..engine.sharded import Sharded
-        if self.model is None:
-            raise UsageError("Session(model=...): a data-parallel group needs the model, to shard its checkpoint")
-        fix_ddp_buckets(self.model)
-        self.console.progress = self.group.leader   # one progress line per group; messages from every rank
-        self.console.prefix += f"[rank {self.group.rank}] "
-        return CheckpointEngine(self.run_dir, Sharded(self.group, self.model, self.optimizers, schema.rank_part), **options)
+        return Sharded(self.group, self.model, self.optimizers, schema.rank_part)
 
     def _agree(self, *, stop: bool, checkpoint: bool = False) -> bool:
         """A group's ranks stop (and save) at the same step: each flag true on all if on any.
@@ -181,7 +189,9 @@ class Session:
         self.apply_state(state, where=str(path))
         self.resumed_from = path
         self.store.protect(path)
-        if Path(path).resolve().parent == self.store.ckpt_dir.resolve():
+        if self.memory is not None and self.memory.holds(path):
+            self.memory.protect(path)       # the supervisor copies it to disk meanwhile: durable
+        if Path(path).resolve().parent == self.store.ckpt_dir.resolve() or self.memory is not None and self.memory.holds(path):
             self._committed_step = self.step
         self.metrics_log.truncate_after(self.step)
         self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
@@ -279,6 +289,12 @@ class Session:
         due = self._agreed(stop, save) or counted
         if self.should_stop():
             return                      # the emergency checkpoint follows at once
+        if self.memory is not None and self.memory.due(self.step):
+            with one_line_errors(self._report_error):
+                if self.group is not None:
+                    self.store.flush()    # one save at a time on the group's `ckpt` process group
+                self.memory.save(self.checkpoint_state(), step=self.step, epoch=self.position.epoch,
+                                 metrics=dict(self.last_metrics))
         if due:
             with one_line_errors(self._report_error):
                 self.save(reason=protocol.REASON_PERIODIC, blocking=False)
@@ -375,6 +391,8 @@ class Session:
     def _shutdown(self) -> None:
         try:
             self.store.close()
+            if self.memory is not None:
+                self.memory.close()
         finally:
             self.console.close()
             self.metrics_log.close()
