@@ -257,3 +257,52 @@ def wait_for_step(proc, run_dir, step: int, timeout: float = 300) -> None:
     while last_step(run_dir) < step:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.005)
+
+
+# --- the memory tier's crash campaign (issue 23) ---------------------------------------------------
+def _events(run_dir) -> list[dict]:
+    path = Path(run_dir) / "events.jsonl"
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def spawned(run_dir) -> list[dict]:
+    """The supervisor's "spawned" events, one per attempt: checkpoint_step is the resume point."""
+    return [e for e in _events(run_dir) if e.get("event") == "spawned"]
+
+
+def _status(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def crash_campaign(proc, run_dir, crashes: int, rng, *, every: int, ranks: int = 1, timeout: float = 600) -> list[int]:
+    """SIGKILL the trainer (or, for a group, one random rank) `crashes` times, each at a random step
+    up to 2 x `every` past the attempt's resume point; returns the steps lost per crash: the last
+    step the killed attempt finished (its metrics line) minus the step the next attempt resumes at."""
+    lost = []
+    for i in range(crashes):
+        wait = time.monotonic() + timeout
+        while len(spawned(run_dir)) < i + 1:
+            assert proc.poll() is None and time.monotonic() < wait, proc.communicate()[0][-3000:]
+            time.sleep(0.01)
+        resume = spawned(run_dir)[i].get("checkpoint_step") or 0
+        wait_for_step(proc, run_dir, resume + rng.randint(1, 2 * every), timeout)
+        status = _status(run_dir)
+        pids = [r["pid"] for r in status.get("ranks") or []] if ranks > 1 else [status["pid"]]
+        assert status.get("attempt") == i + 1 and all(pids), status
+        os.kill(rng.choice(pids), signal.SIGKILL)
+        crash = last_step(run_dir)
+        while len(spawned(run_dir)) < i + 2:        # until the next attempt; the killed one writes no more
+            crash = max(crash, last_step(run_dir))
+            assert proc.poll() is None and time.monotonic() < wait, proc.communicate()[0][-3000:]
+            time.sleep(0.005)
+        lost.append(crash - (spawned(run_dir)[i + 1].get("checkpoint_step") or 0))
+    return lost
