@@ -45,7 +45,7 @@ class Supervisor:
         self.mirror = remote_mirror.attach(spec if self.placement is None or self.placement.node_rank == 0 else
                                            replace(spec, checkpoint=replace(spec.checkpoint, remote=None)),
                                            self.say, self._event)
-        self.tier = memory_tier.attach(spec, self.placement, self.say, self._event, self.mirror)   # checkpoint.memory
+        self.tier = memory_tier.attach(spec, self.say, self._event, self.mirror)   # checkpoint.memory
         self.resume = ResumePoints(spec.run_dir, self.tier.resume_finder(self.mirror.resume_finder(find_resume)), self.say, self._event)
         self.node_dir = spec.run_dir if self.placement is None else self.placement.node_dir(spec.run_dir)
         self.group = RankGroup(1, 0.0)

@@ -56,8 +56,16 @@ def parse(c, value: Any) -> MemoryTierSpec | None:
 
 
 class NoTier:
+    def __init__(self, note: str | None = None, say=None) -> None:
+        self.note, self.say = note, say
+
     def resume_finder(self, find):
-        return find
+        def find_and_say_why(run_dir):       # said at the first spawn, once the journal is up
+            if self.note:
+                self.say(self.note)
+                self.note = None
+            return find(run_dir)
+        return find_and_say_why if self.note else find
 
     def name(self, path) -> str:
         return Path(path).name
@@ -72,14 +80,13 @@ class NoTier:
         pass
 
 
-def attach(spec, placement, say: Callable[[str], None], event: Callable[..., None], mirror):
+def attach(spec, say: Callable[[str], None], event: Callable[..., None], mirror):
     config = spec.checkpoint.memory
     if config is None:
         return NoTier()
-    if placement is not None and placement.nnodes > 1:
-        say("checkpoint.memory: off for a group on several nodes (each node's memory holds only its own "
-            "ranks' shards); crashes resume from disk")
-        return NoTier()
+    if spec.distributed is not None and spec.distributed.nnodes > 1:
+        return NoTier("checkpoint.memory: off for a group on several nodes (each node's memory holds only its "
+                      "own ranks' shards); crashes resume from disk", say)
     return Tier(config, spec.run_dir, say=say, event=event, mirror=mirror, where=spec.source)
 
 
