@@ -84,7 +84,19 @@ def cmd_ls(args) -> int:
         _hint_foreign_files(Path(args.dir))
     else:
         print_table(infos)
+    _ls_memory_tier(Path(args.dir), args)
     return 0
+
+
+def _ls_memory_tier(run_dir: Path, args) -> None:
+    """A run dir's memory tier (checkpoint.memory), while it holds checkpoints: after the disk's."""
+    from ..store import memory_tier
+    if args.json or run_dir.name == ck.CHECKPOINTS_SUBDIR:
+        return
+    infos = ck.list_checkpoints(memory_tier.tier_dir(run_dir), deep=not args.quick)
+    if infos:
+        print(f"in the memory tier ({memory_tier.tier_dir(run_dir)}):")
+        print_table(infos)
 
 
 def cmd_verify(args) -> int:

@@ -105,6 +105,7 @@ def cmd_status(args) -> int:
         raise UsageError(f"{run_dir}: not a traind run dir (no status.json)")
     status["supervisor_alive"] = lock_is_held(run_dir)
     status["valid_checkpoint"] = _latest_checkpoint(run_dir)
+    status["memory_checkpoints"] = _in_memory(run_dir)
     if args.json:
         print(json.dumps(status, indent=1, default=str))
         return 0
@@ -119,6 +120,14 @@ def _latest_checkpoint(run_dir: Path) -> dict | None:
     if out is not None and skipped:
         out["skipped_newer"] = [f"{Path(s.path).name}: {s.error}" for s in skipped]
     return out
+
+
+def _in_memory(run_dir: Path) -> dict | None:
+    """The run's memory tier as it is now (names and sizes: quick), if it has one."""
+    from ..store import memory_tier
+    tier = memory_tier.tier_dir(run_dir)
+    steps = sorted(int(p.name.split("-")[1]) for p in tier.glob("checkpoints/step-*"))
+    return {"path": str(tier), "steps": steps, "bytes": memory_tier.used_bytes(tier)} if tier.exists() else None
 
 
 def format_status(s: dict, *, now: float) -> str:
@@ -146,6 +155,11 @@ def format_status(s: dict, *, now: float) -> str:
     lines.append("checkpoint:  " + ("none" if not ck else f"step {ck['step']}, {ago(now=now, then=ck.get('created'))} ago"))
     for skipped in (ck or {}).get("skipped_newer", []):
         lines.append(f"  skipped:   {skipped}")
+    tier, config = s.get("memory_checkpoints"), s.get("memory_tier")
+    if isinstance(tier, dict) and isinstance(tier.get("steps"), list):
+        every = f"every {config.get('every_steps')} steps, " if isinstance(config, dict) else ""
+        lines.append(f"memory tier: {every}steps {', '.join(map(str, tier['steps'])) or 'none yet'} "
+                     f"({size(tier.get('bytes') or 0)} in {tier.get('path')})")
     cost = save_cost(s.get("last_checkpoint"))
     if cost:
         lines.append(f"last save:   {cost}")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..store import memory_tier
 from ..supervisor import runfiles
 
 
@@ -40,11 +41,13 @@ class ServeOS:
         its child in a session of its own, so the child's group is found through the run lock."""
         self.signal(proc, signal.SIGKILL, group=True)
         _kill_lock_holders(run_dir, ("child_pid",))
+        _release_memory_tier(run_dir)
 
     def kill_holder(self, run_dir: Path) -> None:
         """SIGKILL an orphaned job found at start-up: the `traind run` and the child named by its
         lock, each with its process group."""
         _kill_lock_holders(run_dir, ("supervisor_pid", "child_pid"))
+        _release_memory_tier(run_dir)
 
     def gpu_busy(self, device: str) -> bool | None:
         """Whether a process still runs on the GPU `device` (an index or a UUID), by NVML; None
@@ -69,6 +72,15 @@ class ServeOS:
             return None
         holder = runfiles.lock_holder(run_dir)
         return f"supervisor pid {holder.get('supervisor_pid')}, child pid {holder.get('child_pid')}"
+
+
+def _release_memory_tier(run_dir: Path) -> None:
+    """A killed supervisor cannot free its memory tier (checkpoint.memory): keep on disk what only
+    memory held, and free the tmpfs the job's slot used."""
+    try:
+        memory_tier.release(run_dir)
+    except OSError as err:
+        print(f"traind serve: {run_dir}: cannot free its memory tier: {err.strerror or err}", file=sys.stderr)
 
 
 def _kill_lock_holders(run_dir: Path, keys) -> None:

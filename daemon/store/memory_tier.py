@@ -79,9 +79,18 @@ def persist(info: fmt.CheckpointInfo, ckpt_dir) -> fmt.CheckpointInfo:
         pending.abort()        # nothing, once committed
 
 
-def remove(tier: Path) -> bool:
-    """Free the tier (the run ended, was cancelled, or its supervisor was replaced)."""
+def release(run_dir) -> fmt.CheckpointInfo | None:
+    """Free the run's tier, first copying to disk a checkpoint only memory holds (one newer than
+    the disk's newest valid one). Returns that copy's CheckpointInfo (invalid: why it failed), or
+    None when nothing needed copying. Used by the supervisor as it exits and by the service daemon
+    after it killed a job's supervisor. OSError from the disk propagates; the tier stays then."""
+    tier = tier_dir(run_dir)
     if not tier.exists():
-        return False
+        return None
+    memory, _ = newest(tier)
+    disk, _ = fmt.latest_valid(fmt.checkpoints_dir(run_dir))
+    copied = None
+    if memory is not None and (disk is None or memory.step > disk.step):
+        copied = persist(memory, fmt.checkpoints_dir(run_dir))
     remove_tree(tier)
-    return True
+    return copied

@@ -170,8 +170,12 @@ class Tier:
         """Wait for a copy in flight; keep what only memory holds; free the tier."""
         if self.persisting is not None:
             self.persisting.join()
-        memory, _ = memory_tier.newest(self.dir)
-        disk, _ = store.latest_valid(store.checkpoints_dir(self.run_dir))
-        if memory is not None and (disk is None or memory.step > disk.step):
-            self._persist(memory)
-        memory_tier.remove(self.dir)
+        try:
+            copied = memory_tier.release(self.run_dir)
+        except OSError as err:
+            self.say(f"cannot copy to disk or free {self.dir}: {err.strerror or err}; the next `traind run` of "
+                     "this run dir will use it")
+            return
+        if copied is not None:
+            self.say(f"step {copied.step} copied to disk before freeing the tier" if copied.valid else
+                     f"step {copied.step} could not be copied to disk ({copied.error}); freed anyway")

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 
@@ -62,6 +63,10 @@ def test_a_stopped_run_frees_the_tier_and_its_resume_point_is_on_disk(tmp_path):
     proc = traind_run(_spec(tmp_path, "stopped", run_dir))
     wait_for_step(proc, run_dir, 3 * K)
     assert any(memory_tier.tier_dir(run_dir).glob("checkpoints/step-*"))
+    shown = subprocess.run([sys.executable, "-m", "traind", "status", str(run_dir)], capture_output=True, text=True)
+    assert f"memory tier: every {K} steps, steps " in shown.stdout, shown
+    listed = subprocess.run([sys.executable, "-m", "traind", "ckpt", "ls", str(run_dir)], capture_output=True, text=True)
+    assert f"in the memory tier ({memory_tier.tier_dir(run_dir)})" in listed.stdout, listed
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out[-3000:]
