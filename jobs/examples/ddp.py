@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--every-steps", type=at_least(0), default=50, help="periodic checkpoint interval (0: off)")
     p.add_argument("--batch-size", type=at_least(1), default=16, help="per rank")
     p.add_argument("--hidden", type=at_least(1), default=64)
+    p.add_argument("--workers", type=at_least(0), default=0, help="DataLoader worker processes per rank")
     p.add_argument("--step-seconds", type=non_negative_seconds, default=0.0,
                    help="sleep after each step (to interrupt it at a chosen point; results are unchanged)")
     return p.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     with traind.Session(run_dir=args.run_dir, model=model, optimizers=opt, schedulers=sched,
                         max_steps=args.max_steps, every_steps=args.every_steps or None, data_seed=7,
                         hyper_parameters=vars(args)) as session:
-        for x, y in session.batches(data, batch_size=args.batch_size):
+        for x, y in session.batches(data, batch_size=args.batch_size, num_workers=args.workers):
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

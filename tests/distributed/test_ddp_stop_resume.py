@@ -1,6 +1,8 @@
 """Issue 12 on one node, 4 ranks (gloo): a stop reaches every rank at one step, each rank's shard
 lands at that step, and the resumed group ends bit-identical to an uninterrupted run."""
+import os
 import signal
+import sys
 
 import pytest
 
@@ -68,3 +70,38 @@ def test_a_group_stopped_before_its_first_step_resumes_bit_identical(tmp_path, r
     assert_same_state(newest(run_dir), newest(reference_run))
     assert metrics(run_dir) == metrics(reference_run)
     assert "stopped before the first step: nothing to save" in first, first[-3000:]
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and every descendant (as a cgroup kill or SLURM's step signal reaches them all)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_sigterm_to_every_process_ranks_and_their_dataloader_workers_included_exits_75_bit_identical(tmp_path, reference_run):
+    """Issue 22: `systemctl stop` (KillMode=control-group) and `scancel` signal the whole tree at once."""
+    command = [sys.executable, "-m", "traind.jobs.examples.ddp", "--max-steps", "120", "--every-steps", "20",
+               "--step-seconds", "0.02", "--workers", "1"]
+    spec = write_spec(tmp_path, command=command)
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    wait_for(lambda: step_of(run_dir) >= 30, 180, "step 30")
+    tree = _tree(sup.pid)
+    assert len(tree) >= 1 + 4 + 4, tree                 # the supervisor, 4 ranks, a worker each
+    for pid in tree:
+        os.kill(pid, signal.SIGTERM)
+    assert sup.wait(120) == 75, log.read_text()[-3000:]
+    man, _ = fmt.read_manifest(newest(run_dir))
+    assert man["reason"] == "emergency" and man["step"] >= 30, man
+    assert "killed by signal" not in log.read_text() and "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+    assert run(spec, log) == 0, log.read_text()[-3000:]
+    assert_same_state(newest(run_dir), newest(reference_run))
+    assert metrics(run_dir) == metrics(reference_run)
