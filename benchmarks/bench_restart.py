@@ -111,7 +111,9 @@ def measure(tmp: Path, name: str, command: list[str], spare: bool, restarts: int
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=300)
-    return times, spare_info, lost
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
+    steps = [b["time"] - a["time"] for a, b in zip(rows, rows[1:]) if b["step"] == a["step"] + 1]
+    return times, {**spare_info, "step_seconds": statistics.median(steps)}, lost
 
 
 def last_step(run_dir: Path) -> int:
@@ -170,6 +172,7 @@ def main() -> None:
                 results[(name, spare, memory)] = statistics.median(times)
                 lost += crash_lost if memory else []
                 extra = f", spare RSS {info['rss_bytes'] / 2**20:.0f} MiB" if spare and info.get("rss_bytes") else ""
+                extra += f"; a training step takes {info['step_seconds']:.3f} s (median)"
                 kind = ("tier+spare" if memory else "spare") if spare else "cold"
                 print(f"{name:13s} {kind:10s}: restart -> first step median {results[(name, spare, memory)]:.3f} s "
                       f"over {len(times)} restarts ({', '.join(f'{t:.2f}' for t in times)}){extra}", flush=True)

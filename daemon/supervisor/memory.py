@@ -55,6 +55,15 @@ def parse(c, value: Any) -> MemoryTierSpec | None:
                             nullable=True, limit=1 << 40))
 
 
+def _newest_name(run_dir) -> int:
+    """The newest step dir's number in RUN_DIR/checkpoints (-1: none), from names alone."""
+    try:
+        names = os.listdir(store.checkpoints_dir(run_dir))
+    except OSError:
+        return -1
+    return max((int(m.group(1)) for m in map(store.STEP_DIR_RE.match, names) if m), default=-1)
+
+
 class NoTier:
     def __init__(self, note: str | None = None, say=None) -> None:
         self.note, self.say = note, say
@@ -126,10 +135,13 @@ class Tier:
 
     def resume_finder(self, find):
         def find_with_memory(run_dir):
-            disk, skipped = find(run_dir)
             memory, bad = memory_tier.newest(self.dir)
-            skipped = [*bad, *skipped]
             self.newest_step = None if memory is None else memory.step
+            if memory is not None and self.mirror.remote is None and memory.step >= _newest_name(run_dir):
+                self._persist_in_background(memory)   # no disk checkpoint can be newer: none verified (crash -> spawn)
+                return memory, bad
+            disk, skipped = find(run_dir)
+            skipped = [*bad, *skipped]
             if memory is None or (disk is not None and memory.step < disk.step):
                 return disk, skipped
             if disk is None or memory.step > disk.step:
@@ -139,6 +151,8 @@ class Tier:
 
     # --- to disk --------------------------------------------------------------------------------
     def _persist_in_background(self, info) -> None:
+        if info.step == _newest_name(self.run_dir):
+            return         # a step the disk has (its validity is the disk's business)
         with self.lock:
             if self.persisted_step == info.step or (self.persisting is not None and self.persisting.is_alive()):
                 return
