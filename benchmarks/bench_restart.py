@@ -126,10 +126,13 @@ def last_step(run_dir: Path) -> int:
     return step
 
 
-def tier_cost(tmp: Path, command: list[str], every: int, steps: int, rounds: int = 2) -> tuple[float, float]:
+def tier_cost(tmp: Path, command: list[str], every: int, steps: int, rounds: int = 2) -> tuple[float, float, float]:
     """Mean step time of the large job under `traind run` without and with the memory tier every
-    `every` steps, runs alternating (without, with, without, ...); (mean without, mean with)."""
+    `every` steps, runs alternating (without, with, without, ...); and, within the runs with it,
+    the extra time of the step a memory save falls in over the median step (robust to the machine
+    drifting between runs): (mean without, mean with, extra seconds per save)."""
     means: dict[bool, list[float]] = {False: [], True: []}
+    extra: list[float] = []
     for i in range(2 * rounds + 1):
         tier = i % 2 == 1
         run_dir = tmp / f"cost-{i}"
@@ -143,7 +146,11 @@ def tier_cost(tmp: Path, command: list[str], every: int, steps: int, rounds: int
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         times = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])][2:]    # the first steps warm up
         means[tier].append(sum(times) / len(times))
-    return statistics.mean(means[False]), statistics.mean(means[True])
+        if tier:       # rows[j] is step j + 1; the save at step s (s % every == 0) is paid in step s + 1
+            after = [rows[s]["time"] - rows[s - 1]["time"] for s in range(every, len(rows)) if s % every == 0]
+            others = [rows[j]["time"] - rows[j - 1]["time"] for j in range(3, len(rows)) if j % every != 0]
+            extra += [a - statistics.median(others) for a in after]
+    return statistics.mean(means[False]), statistics.mean(means[True]), statistics.median(extra)
 
 
 def main() -> None:
@@ -176,10 +183,11 @@ def main() -> None:
                 kind = ("tier+spare" if memory else "spare") if spare else "cold"
                 print(f"{name:13s} {kind:10s}: restart -> first step median {results[(name, spare, memory)]:.3f} s "
                       f"over {len(times)} restarts ({', '.join(f'{t:.2f}' for t in times)}){extra}", flush=True)
-        without, with_tier = tier_cost(Path(tmp), [sys.executable, "-m", "traind.jobs.examples.large", "--every-steps",
+        without, with_tier, per_save = tier_cost(Path(tmp), [sys.executable, "-m", "traind.jobs.examples.large", "--every-steps",
                                                    "0", "--width", "3072", "--layers", "4"], k, args.cost_steps)
         print(f"{large}: mean step {without:.3f} s without the memory tier, {with_tier:.3f} s with it every {k} steps "
-              f"(runs alternating)", flush=True)
+              f"(runs alternating: {100 * (with_tier - without) / without:+.1f} %); the step a memory save falls in "
+              f"takes {per_save:+.3f} s longer than the median step", flush=True)
         gib = sum(p.stat().st_size for p in Path(tmp).glob(f"{large}-cold/checkpoints/step-*/state.pt")) / 2**30 \
             / max(1, len(list(Path(tmp).glob(f"{large}-cold/checkpoints/step-*"))))
     for name in jobs:
@@ -190,7 +198,7 @@ def main() -> None:
     tier = results[(large, True, jobs[large][1])]
     print(f"crash -> first step ({gib:.2f} GiB): memory tier + spare {tier:.3f} s, "
           f"spare {results[(large, True, None)]:.3f} s, cold {results[(large, False, None)]:.3f} s")
-    print(f"memory tier every {k} steps: training pays {100 * (with_tier - without) / without:.1f} % of step time; "
+    print(f"memory tier every {k} steps: training pays {100 * per_save / (k * without):.1f} % of step time; "
           f"steps lost per crash max {max(lost)} over {len(lost)} crashes")
 
 

@@ -105,3 +105,21 @@ def test_sigterm_to_every_process_ranks_and_their_dataloader_workers_included_ex
     assert run(spec, log) == 0, log.read_text()[-3000:]
     assert_same_state(newest(run_dir), newest(reference_run))
     assert metrics(run_dir) == metrics(reference_run)
+
+
+def test_a_rank_killed_during_start_up_then_the_group_stopped_resumes_bit_identical(tmp_path, reference_run):
+    """Issue 22: the restarted group is stopped in its own start-up; nothing of either start-up counts."""
+    spec = write_spec(tmp_path)
+    run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
+    sup = start(spec, log)
+    wait_for(lambda: len(_recording_stops(sup.pid)) == 4, 60, "every rank records stop signals (imports begun)")
+    assert step_of(run_dir) == 0
+    first = _recording_stops(sup.pid)
+    os.kill(first[1], signal.SIGKILL)
+    wait_for(lambda: status(run_dir).get("attempt") == 2 and len(set(_recording_stops(sup.pid)) - set(first)) == 4,
+             120, "the restarted group's ranks record stop signals")
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(120) == 75, log.read_text()[-3000:]
+    assert run(spec, log) == 0, log.read_text()[-3000:]
+    assert_same_state(newest(run_dir), newest(reference_run))
+    assert metrics(run_dir) == metrics(reference_run)
