@@ -4,7 +4,6 @@ moments (start-up, rendezvous, restore, steps, validation, saves), half of the s
 `traind run`, half to every process of the tree at once, each followed by a rerun. Every stop
 exits 75 within the grace with no SIGKILL, every rank's files of the newest checkpoint are at one
 step, never older than the last completed step, and the run ends bit-identical."""
-import os
 import random
 import signal
 import sys
@@ -12,6 +11,7 @@ import time
 
 import pytest
 
+from tests.jobs.jobhelpers import process_tree, signal_all
 from ddphelpers import assert_same_state, metrics, newest, rank_files, run, start, write_spec
 from traind.store import format as fmt
 
@@ -19,16 +19,6 @@ pytestmark = pytest.mark.slow
 GRACE, STOPS = 30, 8
 
 
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
-        except OSError:
-            pass
-    return out
 
 
 def _tiny(tmp_path, name, *extra):
@@ -54,11 +44,7 @@ def test_a_two_rank_group_stopped_anywhere_exits_75_at_one_step_and_ends_bit_ide
         time.sleep(rng.uniform(0.5, 12.0))          # start-up of 2 ranks takes ~4-8 s here
         if sup.poll() is not None:
             break
-        for pid in (_tree(sup.pid) if i % 2 else [sup.pid]):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        signal_all(process_tree(sup.pid) if i % 2 else [sup.pid])
         sent = time.monotonic()
         code = sup.wait(GRACE + 60)
         took, out = time.monotonic() - sent, log.read_text()[mark:]

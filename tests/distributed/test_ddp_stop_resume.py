@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.jobs.jobhelpers import process_tree, signal_all
 from ddphelpers import (assert_same_state, metrics, newest, rank_files, run, start, status, step_of, wait_for,
                         write_spec)
 from traind.store import format as fmt
@@ -72,17 +73,6 @@ def test_a_group_stopped_before_its_first_step_resumes_bit_identical(tmp_path, r
     assert "stopped before the first step: nothing to save" in first, first[-3000:]
 
 
-def _tree(pid: int) -> list[int]:
-    """pid and every descendant (as a cgroup kill or SLURM's step signal reaches them all)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
-        except OSError:
-            pass
-    return out
 
 
 def test_sigterm_to_every_process_ranks_and_their_dataloader_workers_included_exits_75_bit_identical(tmp_path, reference_run):
@@ -93,10 +83,9 @@ def test_sigterm_to_every_process_ranks_and_their_dataloader_workers_included_ex
     run_dir, log = tmp_path / "ddp", tmp_path / "supervisor.log"
     sup = start(spec, log)
     wait_for(lambda: step_of(run_dir) >= 30, 180, "step 30")
-    tree = _tree(sup.pid)
+    tree = process_tree(sup.pid)
     assert len(tree) >= 1 + 4 + 4, tree                 # the supervisor, 4 ranks, a worker each
-    for pid in tree:
-        os.kill(pid, signal.SIGTERM)
+    signal_all(tree)
     assert sup.wait(120) == 75, log.read_text()[-3000:]
     man, _ = fmt.read_manifest(newest(run_dir))
     assert man["reason"] == "emergency" and man["step"] >= 30, man

@@ -306,3 +306,25 @@ def crash_campaign(proc, run_dir, crashes: int, rng, *, every: int, ranks: int =
             time.sleep(0.005)
         lost.append(crash - (spawned(run_dir)[i + 1].get("checkpoint_step") or 0))
     return lost
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every descendant, as a cgroup kill (`systemctl stop`, KillMode=control-group) or
+    SLURM's signal to a step (`scancel`) reaches them all."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def signal_all(pids, sig=signal.SIGTERM) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

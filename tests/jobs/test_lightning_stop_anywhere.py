@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from jobhelpers import assert_identical, final_state, last_step, metrics
+from jobhelpers import assert_identical, final_state, last_step, metrics, process_tree, signal_all
 from test_lightning_supervised import JOB, ENV, REPO, finish, spec, traind
 from traind import store as ck
 
@@ -22,16 +22,6 @@ ARGS = ["--max-steps", 240, "--every-steps", 40, "--workers", 1]
 GRACE, STOPS = 30, 6
 
 
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
-        except OSError:
-            pass
-    return out
 
 
 def _resume_step(run_dir) -> int:
@@ -53,11 +43,7 @@ def test_sigterm_anywhere_to_traind_or_the_whole_tree_exits_75_and_ends_bit_iden
         if p.poll() is not None:
             break
         whole_tree = i % 2 == 1
-        for pid in (_tree(p.pid) if whole_tree else [p.pid]):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        signal_all(process_tree(p.pid) if whole_tree else [p.pid])
         sent = time.monotonic()
         code, out = finish(p, timeout=GRACE + 60)
         took = time.monotonic() - sent
