@@ -34,8 +34,7 @@ from .preemption import FLAGS
 from .reporting import Console, MetricsLog, checkpoint_message
 from .savecost import SaveCost
 from . import schema
-from ..engine import CheckpointEngine
-from ..engine.single import SingleFile
+from ..engine import CheckpointEngine, SingleFile
 
 HEARTBEAT_MIN_INTERVAL = 0.2   # seconds: at most ~5 heartbeats a second, however fast the steps
 TIMING_KEYS = ("time", "steps_per_s")   # in metrics.jsonl: the only fields a resumed run changes
@@ -189,9 +188,10 @@ class Session:
         self.apply_state(state, where=str(path))
         self.resumed_from = path
         self.store.protect(path)
-        if self.memory is not None and self.memory.holds(path):
+        in_memory = self.memory is not None and self.memory.holds(path)
+        if in_memory:
             self.memory.protect(path)       # the supervisor copies it to disk meanwhile: durable
-        if Path(path).resolve().parent == self.store.ckpt_dir.resolve() or self.memory is not None and self.memory.holds(path):
+        if in_memory or Path(path).resolve().parent == self.store.ckpt_dir.resolve():
             self._committed_step = self.step
         self.metrics_log.truncate_after(self.step)
         self.console.line(f"resumed from {path} (step {self.step}, epoch {self.position.epoch})")
