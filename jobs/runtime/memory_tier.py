@@ -8,7 +8,8 @@ checksummed, and it resumes exactly. A small state (under the engine's O_DIRECT 
 blocking, so a crash loses at most `every_steps` steps; a larger one in the background like a
 periodic save (one save interval more at worst, while it is in flight).
 The supervisor chooses the newest valid checkpoint across the tiers and persists a memory one it
-resumes from to disk (daemon/supervisor/memory.py).
+resumes from to disk (daemon/supervisor/memory.py). Used by traind.Session (and so the Trainer)
+and by the Lightning callback (rank 0 writes Lightning's whole checkpoint).
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ class MemoryTier:
         if not raw:
             return None
         return cls(json.loads(raw), new_layout)
+
+    @staticmethod
+    def interval(env) -> int | None:
+        """every_steps, for a rank that does not write the tier but saves with the one that does."""
+        raw = env.get(protocol.ENV_MEMORY_TIER)
+        return int(json.loads(raw)["every_steps"]) if raw else None
 
     def holds(self, path) -> bool:
         return Path(path).resolve().parent == self.engine.ckpt_dir.resolve()

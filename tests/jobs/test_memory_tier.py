@@ -143,3 +143,27 @@ def test_bad_memory_settings_are_one_line_naming_the_field(tmp_path, memory, wor
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and words in out and "Traceback" not in out, out
     assert len(out.strip().splitlines()) == 1, out
+
+
+def test_the_lightning_callback_resumes_from_memory_after_sigkills_bit_identical(tmp_path):
+    pytest.importorskip("pytorch_lightning")
+    from test_lightning_supervised import ENV, JOB
+    from jobhelpers import assert_identical, final_state, metrics
+    args = ["--max-steps", "300", "--every-steps", "100"]
+    alone = tmp_path / "alone"
+    subprocess.run([*JOB, "--run-dir", str(alone), *args], env={**os.environ, **ENV}, check=True,
+                   capture_output=True, timeout=600)
+    run_dir = tmp_path / "run"
+    proc = traind_run(run_spec(tmp_path, "lit", run_dir, [*JOB, *args, "--step-seconds", "0.01"], env=ENV,
+                               checkpoint={"memory": {"every_steps": K}},
+                               restart={"max_restarts": 20, "backoff": {"initial_seconds": 0, "max_seconds": 0}}))
+    lost = crash_campaign(proc, run_dir, 6, random.Random(2311), every=K)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    print(f"Lightning: steps lost per crash (memory tier every {K} steps): {sorted(lost)}")
+    assert all(0 <= n <= K + 1 for n in lost) and "in memory); log" in out, (lost, out[-3000:])
+    assert metrics(run_dir) == metrics(alone)
+    a, b = final_state(alone), final_state(run_dir)
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch", "data_position"):
+        assert_identical(a[key], b[key], key)
+    _no_tier_left(run_dir)

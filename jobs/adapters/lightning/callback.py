@@ -9,10 +9,10 @@ Order of work, hook by hook (each is where Lightning gives us the consistent sta
 - on_load_checkpoint: what traind adds to a checkpoint (RNG states, data position) is kept;
 - on_train_start: our stop handlers replace Lightning's SIGTERM handling (which would exit 0 at
   its next batch end without a checkpoint); RNG states restored last; `hello` to the supervisor;
-- on_train_batch_end, at each optimizer step: metrics line, heartbeat, then the ranks' agreement
-  on "stop" and "checkpoint" (jobs/runtime/agreement.py: every rank acts one step after a rank
-  asks, at no cost while nothing is pending); a stop is one emergency checkpoint (blocking,
-  durable) and exit 75 (`traind.Preempted`);
+- on_train_batch_end, at each optimizer step: metrics line, heartbeat, the ranks' agreement on
+  "stop" and "checkpoint" (jobs/runtime/agreement.py: every rank acts one step after a rank asks);
+  a stop is one emergency checkpoint (blocking, durable) and exit 75 (`traind.Preempted`); every
+  `checkpoint.memory` interval, a save into the memory tier (jobs/runtime/memory_tier.py);
 - validation never moves the training RNG stream (captured at its start, restored at its end),
   so a run resumed where a validation runs again (an epoch-end checkpoint) continues identically;
 - on_train_end: the final checkpoint; teardown: flush and close.
@@ -46,16 +46,14 @@ from ...runtime.run_reporter import RunReporter
 from .sampler import resumable_copy, why_not_resumable
 from ...runtime.preemption import FLAGS
 from ...runtime.rng import capture_rng, restore_rng
-from ...engine import CheckpointEngine
+from ...engine import CheckpointEngine, SingleFile
+from ...runtime.memory_tier import MemoryTier
+MEMORY = "memory"       # the reason of a save into the memory tier (checkpoint.memory)
 
 # Lightning warns about these when traind does the job instead (it resumes by itself; the loader is
 # resumable through the sampler, which Lightning's check does not look at).
 _QUIETED = (r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint available",
             r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader")
-
-
-def _seconds(value) -> float | None:
-    return value.total_seconds() if isinstance(value, datetime.timedelta) else value
 
 
 def _scalars(metrics: dict) -> dict:
@@ -85,7 +83,9 @@ class Checkpointing(pl.Callback):
         install_loader()
         self.env = os.environ if environ is None else environ
         self.run_dir_arg = run_dir
-        self.policy = CheckpointPolicy(every_n_train_steps, _seconds(train_time_interval),
+        if isinstance(train_time_interval, datetime.timedelta):
+            train_time_interval = train_time_interval.total_seconds()
+        self.policy = CheckpointPolicy(every_n_train_steps, train_time_interval,
                                        keep_last=keep_last, keep_best=keep_best)
         self._keep_best_given = keep_best is not None
         self.report = RunReporter()
@@ -96,9 +96,8 @@ class Checkpointing(pl.Callback):
         self._restored: dict | None = None        # traind's part of the checkpoint Lightning restored
         self._next_save: tuple[str, bool] | None = None    # (reason, blocking) of the next commit
         self._saved_step = self._committed_step = None
-        self._val_rng = None
-        self._step_at_batch_start = 0
-        self._save_started = 0.0
+        self._val_rng = self.memory = self._memory_every = None
+        self._step_at_batch_start, self._save_started = 0, 0.0
         self._active = self._prepared = False
         self._group, self._agreement = None, agreement.Alone()
         self.phase, self._trainer = Phase.STARTING, None
@@ -120,17 +119,19 @@ class Checkpointing(pl.Callback):
                 self._make_lightnings_dirs(trainer)
             self.report.open(run_dir, trainer.global_rank, self.env)
             self._configure_policy(trainer)
+            self._memory_every = MemoryTier.interval(self.env)     # every rank saves with rank 0
             if trainer.global_rank == 0:
                 self.store = CheckpointEngine(run_dir, keep_last=self.policy.keep_last,
                                              keep_best=self.policy.keep_best, on_commit=self._on_commit)
+                self.memory = MemoryTier.from_env(self.env, SingleFile)
             seed = trainer.strategy.broadcast(torch.initial_seed() % 2**31, src=0)
             self.position = DataPosition(shuffle_seed=int(seed))
             self._make_training_data_resumable(trainer)
             path = trainer.strategy.broadcast(self._resume_point() if self.store is not None else None, src=0)
             self._resumed_path = path
             if path is not None:
-                if self.store is not None:
-                    self.store.protect(path)
+                for store in filter(None, (self.store, self.memory)):
+                    store.protect(path)
                 # Lightning's own restore does the rest, from this checkpoint, as for ckpt_path=path
                 # (an explicit ckpt_path given to fit() is loaded after this one and wins).
                 trainer._checkpoint_connector.resume_start(path)
@@ -138,8 +139,7 @@ class Checkpointing(pl.Callback):
 
     @staticmethod
     def _make_lightnings_dirs(trainer) -> None:
-        """The folders Lightning would make for its own saves: a script's own torch.save into
-        default_root_dir or a ModelCheckpoint's dirpath must not fail because traind saved instead."""
+        """The folders Lightning would save into: a script's torch.save there must not fail."""
         for folder in [trainer.default_root_dir] + [getattr(mc, "dirpath", None) for mc in trainer.checkpoint_callbacks]:
             if folder and "://" not in str(folder):
                 Path(folder).mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,8 @@ class Checkpointing(pl.Callback):
         else:   # a checkpoint Lightning wrote: where its loops stood (the shuffle order differs)
             self.position = position_from_loops(checkpoint, self.position.shuffle_seed)
         loaded = trainer.ckpt_path or self._resumed_path
-        if loaded is not None and Path(loaded).resolve().is_relative_to(self.ckpt_dir.resolve()):
+        if loaded is not None and (Path(loaded).resolve().is_relative_to(self.ckpt_dir.resolve()) or
+                                   self.memory is not None and self.memory.holds(loaded)):   # copied to disk
             self._committed_step = self._saved_step = int(checkpoint.get("global_step", 0))
             self.policy.saved(self._committed_step, self.clock.monotonic())   # durable here already
 
@@ -245,9 +246,11 @@ class Checkpointing(pl.Callback):
         stop, save = self._agreement.at_step(step, stop=FLAGS.stop is not None,
                                              checkpoint=(asked or timed) and not counted)
         if stop:
-            self._emergency(trainer)
-        elif save or counted:
+            return self._emergency(trainer)
+        if save or counted:
             self._save(trainer, protocol.REASON_PERIODIC, blocking=False)
+        if self._memory_every and step % self._memory_every == 0:
+            self._save(trainer, MEMORY, blocking=True)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         # Every validation leaves the training RNG streams as it found them (its loader's iterator
@@ -297,6 +300,10 @@ class Checkpointing(pl.Callback):
         step = int(checkpoint.get("global_step", 0))
         reason, blocking = self._next_save or (protocol.REASON_PERIODIC, False)
         self._next_save = None
+        if reason == MEMORY:
+            with one_line_errors(self.report.error):
+                self.memory.save(checkpoint, step=step, epoch=checkpoint.get("epoch"), metrics={})
+            return step
         if step == self._committed_step or (not blocking and step == self._saved_step):
             return step                      # this step is durable already (or being written)
         now = self.clock.monotonic()
@@ -352,8 +359,7 @@ class Checkpointing(pl.Callback):
                                   trainer.max_steps if trainer.max_steps > 0 else None)
 
     def _prepare_buffers(self, trainer) -> None:
-        """Once, after the first optimizer step (the optimizer's state exists from then on): let the
-        store allocate its snapshot buffers in the background, so the first save only copies."""
+        """Once, after the first optimizer step (optimizer state exists): snapshot buffers made early."""
         prepare = getattr(self.store, "prepare", None)
         if prepare is None or self._prepared:
             return
@@ -368,8 +374,7 @@ class Checkpointing(pl.Callback):
 
     @staticmethod
     def _take_over_stop_signals(trainer) -> None:
-        """Lightning's SIGTERM handler (installed for fit, after our restore) would end the run with
-        exit 0 at its next batch end and no checkpoint; ours records the stop for the step boundary."""
+        """Lightning's SIGTERM handler (for fit) would exit 0 at its next batch end without a checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in preemption.RECORDED_SIGNALS:
@@ -389,7 +394,7 @@ class Checkpointing(pl.Callback):
             self._undo_data()
             self._undo_data = None
         try:
-            if self.store is not None:
-                self.store.close()
+            for store in filter(None, (self.store, self.memory)):
+                store.close()
         finally:
             self.report.close()
