@@ -36,6 +36,13 @@ class Alone:
     def at_step(self, step: int, *, stop: bool, checkpoint: bool) -> tuple[bool, bool]:
         return stop, checkpoint
 
+    def propose_stop(self, step: int) -> None:
+        pass
+
+    def stop_pending(self) -> bool:
+        """Whether another rank asked the group to stop, known without a collective."""
+        return False
+
     def close(self) -> None:
         pass
 
@@ -85,6 +92,14 @@ class NodeWord:
             stop_at, save_at = self._propose(step + 1, stop, checkpoint)
         return stop_at != NONE and step >= stop_at, save_at == step
 
+    def propose_stop(self, step: int) -> None:
+        """Mid-phase (an evaluation): the others read it at their next look, not just at a boundary."""
+        if _WORD.unpack_from(self._map, 0)[0] == NONE:
+            self._propose(step + 1, True, False)
+
+    def stop_pending(self) -> bool:
+        return _WORD.unpack_from(self._map, 0)[0] != NONE
+
     def _propose(self, at: int, stop: bool, checkpoint: bool) -> tuple[int, int]:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -105,8 +120,9 @@ class NodeWord:
             self._fd = -1
 
 
-class OneStepLate:
-    """Ranks on several nodes: the flags of each boundary, reduced over the group, read at the next."""
+class OneStepLate(Alone):
+    """Ranks on several nodes: the flags of each boundary, reduced over the group, read at the next.
+    Mid-phase, another node's stop is not seen (no collective there): the phase's end agrees."""
 
     def __init__(self, group) -> None:
         self.group = group

@@ -105,6 +105,21 @@ class ControlChannel:
         else:
             print(f"traind: ignoring unknown control message type {msg['type']!r}", file=sys.stderr)
 
+    def become_attempt(self, env) -> dict:
+        """A warm spare has done everything up to here (imports, model, optimizer, datasets) and
+        waits for the attempt it will be; returns that attempt's environment. What it becomes comes
+        only from the RESUME message and the checkpoint it names (the restore overwrites weights,
+        RNG and data position). Not needed after all (supervisor gone, run over, stop): exit 0."""
+        self.send(protocol.SPARE_READY, pid=os.getpid())
+        msg = self.wait_for_resume()
+        if msg is None:
+            sys.stderr.flush()
+            os._exit(0)
+        resume_from = msg.get("resume_from")
+        return {**{k: v for k, v in env.items() if k != protocol.ENV_SPARE},
+                protocol.ENV_RESUME_FROM: resume_from if isinstance(resume_from, str) else "",
+                protocol.ENV_ATTEMPT: str(msg.get("attempt", ""))}
+
     def wait_for_resume(self) -> dict | None:
         """A warm spare waits here (built, holding nothing) until the supervisor hands it an
         attempt: the RESUME message, or None when the supervisor is gone or a stop was asked."""

@@ -106,7 +106,7 @@ class Session:
                 raise UsageError(f"{self.run_dir}: cannot use as the run dir: {err.strerror or err}") from None
             self.control = ControlChannel.from_env(env)
             if env.get(protocol.ENV_SPARE) and self.control is not None:
-                env = self._wait_as_spare(env)      # before the store: a spare holds no lock
+                env = self.control.become_attempt(env)   # a warm spare; before the store: it holds no lock
             self.group = Group.from_env(env)        # a rank of a data-parallel group (jobs/runtime/group.py)
             self.agreement = agreement.for_group(self.group)   # the group's stop rule (agreement.py)
             self.store = self._open_store()
@@ -121,20 +121,6 @@ class Session:
         self.phase = transition(self.phase, Event.RESTORED)
         self._send(protocol.HELLO, pid=os.getpid(), resumed_step=self.step if self.resumed_from else None,
                    **{protocol.TIMES_CHECKPOINTS: True})
-
-    def _wait_as_spare(self, env) -> dict:
-        """A warm spare has done everything up to here (imports, model, optimizer, datasets) and
-        waits for the attempt it will be. What it becomes comes only from the RESUME message and
-        the checkpoint it names: the restore below overwrites weights, RNG and data position."""
-        self._send(protocol.SPARE_READY, pid=os.getpid())
-        msg = self.control.wait_for_resume()
-        if msg is None:               # not needed after all (supervisor gone, run over, stop)
-            sys.stderr.flush()
-            os._exit(0)
-        resume_from = msg.get("resume_from")
-        return {**{k: v for k, v in env.items() if k != protocol.ENV_SPARE},
-                protocol.ENV_RESUME_FROM: resume_from if isinstance(resume_from, str) else "",
-                protocol.ENV_ATTEMPT: str(msg.get("attempt", ""))}
 
     def _open_store(self):
         options = {"keep_last": self.policy.keep_last, "keep_best": self.policy.keep_best, "on_commit": self._on_commit}
@@ -205,10 +191,19 @@ class Session:
         return self.finished or (FLAGS.stop is not None if self.group is None else self._group_stop)
 
     def stop_now(self) -> bool:
-        """Whether a stop asked of this process can be honoured in the middle of a phase (an
-        evaluation, data preparation): in a single process, yes; a group stops only at the step
-        its ranks agree on (jobs/runtime/agreement.py), so there this says False."""
-        return self.group is None and FLAGS.stop is not None
+        """Whether to cut short a phase that changes no training state (an evaluation): a stop was
+        asked of this process or, on one node, of another rank of the group (the group's word).
+        A group's ranks then agree at the phase's end (cut_short), where every rank is."""
+        if FLAGS.stop is not None:
+            self.agreement.propose_stop(self.step)    # the other ranks of the node see it at once
+        return FLAGS.stop is not None or self.agreement.stop_pending()
+
+    def cut_short(self, here: bool) -> bool:
+        """At the end of such a phase: whether it was cut short here or, in a group, on any rank
+        (one all_reduce); then every rank stops at this step, with the phase still to do."""
+        if self.group is None or not self.group.agree(here)[0]:
+            return here
+        return self._agreed(True, False) or True
 
     def step_interrupted(self, metrics: dict, *, epoch_ended: bool) -> None:
         """The optimizer step is done but its boundary (validation, ...) was cut short by a stop:

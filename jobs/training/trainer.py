@@ -210,15 +210,18 @@ class Trainer:
         module.eval()
         module.pop_logged()           # training metrics were already taken
         rng = capture_rng()           # a validation cut short must leave no trace in the training state
+        cut_at = None
         for index, batch in enumerate(loader):
             if self.limit_val_batches is not None and index >= self.limit_val_batches:
                 break
             if self.session.stop_now():
-                module.pop_logged()
-                module.train()
-                restore_rng(rng)
-                raise ValidationInterrupted(index)
+                cut_at = index
+                break
             with self.precision.autocast():
                 module.validation_step(move_to(batch, self.device), index)
         module.train()
-        return module.pop_logged()
+        logged = module.pop_logged()
+        if self.session.cut_short(cut_at is not None):     # here, or on another rank of the group
+            restore_rng(rng)
+            raise ValidationInterrupted(cut_at)
+        return logged
