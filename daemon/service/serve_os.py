@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..contract.errors import TraindError
 from ..store import memory_tier
 from ..supervisor import runfiles
 
@@ -79,8 +80,8 @@ def _release_memory_tier(run_dir: Path) -> None:
     memory held, and free the tmpfs the job's slot used."""
     try:
         memory_tier.release(run_dir)
-    except OSError as err:
-        print(f"traind serve: {run_dir}: cannot free its memory tier: {err.strerror or err}", file=sys.stderr)
+    except (OSError, TraindError) as err:    # the tier stays: the job's next `traind run` uses it
+        print(f"traind serve: {run_dir}: cannot free its memory tier: {err}", file=sys.stderr)
 
 
 def _kill_lock_holders(run_dir: Path, keys) -> None:

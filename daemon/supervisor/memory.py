@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from .. import store
 from ..contract import protocol
-from ..contract.errors import UsageError
+from ..contract.errors import TraindError, UsageError
 from ..store import memory_tier
 
 FIELDS = ("every_steps", "keep", "budget_mib")
@@ -164,8 +164,9 @@ class Tier:
         started = time.monotonic()
         try:
             done = memory_tier.persist(info, store.checkpoints_dir(self.run_dir))
-        except OSError as err:
-            done = store.CheckpointInfo(path=info.path, step=info.step, error=f"{err.filename}: {err.strerror or err}")
+        except (OSError, TraindError) as err:   # TraindError: not enough free space on the disk
+            why = str(err) if isinstance(err, TraindError) else f"{err.filename}: {err.strerror or err}"
+            done = store.CheckpointInfo(path=info.path, step=info.step, error=why)
         if not done.valid:
             self.say(f"copying step {info.step} to disk failed: {done.error}; it stays in memory only")
             self.event("memory_persist_failed", checkpoint_step=info.step, reason=done.error)
@@ -186,9 +187,10 @@ class Tier:
             self.persisting.join()
         try:
             copied = memory_tier.release(self.run_dir)
-        except OSError as err:
-            self.say(f"cannot copy to disk or free {self.dir}: {err.strerror or err}; the next `traind run` of "
-                     "this run dir will use it")
+        except (OSError, TraindError) as err:
+            why = str(err) if isinstance(err, TraindError) else err.strerror or str(err)
+            self.say(f"cannot copy to disk or free {self.dir}: {why}; the next `traind run` of this run dir "
+                     "will use it")
             return
         if copied is not None:
             self.say(f"step {copied.step} copied to disk before freeing the tier" if copied.valid else

@@ -74,3 +74,30 @@ def test_a_copy_that_does_not_match_its_manifest_is_not_committed(tmp_path):
     copied = memory_tier.persist(info, store.checkpoints_dir(run))
     assert not copied.valid and "state.pt" in copied.error
     assert store.list_checkpoints(run) == [] and not any(store.checkpoints_dir(run).glob(".tmp-*"))
+
+
+def test_the_supervisor_says_why_it_could_not_copy_or_free_the_tier_and_goes_on(tmp_path, monkeypatch):
+    from traind.contract.errors import TraindError
+    from traind.supervisor.memory import MemoryTierSpec, Tier
+    said = []
+    tier = Tier(MemoryTierSpec(every_steps=5), tmp_path / "run", say=said.append, event=lambda *a, **k: None,
+                mirror=None, where="job.yaml")
+
+    def full_disk(run_dir):
+        raise TraindError(f"{run_dir}/checkpoints: not enough free space for checkpoint step 20")
+    monkeypatch.setattr(memory_tier, "release", full_disk)
+    tier.close()          # no exception: the supervisor still ends with its own message
+    assert said == [f"memory tier: cannot copy to disk or free {tier.dir}: {tmp_path}/run/checkpoints: not enough "
+                    f"free space for checkpoint step 20; the next `traind run` of this run dir will use it"]
+
+
+def test_a_tmpfs_that_is_not_there_or_too_small_for_the_budget_is_one_line(tmp_path, monkeypatch):
+    from traind.contract.errors import UsageError
+    from traind.supervisor.memory import MemoryTierSpec, Tier
+    args = dict(say=print, event=lambda *a, **k: None, mirror=None, where="job.yaml")
+    monkeypatch.setenv(memory_tier.ROOT_ENV, str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match=r"^job.yaml: checkpoint.memory: .*missing is not a writable directory"):
+        Tier(MemoryTierSpec(), tmp_path / "run", **args)
+    monkeypatch.setenv(memory_tier.ROOT_ENV, str(tmp_path))
+    with pytest.raises(UsageError, match=r"^job.yaml: checkpoint.memory.budget_mib: 1099511627776 MiB, but"):
+        Tier(MemoryTierSpec(budget_mib=1 << 40), tmp_path / "run", **args)
