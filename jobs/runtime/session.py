@@ -203,7 +203,8 @@ class Session:
         (one all_reduce); then every rank stops at this step, with the phase still to do."""
         if self.group is None or not self.group.agree(here)[0]:
             return here
-        return self._agreed(True, False) or True
+        self._agreed(True, False)       # every rank: should_stop() from now on
+        return True
 
     def step_interrupted(self, metrics: dict, *, epoch_ended: bool) -> None:
         """The optimizer step is done but its boundary (validation, ...) was cut short by a stop:
