@@ -116,6 +116,14 @@ def test_a_group_whose_ranks_fail_alike_before_their_first_step_fails_after_max_
     assert status(tmp_path / "run")["attempt"] == 3
 
 
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        caught = next(line for line in open(f"/proc/{pid}/status") if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def test_a_group_that_never_speaks_is_told_honestly(tmp_path):
     """Issue 21, item 4: a 2-rank script that knows nothing of traind and exits 75 itself on
     SIGTERM: `running` once it outlives its start, a pid per rank, no checkpoint claimed, and
@@ -136,6 +144,8 @@ def test_a_group_that_never_speaks_is_told_honestly(tmp_path):
         ranks = status(run_dir)["ranks"]
         assert [r["rank"] for r in ranks] == [0, 1] and all(isinstance(r["pid"], int) for r in ranks), ranks
         assert all(alive(r["pid"]) for r in ranks)
+        # its own handler in place on both ranks (importing torch.distributed takes long under load)
+        wait_for(lambda: all(_catches_sigterm(r["pid"]) for r in ranks), 60, "both ranks handle SIGTERM")
         sup.send_signal(signal.SIGTERM)
         out, _ = sup.communicate(timeout=60)
     finally:

@@ -146,7 +146,9 @@ def test_child_ignoring_the_stop_is_killed_at_the_deadline(tmp_path, reap):
     run_dir = tmp_path / "run"
     p = start_traind("run", spec)
     reap(p)
-    wait_for(lambda: heartbeat_step(run_dir) >= 12, what="12 steps")
+    # 12 steps, and a step rate measured (from heartbeats spanning long enough: slower under load)
+    wait_for(lambda: heartbeat_step(run_dir) >= 12 and ((read_status(run_dir) or {}).get("last_heartbeat") or {})
+             .get("steps_per_second"), what="12 steps and a step rate")
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
