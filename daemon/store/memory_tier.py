@@ -5,7 +5,7 @@ as the disk store (format.py, commit.py), so it survives the trainer's death (a 
 segfault, an OOM kill) but not the node's. Its path follows from the run dir's real path, so the
 `traind run` after a SIGKILLed supervisor finds what the last one left, uses it and removes it.
 The job side writes it (jobs/runtime/memory_tier.py); the supervisor chooses from it, persists
-the checkpoint it resumes from to disk (`persist`), and removes the tier when it exits (`remove`).
+the checkpoint it resumes from to disk (`persist`), and frees the tier when it exits (`release`).
 """
 from __future__ import annotations
 
@@ -33,11 +33,6 @@ def tier_dir(run_dir) -> Path:
     real = os.path.realpath(run_dir)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(real).name)[:40]
     return root() / f"{PREFIX}{name}-{hashlib.sha1(real.encode()).hexdigest()[:12]}"
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def used_bytes(tier: Path) -> int:

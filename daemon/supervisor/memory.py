@@ -116,7 +116,7 @@ class Tier:
         if not root.is_dir() or not os.access(root, os.W_OK):
             raise UsageError(f"{where}: checkpoint.memory: {root} is not a writable directory "
                              f"(the memory tier lives in tmpfs there)")
-        free = memory_tier.free_bytes(root)
+        free = store.free_bytes(root)
         if self.config.budget_mib is None:
             return free
         if self.config.budget_mib * MIB > free:
