@@ -124,9 +124,9 @@ def _latest_checkpoint(run_dir: Path) -> dict | None:
 
 def _in_memory(run_dir: Path) -> dict | None:
     """The run's memory tier as it is now (names and sizes: quick), if it has one."""
-    from ..store import memory_tier
+    from ..store import format as fmt, memory_tier
     tier = memory_tier.tier_dir(run_dir)
-    steps = sorted(int(p.name.split("-")[1]) for p in tier.glob("checkpoints/step-*"))
+    steps = sorted(fmt.step_numbers(tier))
     return {"path": str(tier), "steps": steps, "bytes": memory_tier.used_bytes(tier)} if tier.exists() else None
 
 

@@ -271,6 +271,11 @@ def _step_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def step_numbers(ckpt_dir) -> list[int]:
+    """The steps of the step dirs there, newest first, from their names alone (nothing verified)."""
+    return [step for step, _ in _step_dirs(checkpoints_dir(ckpt_dir))]
+
+
 def list_checkpoints(ckpt_dir, *, deep: bool = True, every_file: bool = False) -> list[CheckpointInfo]:
     """Every committed-looking checkpoint, newest (highest step) first, each verified."""
     return [verify(p, deep=deep, every_file=every_file) for _, p in _step_dirs(checkpoints_dir(ckpt_dir))]

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from .. import store
 from ..contract import protocol
 from ..contract.errors import TraindError, UsageError
-from ..store import memory_tier
+from ..store import format as fmt, memory_tier
 
 FIELDS = ("every_steps", "keep", "budget_mib")
 MIB = float(1 << 20)
@@ -57,11 +57,7 @@ def parse(c, value: Any) -> MemoryTierSpec | None:
 
 def _newest_name(run_dir) -> int:
     """The newest step dir's number in RUN_DIR/checkpoints (-1: none), from names alone."""
-    try:
-        names = os.listdir(store.checkpoints_dir(run_dir))
-    except OSError:
-        return -1
-    return max((int(m.group(1)) for m in map(store.STEP_DIR_RE.match, names) if m), default=-1)
+    return next(iter(fmt.step_numbers(run_dir)), -1)
 
 
 class NoTier:
